@@ -1,0 +1,55 @@
+"""salience: saliency maps for image models, batch first, for any framework.
+
+Quick start::
+
+    import salience
+    model = salience.torch.wrap(net, layer="features.8")
+    maps = salience.IntegratedGradients(steps=50).explain(model, images, targets=None)
+"""
+
+from .methods import (
+    BlurIG,
+    GradCAM,
+    Gradients,
+    IntegratedGradients,
+    Method,
+    Occlusion,
+    SmoothGrad,
+)
+from .model import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    GUIDED_INPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+    CallbackModel,
+    Model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Method",
+    "Gradients",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "BlurIG",
+    "Occlusion",
+    "GradCAM",
+    "Model",
+    "CallbackModel",
+    "CONVOLUTION_LAYER_VALUES",
+    "CONVOLUTION_OUTPUT_GRADIENTS",
+    "INPUT_OUTPUT_GRADIENTS",
+    "OUTPUT_LAYER_VALUES",
+    "GUIDED_INPUT_GRADIENTS",
+]
+
+
+def __getattr__(name: str):
+    # Framework adapters import their framework only when first used.
+    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,34 @@
+"""Drop-in replacement for PAIR ``saliency.core``: ``import salience.core as saliency``.
+
+Same classes, methods, arguments, defaults and constants as ``saliency==0.2.1``
+and the same numbers on the same inputs; the work is done by the batch-first
+methods of :mod:`salience`.
+"""
+
+from ..visualize import visualize_image_diverging as VisualizeImageDiverging
+from ..visualize import visualize_image_grayscale as VisualizeImageGrayscale
+from .base import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+    SHAPE_ERROR_MESSAGE,
+    CoreSaliency,
+)
+from .methods import BlurIG, GradCam, GradientSaliency, IntegratedGradients, Occlusion
+
+__all__ = [
+    "CoreSaliency",
+    "GradientSaliency",
+    "IntegratedGradients",
+    "BlurIG",
+    "Occlusion",
+    "GradCam",
+    "CONVOLUTION_LAYER_VALUES",
+    "CONVOLUTION_OUTPUT_GRADIENTS",
+    "INPUT_OUTPUT_GRADIENTS",
+    "OUTPUT_LAYER_VALUES",
+    "SHAPE_ERROR_MESSAGE",
+    "VisualizeImageGrayscale",
+    "VisualizeImageDiverging",
+]

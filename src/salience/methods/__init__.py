@@ -1,0 +1,19 @@
+"""Batch-first saliency methods, one file each."""
+
+from .base import Method
+from .blur_ig import BlurIG
+from .grad_cam import GradCAM
+from .gradients import Gradients
+from .integrated_gradients import IntegratedGradients
+from .occlusion import Occlusion
+from .smoothgrad import SmoothGrad
+
+__all__ = [
+    "Method",
+    "Gradients",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "BlurIG",
+    "Occlusion",
+    "GradCAM",
+]

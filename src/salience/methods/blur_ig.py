@@ -1,0 +1,130 @@
+"""Blur IG: integrated gradients along a path of increasingly blurred images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .._validate import check_nonnegative, check_positive_int
+from ..model import INPUT_OUTPUT_GRADIENTS, Model
+from ..schedule import check_batch_size, run_rows
+from .base import Method, channels_last, from_channels_last, spatial_axes, to_channels_last
+from .integrated_gradients import add_by_owner
+
+__all__ = ["BlurIG", "blur_sigmas", "gaussian_blur_matrix"]
+
+
+def blur_sigmas(max_sigma: float, steps: int, sqrt: bool) -> np.ndarray:
+    """The ``steps + 1`` blur levels from 0 to ``max_sigma`` (square-root spaced if ``sqrt``)."""
+    levels = np.array([i * max_sigma / steps for i in range(steps + 1)], dtype=np.float64)
+    return np.array([math.sqrt(v) for v in levels]) if sqrt else levels
+
+
+def gaussian_blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Matrix ``K`` such that ``K @ v`` is ``scipy.ndimage.gaussian_filter1d(v, sigma,
+    mode='constant', truncate=truncate)`` for a vector ``v`` of length ``size``.
+
+    Writing the separable filter as two small matrix products lets a whole
+    chunk of blur levels be computed in a few BLAS calls.
+    """
+    if sigma <= 0:
+        return np.eye(size)
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 / (float(sigma) ** 2) * offsets.astype(np.float64) ** 2)
+    weights /= weights.sum()
+    delta = np.arange(size)[None, :] - np.arange(size)[:, None]  # column - row
+    inside = np.abs(delta) <= radius
+    matrix = np.zeros((size, size))
+    matrix[inside] = weights[delta[inside] + radius]
+    return matrix
+
+
+class BlurIG(Method):
+    """Integrated gradients from a fully blurred image back to the input.
+
+    The path is ``x`` blurred with a Gaussian of ``sigma`` going from
+    ``max_sigma`` down to 0; the derivative of the blurred image with respect to
+    sigma is taken by a forward difference of ``grad_step``.  Blurring uses
+    zero padding outside the image, as in PAIR ``saliency``.  All blur levels of
+    a chunk are computed together as matrix products (no per-step filter calls).
+
+    Unlike PAIR ``saliency`` 0.2.1, each path point is weighted by its own sigma
+    step; PAIR applies the weight of the last point of a model batch to the
+    whole batch, which is wrong when ``sqrt=True`` and ``batch_size > 1``.
+
+    Parameters
+    ----------
+    max_sigma : float
+        Blur of the path's start.
+    steps : int
+        Path points.
+    grad_step : float
+        Sigma increment for the derivative of the blurred image.
+    sqrt : bool
+        Space sigma as the square root of evenly spaced values.
+    batch_size : int
+        Largest number of path points per model call.
+
+    References
+    ----------
+    Xu, Venugopalan, Sundararajan. "Attribution in Scale and Space", CVPR 2020.
+    https://arxiv.org/abs/2004.03383
+    """
+
+    name = "BlurIG"
+
+    def __init__(
+        self,
+        max_sigma: float = 50,
+        steps: int = 100,
+        grad_step: float = 0.01,
+        sqrt: bool = False,
+        batch_size: int = 32,
+    ) -> None:
+        self.max_sigma = check_nonnegative(max_sigma, "max_sigma")
+        self.steps = check_positive_int(steps, "steps")
+        self.grad_step = check_nonnegative(grad_step, "grad_step")
+        if self.grad_step == 0:
+            raise ValueError("grad_step must be > 0, got 0")
+        self.sqrt = bool(sqrt)
+        self.batch_size = check_batch_size(batch_size)
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        is_last = channels_last(model)
+        spatial_axes(x.ndim - 1, is_last)  # reject non-image inputs early
+        images = to_channels_last(x, is_last).astype(np.float64)  # (n, H, W, C)
+        n, height, width, _ = images.shape
+        sigmas = blur_sigmas(self.max_sigma, self.steps, self.sqrt)
+        step_weights = np.diff(sigmas)
+        owners = np.arange(n * self.steps) // self.steps
+        totals = np.zeros(images.shape, dtype=np.float64)
+        pending: dict[str, np.ndarray] = {}
+
+        def blur(rows: np.ndarray, row_sigmas: np.ndarray) -> np.ndarray:
+            k_h = np.stack([gaussian_blur_matrix(height, s) for s in row_sigmas])
+            k_w = np.stack([gaussian_blur_matrix(width, s) for s in row_sigmas])
+            picked = images[rows]
+            r, _, _, c = picked.shape
+            out = (k_h @ picked.reshape(r, height, width * c)).reshape(r, height, width, c)
+            return k_w[:, None] @ out  # blur along width for every row of pixels
+
+        def make_rows(start: int, stop: int) -> np.ndarray:
+            index = np.arange(start, stop)
+            rows, levels = owners[index], index % self.steps
+            blurred = blur(rows, sigmas[levels])
+            sharper = blur(rows, sigmas[levels] + self.grad_step)
+            pending["weighted"] = (
+                (sharper - blurred) / self.grad_step * step_weights[levels][:, None, None, None]
+            )
+            return from_channels_last(blurred, x.ndim, is_last).astype(x.dtype)
+
+        def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+            grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
+            add_by_owner(totals, owners[start:stop], pending.pop("weighted") * grads)
+
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
+                 self.batch_size, self.name)
+        return from_channels_last(-totals, x.ndim, is_last).astype(x.dtype)

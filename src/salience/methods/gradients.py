@@ -1,0 +1,38 @@
+"""Vanilla gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import INPUT_OUTPUT_GRADIENTS, Model
+from ..schedule import check_batch_size
+from .base import Method, collect_rows
+
+__all__ = ["Gradients"]
+
+
+class Gradients(Method):
+    """The gradient of the explained score with respect to the input.
+
+    Parameters
+    ----------
+    batch_size : int
+        Largest number of inputs per model call.
+
+    References
+    ----------
+    Simonyan, Vedaldi, Zisserman. "Deep Inside Convolutional Networks:
+    Visualising Image Classification Models and Saliency Maps", 2013.
+    https://arxiv.org/abs/1312.6034
+    """
+
+    name = "Gradients"
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self.batch_size = check_batch_size(batch_size)
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        grads = collect_rows(
+            model, x, targets, [INPUT_OUTPUT_GRADIENTS], self.batch_size, self.name
+        )[INPUT_OUTPUT_GRADIENTS]
+        return grads.astype(x.dtype, copy=False)

@@ -1,0 +1,194 @@
+"""The one framework boundary: the Model protocol and its output checks.
+
+Every method talks to a model only through ``model(x, targets, keys)``; adapters
+(``salience.torch``, ``salience.keras``, ``salience.jax``) and the PAIR callback
+wrapper produce objects that follow it.  Outputs are checked here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "CONVOLUTION_LAYER_VALUES",
+    "CONVOLUTION_OUTPUT_GRADIENTS",
+    "INPUT_OUTPUT_GRADIENTS",
+    "OUTPUT_LAYER_VALUES",
+    "GUIDED_INPUT_GRADIENTS",
+    "SHAPE_ERROR_MESSAGE",
+    "Model",
+    "CallbackModel",
+    "as_model",
+    "check_outputs",
+]
+
+# Key names and meanings are PAIR's, so PAIR callbacks work unchanged.
+CONVOLUTION_LAYER_VALUES = "CONVOLUTION_LAYER_VALUES"
+"""Activations of the chosen (usually last convolutional) layer, batch first."""
+CONVOLUTION_OUTPUT_GRADIENTS = "CONVOLUTION_OUTPUT_GRADIENTS"
+"""Gradient of the explained score with respect to that layer, batch first."""
+INPUT_OUTPUT_GRADIENTS = "INPUT_OUTPUT_GRADIENTS"
+"""Gradient of the explained score with respect to the input, shaped like it."""
+OUTPUT_LAYER_VALUES = "OUTPUT_LAYER_VALUES"
+"""The explained score itself, one value per row."""
+GUIDED_INPUT_GRADIENTS = "GUIDED_INPUT_GRADIENTS"
+"""Input gradient with ReLU backward replaced by the guided rule (Guided Backprop)."""
+
+_FULL_SHAPE_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS)
+_GRADIENT_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS, CONVOLUTION_OUTPUT_GRADIENTS)
+
+SHAPE_ERROR_MESSAGE = {
+    CONVOLUTION_LAYER_VALUES: (
+        "Expected outermost dimension of CONVOLUTION_LAYER_VALUES to be the "
+        "same as x_value_batch - expected {}, actual {}"
+    ),
+    CONVOLUTION_OUTPUT_GRADIENTS: (
+        "Expected outermost dimension of CONVOLUTION_OUTPUT_GRADIENTS to be the "
+        "same as x_value_batch - expected {}, actual {}"
+    ),
+    INPUT_OUTPUT_GRADIENTS: (
+        "Expected key INPUT_OUTPUT_GRADIENTS to be the same shape as input "
+        "x_value_batch - expected {}, actual {}"
+    ),
+    OUTPUT_LAYER_VALUES: (
+        "Expected outermost dimension of OUTPUT_LAYER_VALUES to be the same as"
+        " x_value_batch - expected {}, actual {}"
+    ),
+    GUIDED_INPUT_GRADIENTS: (
+        "Expected key GUIDED_INPUT_GRADIENTS to be the same shape as input "
+        "x_value_batch - expected {}, actual {}"
+    ),
+}
+"""Error texts for outputs of the wrong shape (the same wording as PAIR's)."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every method calls.
+
+    ``model(x, targets, keys)`` receives a float array ``x`` of shape
+    ``(n, *input_shape)``, ``targets`` (``None``, an int array ``(n,)`` of class
+    indices, or a float array ``(n, n_outputs)`` of weights such as one-hot
+    rows) and the list of keys it must return.  It returns a mapping from each
+    key to an array whose first dimension is ``n``.
+
+    Optional attributes that methods use when present:
+
+    ``channels_last`` (bool, default True)
+        Layout of the input and of the layer activations: ``(n, H, W, C)`` when
+        true, ``(n, C, H, W)`` when false.  Spatial methods (Blur IG,
+        Occlusion, Grad-CAM, XRAI) read it.
+    ``predict(x) -> ndarray (n, n_outputs)``
+        Raw model outputs; used to pick the top class when ``targets`` is None
+        and to return predictions beside maps.
+    """
+
+    def __call__(
+        self, x: np.ndarray, targets: np.ndarray | None, keys: Sequence[str]
+    ) -> Mapping[str, Any]: ...
+
+
+class CallbackModel:
+    """A PAIR ``call_model_function`` seen through the Model protocol.
+
+    Parameters
+    ----------
+    call_model_function : callable
+        ``call_model_function(x_batch, call_model_args=None, expected_keys=None)``
+        returning a dict, as in PAIR ``saliency``.
+    call_model_args : any
+        Passed unchanged on every call.  The class to explain is chosen here,
+        so the ``targets`` given to ``__call__`` are ignored.
+    channels_last : bool
+        Layout of inputs and layer activations (PAIR assumes channels last).
+    """
+
+    def __init__(
+        self,
+        call_model_function: Callable[..., Mapping[str, Any]],
+        call_model_args: Any = None,
+        channels_last: bool = True,
+    ) -> None:
+        if not callable(call_model_function):
+            raise TypeError(
+                "call_model_function must be callable, got "
+                f"{type(call_model_function).__name__}"
+            )
+        self.call_model_function = call_model_function
+        self.call_model_args = call_model_args
+        self.channels_last = channels_last
+
+    def __call__(self, x, targets, keys):
+        return self.call_model_function(
+            x, call_model_args=self.call_model_args, expected_keys=list(keys)
+        )
+
+
+def as_model(model: Any) -> Model:
+    """Return ``model`` if it follows the protocol; raise a clear error if not."""
+    if callable(model):
+        return model
+    raise TypeError(
+        "model must be a salience Model (an adapter such as salience.torch.wrap(...), "
+        f"or a callable model(x, targets, keys)), got {type(model).__name__}"
+    )
+
+
+def check_outputs(
+    outputs: Mapping[str, Any], input_shape: tuple[int, ...], keys: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Convert the requested outputs to arrays and check their shapes.
+
+    Gradients with respect to the input must match ``input_shape`` exactly; all
+    other keys must have ``input_shape[0]`` rows.  ``OUTPUT_LAYER_VALUES`` is
+    returned as a 1-D array of one score per row.
+
+    Raises
+    ------
+    ValueError
+        A key is missing or an output has the wrong shape.
+    """
+    if not isinstance(outputs, Mapping):
+        raise TypeError(
+            "the model (or call_model_function) must return a dict of outputs, got "
+            f"{type(outputs).__name__}"
+        )
+    checked: dict[str, np.ndarray] = {}
+    for key in keys:
+        if key not in outputs:
+            raise ValueError(
+                f"the model output has no key {key!r}; it returned keys "
+                f"{sorted(outputs)} but {list(keys)} were requested"
+            )
+        value = np.asarray(outputs[key])
+        if key in _FULL_SHAPE_KEYS:
+            expected, actual = tuple(input_shape), value.shape
+        else:
+            expected, actual = input_shape[0], (value.shape[0] if value.ndim else None)
+        if expected != actual:
+            raise ValueError(SHAPE_ERROR_MESSAGE[key].format(expected, actual))
+        if key == OUTPUT_LAYER_VALUES:
+            value = _one_score_per_row(value)
+        checked[key] = value
+    return checked
+
+
+def _one_score_per_row(values: np.ndarray) -> np.ndarray:
+    if values.ndim == 1:
+        return values
+    per_row = int(np.prod(values.shape[1:]))
+    if per_row != 1:
+        raise ValueError(
+            "OUTPUT_LAYER_VALUES must hold one score per row (the explained output), "
+            f"got shape {values.shape}; select the target class in the model or "
+            "call_model_function"
+        )
+    return values.reshape(values.shape[0])
+
+
+def gradient_keys() -> tuple[str, ...]:
+    """Keys whose values are gradients (checked for non-finite values)."""
+    return _GRADIENT_KEYS
