@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from .smoothgrad import as_random_state
 
 __all__ = ["IntegratedGradients", "resolve_baselines", "BaselineSpec"]
 
-BaselineSpec = Union[None, float, np.ndarray, str, Callable[[np.ndarray], Any]]
+BaselineSpec = None | float | np.ndarray | str | Callable[[np.ndarray], Any]
 
 
 def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None) -> np.ndarray:
