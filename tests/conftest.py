@@ -98,3 +98,9 @@ def linear():
 @pytest.fixture
 def images():
     return np.random.default_rng(1).normal(size=(3, 8, 8, 3)).astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def model_classes():
+    """(AnalyticModel, LinearModel): the classes themselves, for tests that build their own."""
+    return AnalyticModel, LinearModel

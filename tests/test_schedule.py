@@ -1,0 +1,150 @@
+"""The row scheduler: call counts, chunk sizes, batch-size independence, non-finite gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import salience
+from salience.model import INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES
+from salience.schedule import check_batch_size, run_rows
+
+
+class Recorder:
+    """A model returning each row's own values as gradient; records chunk sizes."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def __call__(self, x, targets, keys):
+        self.chunks.append((len(x), None if targets is None else targets.tolist()))
+        return {INPUT_OUTPUT_GRADIENTS: x * 2.0, OUTPUT_LAYER_VALUES: x.sum(axis=1)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_rows=st.integers(1, 60), batch_size=st.integers(1, 70))
+def test_rows_packed_into_ceil_calls_in_order(n_rows, batch_size):
+    model = Recorder()
+    data = np.arange(n_rows * 2, dtype=np.float64).reshape(n_rows, 2)
+    built, seen = [], np.full((n_rows, 2), np.nan)
+
+    def make_rows(start, stop):
+        built.append((start, stop))
+        return data[start:stop]
+
+    def consume(start, stop, outputs):
+        seen[start:stop] = outputs[INPUT_OUTPUT_GRADIENTS]
+
+    owners = np.arange(n_rows) // 3
+    targets = np.arange(owners[-1] + 1) * 10
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets, batch_size,
+             "Test")
+    assert len(model.chunks) == math.ceil(n_rows / batch_size)
+    assert all(size <= batch_size for size, _ in model.chunks)
+    assert [b for _, b in built[:-1]] == [a for a, _ in built[1:]]  # contiguous slices
+    assert built[0][0] == 0 and built[-1][1] == n_rows
+    np.testing.assert_array_equal(seen, data * 2)
+    # each row carries its own image's target
+    assert sum((t for _, t in model.chunks), []) == (owners * 10).tolist()
+
+
+def test_no_targets_passes_none():
+    model = Recorder()
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(3, int), lambda a, b: np.ones((b - a, 2)),
+             lambda *a: None, None, 2, "Test")
+    assert model.chunks == [(2, None), (1, None)]
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_batch_size_must_be_positive(bad):
+    with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {bad}"):
+        check_batch_size(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, "4", True, None])
+def test_batch_size_must_be_an_int(bad):
+    with pytest.raises(TypeError, match="batch_size must be a positive int"):
+        check_batch_size(bad)
+
+
+def _methods(batch_size):
+    return {
+        "Gradients": salience.Gradients(batch_size=batch_size),
+        "IntegratedGradients": salience.IntegratedGradients(
+            steps=7, baseline=[None, 0.5], batch_size=batch_size
+        ),
+        "SmoothGrad": salience.SmoothGrad(
+            salience.IntegratedGradients(steps=3, batch_size=batch_size), nsamples=4, seed=5
+        ),
+        "BlurIG": salience.BlurIG(max_sigma=4, steps=6, batch_size=batch_size),
+        "Occlusion": salience.Occlusion(size=3, stride=2, batch_size=batch_size),
+        "GradCAM": salience.GradCAM(batch_size=batch_size),
+    }
+
+
+# rows per call of explain for 3 images, per method (see _methods)
+_ROWS = {
+    "Gradients": 3,
+    "IntegratedGradients": 3 * 2 * 7,
+    "SmoothGrad": 3 * 4 * 3,
+    "BlurIG": 3 * 6,
+    "Occlusion": 3 * (1 + 3 * 3),
+    "GradCAM": 3,
+}
+
+
+@pytest.mark.parametrize("name", list(_ROWS))
+@settings(max_examples=8, deadline=None)
+@given(batch_size=st.integers(1, 40))
+def test_results_do_not_depend_on_batch_size(name, batch_size, model_classes):
+    analytic_cls, _ = model_classes
+    x = np.random.default_rng(1).normal(size=(3, 8, 8, 3))
+    targets = [0, 2, 1]
+    reference = _methods(1)[name].explain(analytic_cls(), x, targets)
+    model = analytic_cls()
+    maps = _methods(batch_size)[name].explain(model, x, targets)
+    np.testing.assert_allclose(maps, reference, rtol=1e-9, atol=1e-12)
+    assert model.calls == math.ceil(_ROWS[name] / batch_size)
+    assert model.rows == _ROWS[name]
+
+
+class NonFiniteAt:
+    """An analytic model whose gradient is NaN (or inf) in one row of the whole run."""
+
+    def __init__(self, inner, bad_row, value):
+        self.inner, self.bad_row, self.value, self.seen = inner, bad_row, value, 0
+
+    def __call__(self, x, targets, keys):
+        out = dict(self.inner(x, targets, keys))
+        grads = np.array(out[INPUT_OUTPUT_GRADIENTS])
+        local = self.bad_row - self.seen
+        if 0 <= local < len(x):
+            grads[local, 0, 0, 0] = self.value
+        self.seen += len(x)
+        out[INPUT_OUTPUT_GRADIENTS] = grads
+        return out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(
+    "method, bad_row, image",
+    [
+        (salience.Gradients(batch_size=2), 2, 2),
+        (salience.IntegratedGradients(steps=5, batch_size=4), 7, 1),
+        (salience.BlurIG(max_sigma=3, steps=4, batch_size=3), 9, 2),
+    ],
+)
+def test_non_finite_gradient_names_method_and_row(method, bad_row, image, value, analytic,
+                                                  images):
+    model = NonFiniteAt(analytic, bad_row, value)
+    with pytest.raises(FloatingPointError) as info:
+        method.explain(model, images, 0)
+    message = str(info.value)
+    assert message.startswith(method.name)
+    assert f"row {bad_row} " in message
+    assert f"image {image} of the batch" in message
+    assert INPUT_OUTPUT_GRADIENTS in message
