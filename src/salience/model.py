@@ -40,6 +40,14 @@ GUIDED_INPUT_GRADIENTS = "GUIDED_INPUT_GRADIENTS"
 _FULL_SHAPE_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS)
 _GRADIENT_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS, CONVOLUTION_OUTPUT_GRADIENTS)
 
+_MISSING_KEY_HINTS = {
+    GUIDED_INPUT_GRADIENTS: (
+        ". Guided Backprop needs guided gradients (ReLU backward replaced by the guided "
+        "rule): use an adapter that computes them (salience.torch.wrap(...), "
+        "salience.tf1) or make the callback return GUIDED_INPUT_GRADIENTS"
+    ),
+}
+
 SHAPE_ERROR_MESSAGE = {
     CONVOLUTION_LAYER_VALUES: (
         "Expected outermost dimension of CONVOLUTION_LAYER_VALUES to be the "
@@ -162,6 +170,7 @@ def check_outputs(
             raise ValueError(
                 f"the model output has no key {key!r}; it returned keys "
                 f"{sorted(outputs)} but {list(keys)} were requested"
+                + _MISSING_KEY_HINTS.get(key, "")
             )
         value = np.asarray(outputs[key])
         if key in _FULL_SHAPE_KEYS:

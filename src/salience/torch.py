@@ -82,6 +82,8 @@ def find_layer(module: nn.Module, layer: nn.Module | str) -> nn.Module:
 class TorchModel(FrameworkModel):
     """A PyTorch module seen through the :class:`salience.model.Model` protocol."""
 
+    supports_guided = True
+
     def __init__(self, module, layer=None, *, target_fn=None, device=None,
                  channels_last=False, batch_size=64):
         if not isinstance(module, nn.Module):
@@ -198,12 +200,144 @@ class TorchModel(FrameworkModel):
             handle.remove()
 
 
+class _PositiveGradient(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradients through."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+class _PositiveGradientInplace(torch.autograd.Function):
+    """The same gate for a tensor an in-place ReLU is about to overwrite."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+_GATE_NODES = (_PositiveGradient._backward_cls, _PositiveGradientInplace._backward_cls)
+
+
+def _gate(x: Any, inplace: bool) -> Any:
+    """Put the positive-gradient gate in front of a ReLU's input (once).
+
+    In backward the gate comes right after the ReLU's own rule, which already
+    zeroes the gradient where the forward input was <= 0 (or >= 6 for ReLU6);
+    together they give the guided rule: pass where input > 0 and gradient > 0.
+    """
+    if (
+        not isinstance(x, torch.Tensor)
+        or not x.requires_grad
+        or not torch.is_grad_enabled()
+        or isinstance(x.grad_fn, _GATE_NODES)
+    ):
+        return x
+    return _PositiveGradientInplace.apply(x) if inplace else _PositiveGradient.apply(x)
+
+
+def _guided_functional(original: Callable, applies: Callable, inplace: Callable) -> Callable:
+    """Wrap a functional ReLU so that its input passes the gate first.
+
+    ``applies(args, kwargs)`` says whether this call is a ReLU (hardtanh only
+    when its lower end is 0); ``inplace(args, kwargs)`` whether it overwrites
+    its input.  ``args`` and ``kwargs`` are the call's arguments after ``input``.
+    """
+
+    def guided(input: Any, *args: Any, **kwargs: Any) -> Any:
+        if applies(args, kwargs):
+            input = _gate(input, inplace(args, kwargs))
+        return original(input, *args, **kwargs)
+
+    guided.__wrapped__ = original  # type: ignore[attr-defined]
+    return guided
+
+
+def _argument(args: tuple, kwargs: dict, position: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else default
+
+
+def _always(args: tuple, kwargs: dict) -> bool:
+    return True
+
+
+def _relu_inplace(args: tuple, kwargs: dict) -> bool:  # relu(input, inplace=False)
+    return bool(_argument(args, kwargs, 0, "inplace", False))
+
+
+def _hardtanh_is_relu(args: tuple, kwargs: dict) -> bool:
+    # hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False) clamps like ReLU6 when its
+    # lower end is 0 (nn.ReLU6 calls it with 0.0 and 6.0).
+    return float(_argument(args, kwargs, 0, "min_val", -1.0)) == 0.0
+
+
+def _hardtanh_inplace(args: tuple, kwargs: dict) -> bool:
+    return bool(_argument(args, kwargs, 2, "inplace", False))
+
+
 @contextlib.contextmanager
 def _guided_relus(module: nn.Module, enabled: bool) -> Iterator[None]:
-    """Guided Backprop's ReLU rule during the call (not supported yet)."""
-    if enabled:
-        raise NotImplementedError("Guided Backprop is not implemented for PyTorch yet")
-    yield
+    """Guided Backprop's ReLU rule during the call, everything restored afterwards.
+
+    While active, the backward pass of every ReLU lets a gradient through only
+    where the ReLU's forward input was > 0 (and < 6 for ReLU6) and the incoming
+    gradient is > 0.  Covered: ``nn.ReLU``, ``nn.ReLU6`` and ``nn.Hardtanh``
+    with ``min_val=0`` modules (forward pre-hooks), and the functions
+    ``torch.relu``, ``torch.relu_``, ``F.relu``, ``F.relu_``, ``F.relu6``,
+    ``F.hardtanh`` / ``F.hardtanh_`` with ``min_val=0`` (patched in their
+    modules for the duration of the call).  Not covered: tensor methods such as
+    ``x.relu()`` and names imported before the call (``from torch.nn.functional
+    import relu``).  The patch is process-wide while it lasts, so do not run
+    other torch code in parallel threads during a guided call.
+    """
+    if not enabled:
+        yield
+        return
+    import torch.nn.functional as F
+
+    relu_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+
+    def pre_hook(layer: nn.Module, inputs: tuple) -> tuple | None:
+        if isinstance(layer, nn.Hardtanh) and float(layer.min_val) != 0.0:
+            return None
+        if not inputs:
+            return None
+        return (_gate(inputs[0], bool(getattr(layer, "inplace", False))), *inputs[1:])
+
+    patches = [  # (namespace, name, is this call a ReLU, does it work in place)
+        (torch, "relu", _always, lambda args, kwargs: False),
+        (torch, "relu_", _always, _always),
+        (F, "relu", _always, _relu_inplace),
+        (F, "relu_", _always, _always),
+        (F, "relu6", _always, _relu_inplace),
+        (F, "hardtanh", _hardtanh_is_relu, _hardtanh_inplace),
+        (F, "hardtanh_", _hardtanh_is_relu, _always),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _, _ in patches]
+    handles = []
+    try:
+        for layer in module.modules():
+            if isinstance(layer, relu_modules):
+                handles.append(layer.register_forward_pre_hook(pre_hook))
+        for (owner, name, applies, inplace), (_, _, original) in zip(patches, originals):
+            setattr(owner, name, _guided_functional(original, applies, inplace))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

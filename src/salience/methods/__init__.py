@@ -4,6 +4,7 @@ from .base import Method
 from .blur_ig import BlurIG
 from .grad_cam import GradCAM
 from .gradients import Gradients
+from .guided_backprop import GuidedBackprop
 from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
@@ -16,4 +17,5 @@ __all__ = [
     "BlurIG",
     "Occlusion",
     "GradCAM",
+    "GuidedBackprop",
 ]

@@ -1,0 +1,45 @@
+"""Guided Backpropagation: input gradients with a guided ReLU backward rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import GUIDED_INPUT_GRADIENTS, Model
+from ..schedule import check_batch_size
+from .base import Method, collect_rows
+
+__all__ = ["GuidedBackprop"]
+
+
+class GuidedBackprop(Method):
+    """The input gradient where every ReLU passes a gradient backwards only if
+    both its forward input and the incoming gradient are positive.
+
+    The method asks the model for ``GUIDED_INPUT_GRADIENTS``: the adapters
+    compute it by changing the ReLU backward rule for the duration of the call
+    (``salience.torch``: ``nn.ReLU``, ``nn.ReLU6`` and functional relu;
+    ``salience.tf1``: the graph's ``Relu`` / ``Relu6`` ops).  A plain callable
+    model or a PAIR ``call_model_function`` must return that key itself;
+    otherwise the call fails with an error naming it.
+
+    Parameters
+    ----------
+    batch_size : int
+        Largest number of inputs per model call.
+
+    References
+    ----------
+    Springenberg, Dosovitskiy, Brox, Riedmiller. "Striving for Simplicity: The
+    All Convolutional Net", ICLR workshop 2015. https://arxiv.org/abs/1412.6806
+    """
+
+    name = "GuidedBackprop"
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self.batch_size = check_batch_size(batch_size)
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        grads = collect_rows(
+            model, x, targets, [GUIDED_INPUT_GRADIENTS], self.batch_size, self.name
+        )[GUIDED_INPUT_GRADIENTS]
+        return grads.astype(x.dtype, copy=False)
