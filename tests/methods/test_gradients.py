@@ -1,0 +1,57 @@
+"""Vanilla gradients against exact analytic gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import salience
+from salience.model import INPUT_OUTPUT_GRADIENTS
+
+
+def test_equals_exact_gradient(analytic, images):
+    maps = salience.Gradients().explain(analytic, images, targets=[0, 1, 2])
+    np.testing.assert_allclose(maps, analytic.gradient(images, np.array([0, 1, 2])), rtol=1e-12)
+    assert maps.shape == images.shape and maps.dtype == np.float64
+
+
+@pytest.mark.parametrize("batch_size, calls", [(1, 3), (2, 2), (3, 1), (100, 1)])
+def test_batch_equals_one_by_one(batch_size, calls, analytic, images):
+    batch = salience.Gradients(batch_size=batch_size).explain(analytic, images, 1)
+    assert analytic.calls == calls
+    singles = [salience.Gradients().explain(analytic, images[i : i + 1], 1)[0] for i in range(3)]
+    np.testing.assert_allclose(batch, np.stack(singles), rtol=1e-12)
+
+
+def test_targets_forms_agree(analytic, images):
+    g = salience.Gradients()
+    by_int = g.explain(analytic, images, 2)
+    np.testing.assert_array_equal(g.explain(analytic, images, [2, 2, 2]), by_int)
+    np.testing.assert_array_equal(g.explain(analytic, images, np.array([2, 2, 2])), by_int)
+    np.testing.assert_array_equal(g.explain(analytic, images, np.int64(2)), by_int)
+
+
+def test_none_targets_explain_top_class(analytic, images):
+    top = np.argmax(analytic.predict(images), axis=1)
+    maps = salience.Gradients().explain(analytic, images)
+    np.testing.assert_allclose(maps, analytic.gradient(images, top), rtol=1e-12)
+
+
+def test_float32_input_gives_float32_maps(analytic, images):
+    maps = salience.Gradients().explain(analytic, images.astype(np.float32), 0)
+    assert maps.dtype == np.float32
+
+
+def test_model_without_predict_gets_none_targets(images):
+    seen = []
+
+    def model(x, targets, keys):
+        seen.append(targets)
+        return {INPUT_OUTPUT_GRADIENTS: np.ones_like(x)}
+
+    maps = salience.Gradients(batch_size=2).explain(model, images)
+    assert seen == [None, None]
+    np.testing.assert_array_equal(maps, np.ones_like(images))
+    assert len(seen) == math.ceil(3 / 2)

@@ -1,0 +1,108 @@
+"""SmoothGrad: noise drawn from an explicit seed, rows of all samples batched together."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import salience
+
+
+def _noisy_copies(x, nsamples, stdev_spread, seed):
+    """The noisy inputs SmoothGrad documents: per input, sample after sample."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in x:
+        stdev = stdev_spread * (image.max() - image.min())
+        out.append([image + rng.normal(0, stdev, image.shape) for _ in range(nsamples)])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("magnitude", [True, False])
+def test_equals_mean_over_documented_noise(magnitude, analytic, images):
+    maps = salience.SmoothGrad(
+        salience.Gradients(), nsamples=6, stdev_spread=0.2, magnitude=magnitude, seed=11
+    ).explain(analytic, images, 1)
+    noisy = _noisy_copies(images, 6, 0.2, 11)
+    grads = analytic.gradient(noisy.reshape(-1, 8, 8, 3), np.ones(18, int)).reshape(3, 6, 8, 8, 3)
+    expected = (grads**2 if magnitude else grads).mean(axis=1)
+    np.testing.assert_allclose(maps, expected, rtol=1e-10)
+
+
+def test_seed_reproduces_and_different_seeds_differ(analytic, images):
+    def run(seed):
+        return salience.SmoothGrad(salience.Gradients(), nsamples=3, seed=seed).explain(
+            analytic, images, 0
+        )
+
+    np.testing.assert_array_equal(run(4), run(4))
+    assert not np.allclose(run(4), run(5))
+    gen = np.random.default_rng(4)
+    np.testing.assert_array_equal(
+        salience.SmoothGrad(salience.Gradients(), nsamples=3, seed=gen).explain(
+            analytic, images, 0
+        ),
+        run(4),
+    )
+
+
+def test_zero_noise_gives_the_wrapped_method(analytic, images):
+    plain = salience.Gradients().explain(analytic, images, 2)
+    smooth = salience.SmoothGrad(
+        salience.Gradients(), nsamples=3, stdev_spread=0, magnitude=False, seed=0
+    ).explain(analytic, images, 2)
+    np.testing.assert_allclose(smooth, plain, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 7, 64])
+def test_noise_rows_share_model_calls(batch_size, analytic, images):
+    salience.SmoothGrad(salience.Gradients(batch_size=batch_size), nsamples=5, seed=0).explain(
+        analytic, images, 0
+    )
+    assert analytic.rows == 15
+    assert analytic.calls == math.ceil(15 / batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8, 100])
+def test_smoothgrad_over_integrated_gradients(batch_size, analytic, images):
+    steps, nsamples = 4, 3
+    ig = salience.IntegratedGradients(steps=steps, baseline=0.1, batch_size=batch_size)
+    maps = salience.SmoothGrad(ig, nsamples=nsamples, seed=2, magnitude=False).explain(
+        analytic, images, [0, 1, 2]
+    )
+    rows = 3 * nsamples * steps
+    assert analytic.rows == rows and analytic.calls == math.ceil(rows / batch_size)
+    noisy = _noisy_copies(images, nsamples, 0.15, 2)
+    expected = np.mean(
+        [
+            [
+                salience.IntegratedGradients(steps=steps, baseline=0.1).explain(
+                    analytic, noisy[i, s][None], i
+                )[0]
+                for s in range(nsamples)
+            ]
+            for i in range(3)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(maps, expected, rtol=1e-9)
+
+
+def test_targets_resolved_once_on_clean_input(analytic, images):
+    top = np.argmax(analytic.predict(images), axis=1)
+    smooth = salience.SmoothGrad(salience.Gradients(), nsamples=4, stdev_spread=1.0, seed=3)
+    np.testing.assert_allclose(
+        smooth.explain(analytic, images), smooth.explain(analytic, images, top), rtol=1e-12
+    )
+
+
+def test_wraps_only_methods():
+    with pytest.raises(TypeError, match="method must be a salience Method"):
+        salience.SmoothGrad(lambda x: x)
+
+
+def test_bad_seed_is_rejected_early():
+    with pytest.raises(TypeError, match="seed must be None, an int"):
+        salience.SmoothGrad(salience.Gradients(), seed="abc")
