@@ -47,8 +47,12 @@ class Method:
         """
         model = as_model(model)
         x = as_float_batch(x)
+        self._check(model, x)  # before resolve_targets, which may run model.predict
         targets = resolve_targets(model, x, targets)
         return self._explain(model, x, targets)
+
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        """Raise if ``x`` does not suit this method's parameters; never calls the model."""
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError

@@ -92,9 +92,12 @@ class BlurIG(Method):
         self.sqrt = bool(sqrt)
         self.batch_size = check_batch_size(batch_size)
 
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        spatial_axes(x.ndim - 1, channels_last(model))
+
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         is_last = channels_last(model)
-        spatial_axes(x.ndim - 1, is_last)  # reject non-image inputs early
+        self._check(model, x)
         images = to_channels_last(x, is_last).astype(np.float64)  # (n, H, W, C)
         n, height, width, _ = images.shape
         sigmas = blur_sigmas(self.max_sigma, self.steps, self.sqrt)

@@ -47,6 +47,9 @@ class GradCAM(Method):
             raise ValueError("broadcast=True needs resize=True (maps must have the input's size)")
         self.batch_size = check_batch_size(batch_size)
 
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        spatial_axes(x.ndim - 1, channels_last(model))
+
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         is_last = channels_last(model)
         h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)

@@ -110,6 +110,10 @@ class IntegratedGradients(Method):
         self.batch_size = check_batch_size(batch_size)
         self.seed = seed
 
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        # The real draws of 'uniform' happen in _explain, from self.seed.
+        resolve_baselines(self.baseline, x, np.random.default_rng(0))
+
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         baselines = resolve_baselines(self.baseline, x, self.seed)
         return integrate_straight_paths(

@@ -52,15 +52,20 @@ class Occlusion(Method):
         self.stride = check_positive_int(stride, "stride")
         self.batch_size = check_batch_size(batch_size)
 
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        is_last = channels_last(model)
-        h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        h_axis, w_axis = spatial_axes(x.ndim - 1, channels_last(model))
         height, width = x.shape[1 + h_axis], x.shape[1 + w_axis]
         if self.size > min(height, width):
             raise ValueError(
                 f"size={self.size} is larger than the image ({height}x{width}); choose a "
                 "window no larger than the image"
             )
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        self._check(model, x)
+        is_last = channels_last(model)
+        h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)
+        height, width = x.shape[1 + h_axis], x.shape[1 + w_axis]
         tops = np.arange(0, height - self.size + 1, self.stride)
         lefts = np.arange(0, width - self.size + 1, self.stride)
         per_image = 1 + len(tops) * len(lefts)  # row 0 of each image is unoccluded

@@ -75,6 +75,9 @@ class SmoothGrad(Method):
         self.seed = seed
         as_random_state(seed)  # fail early on a bad seed
 
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        self.method._check(model, x)
+
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         rng = as_random_state(self.seed)
         n, shape = len(x), x.shape[1:]
