@@ -1,0 +1,296 @@
+"""JAX adapter: ``salience.jax.wrap(fn, params)`` -> Model.
+
+``fn(params, x) -> outputs`` (or ``fn(x)`` when there are no params) is any
+pure JAX function of a batch.  Scores, input gradients and layer gradients are
+computed by one ``jax.jit``-compiled function per kind of call; the gradient of
+the summed scores gives every row's gradient in one backward pass (rows are
+independent), and a per-example ``fn`` is vectorised with ``jax.vmap``.
+
+Exposing a layer for Grad-CAM
+-----------------------------
+JAX cannot take a gradient with respect to a value computed inside a function,
+so the model is given split at the layer: ``layer_fn(params, x) -> features``
+computes the model up to the layer and ``head_fn(params, features) -> outputs``
+the rest, so that ``head_fn(params, layer_fn(params, x)) == fn(params, x)``.
+For example, with a CNN whose last convolution block is ``features``::
+
+    def layer_fn(p, x):
+        return features(p, x)                    # (n, h, w, k), after the ReLU
+
+    def head_fn(p, h):
+        return h.mean(axis=(1, 2)) @ p["w"] + p["b"]
+
+    model = salience.jax.wrap(lambda p, x: head_fn(p, layer_fn(p, x)), params,
+                              layer_fn=layer_fn, head_fn=head_fn)
+
+Compilation
+-----------
+Each distinct chunk size compiles once.  Chunks are padded (by repeating the
+last row, results of padded rows are dropped) to the next power of two, so a
+kind of call compiles at most ``log2(batch_size) + 1`` times whatever the
+number of inputs; power-of-two batch sizes (the defaults) are never padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._adapter import FrameworkModel, score_rule_error
+from .model import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    GUIDED_INPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+)
+
+__all__ = ["wrap", "JaxModel"]
+
+TargetFn = Callable[[jax.Array, "jax.Array | None"], jax.Array]
+
+
+def wrap(
+    fn: Callable[..., Any],
+    params: Any = None,
+    *,
+    layer_fn: Callable[..., Any] | None = None,
+    head_fn: Callable[..., Any] | None = None,
+    target_fn: TargetFn | None = None,
+    channels_last: bool = True,
+    batch_size: int = 64,
+    channels: int | None = None,
+    batched: bool = True,
+) -> JaxModel:
+    """Wrap a pure JAX function as a salience Model.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(params, x) -> outputs`` on a batch ``x`` (``fn(x)`` when
+        ``params`` is None).  Must be traceable by ``jax.jit``.
+    params : pytree, optional
+        The model's parameters, passed to every function unchanged (numpy
+        leaves are copied to the device once).
+    layer_fn, head_fn : callable, optional
+        The model split at the layer Grad-CAM uses (see the module docs):
+        ``layer_fn(params, x) -> features`` and
+        ``head_fn(params, features) -> outputs``.  Give both or neither.
+    target_fn : callable, optional
+        ``target_fn(outputs, targets) -> (n,)`` score per row, computed in JAX
+        on the outputs and the targets array (or None): regression heads, a
+        region of a segmentation map, ...  Without it the score is chosen as
+        described in :class:`salience._adapter.FrameworkModel` (class index,
+        one-hot/weight rows, or the top class).
+    channels_last : bool
+        True if ``fn`` takes (n, H, W, C) images, False for (n, C, H, W).
+    batch_size : int
+        Chunk size of :meth:`JaxModel.predict`.
+    channels : int, optional
+        Number of input channels.  When given, an input with its channels on
+        the other axis gets an error naming the layout instead of a shape
+        error from deep inside the model.
+    batched : bool
+        True if the functions take batches; False if they take one input (and
+        one feature map) at a time, in which case they are ``jax.vmap``-ed.
+
+    Returns
+    -------
+    JaxModel
+        A :class:`salience.model.Model` that also has ``predict(x)``.
+
+    References
+    ----------
+    Bradbury et al. "JAX: composable transformations of Python+NumPy
+    programs", 2018. http://github.com/jax-ml/jax
+    """
+    return JaxModel(fn, params, layer_fn=layer_fn, head_fn=head_fn, target_fn=target_fn,
+                    channels_last=channels_last, batch_size=batch_size, channels=channels,
+                    batched=batched)
+
+
+def _bucket(n: int) -> int:
+    """The padded chunk size: the next power of two."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
+    if len(arr) == size:
+        return arr
+    return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), axis=0)])
+
+
+class JaxModel(FrameworkModel):
+    """A pure JAX function seen through the :class:`salience.model.Model` protocol.
+
+    ``trace_count`` counts how many times a computation was traced (once per
+    kind of call and padded chunk shape; never once per call).
+    """
+
+    supports_guided = False
+
+    def __init__(self, fn, params=None, *, layer_fn=None, head_fn=None, target_fn=None,
+                 channels_last=True, batch_size=64, channels=None, batched=True):
+        for name, value in (("fn", fn), ("layer_fn", layer_fn), ("head_fn", head_fn),
+                            ("target_fn", target_fn)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+        if fn is None:
+            raise TypeError("fn must be callable, got None")
+        if (layer_fn is None) != (head_fn is None):
+            raise ValueError(
+                "give both layer_fn (params, x) -> features and head_fn (params, features) -> "
+                "outputs to expose a layer for Grad-CAM, or neither; got only "
+                f"{'layer_fn' if head_fn is None else 'head_fn'}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if channels is not None and (isinstance(channels, bool)
+                                     or not isinstance(channels, (int, np.integer))
+                                     or channels <= 0):
+            raise ValueError(f"channels must be None or a positive int, got {channels!r}")
+        self.fn = fn
+        self.params = params
+        self._params = jax.tree.map(jnp.asarray, params)
+        self.target_fn = target_fn
+        self.channels_last = bool(channels_last)
+        self.predict_batch_size = int(batch_size)
+        self.expected_channels = None if channels is None else int(channels)
+        self.has_layer = layer_fn is not None
+        self.trace_count = 0
+        self._apply = self._lift(fn, params is None, batched)
+        self._layer = None if layer_fn is None else self._lift(layer_fn, params is None, batched)
+        self._head = None if head_fn is None else self._lift(head_fn, params is None, batched)
+        self._jitted: dict[str, Callable] = {}
+        self._out_shapes: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _lift(f: Callable, no_params: bool, batched: bool) -> Callable:
+        """``g(params, batch)`` from the user's function."""
+        g = (lambda p, x: f(x)) if no_params else f
+        return g if batched else jax.vmap(g, in_axes=(None, 0))
+
+    # -- scores -------------------------------------------------------------------
+
+    def _scores(self, outputs: Any, targets: Any) -> jax.Array:
+        if self.target_fn is not None:
+            return self.target_fn(outputs, targets)
+        if targets is None:
+            return outputs.max(axis=1)
+        if targets.ndim == 1:
+            return jnp.take_along_axis(outputs, targets[:, None], axis=1)[:, 0]
+        return (outputs * targets.astype(outputs.dtype)).sum(axis=1)
+
+    def _check(self, x: np.ndarray, targets: np.ndarray | None) -> None:
+        """Shape and range checks from abstract evaluation, before any real work."""
+        key = (x.shape[1:], None if targets is None else (targets.ndim, targets.shape[1:]))
+        if key not in self._out_shapes:
+            spec = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+            out = jax.eval_shape(self._apply, self._params, spec)
+            if self.target_fn is not None:
+                t_spec = None if targets is None else jax.ShapeDtypeStruct(
+                    (1, *targets.shape[1:]), jnp.int32 if targets.ndim == 1 else jnp.float32)
+                scores = jax.eval_shape(self.target_fn, out, t_spec)
+                if getattr(scores, "shape", None) != (1,):
+                    raise ValueError(
+                        "target_fn must return an array of one score per row, shape (n,), "
+                        f"got shape {getattr(scores, 'shape', type(scores).__name__)} for a "
+                        "batch of 1")
+            elif not hasattr(out, "shape") or len(out.shape) != 2:
+                raise score_rule_error(
+                    (None, *out.shape[1:]) if hasattr(out, "shape") else (type(out).__name__,))
+            self._out_shapes[key] = out
+        out = self._out_shapes[key]
+        if self.target_fn is not None or targets is None:
+            return
+        n_out = out.shape[1]
+        if targets.ndim == 1 and int(targets.max()) >= n_out:
+            raise ValueError(
+                f"target {int(targets.max())} is out of range for a model with {n_out} outputs")
+        if targets.ndim == 2 and targets.shape[1] != n_out:
+            raise ValueError(
+                f"one-hot/weight targets have {targets.shape[1]} columns but the model "
+                f"outputs {n_out} values per row")
+
+    # -- compiled functions ------------------------------------------------------
+
+    def _compiled(self, kind: str) -> Callable:
+        fn = self._jitted.get(kind)
+        if fn is None:
+            fn = self._jitted[kind] = jax.jit(self._body(kind))
+        return fn
+
+    def _body(self, kind: str) -> Callable:
+        apply, layer, head, score = self._apply, self._layer, self._head, self._scores
+
+        if kind == "predict":
+            def predict(p, x):
+                self.trace_count += 1
+                return apply(p, x)
+            return predict
+
+        def run(p, x, t):
+            self.trace_count += 1
+            if kind == "scores":
+                return {"scores": score(apply(p, x), t)}
+            if kind == "input":
+                def total(x):
+                    s = score(apply(p, x), t)
+                    return s.sum(), s
+                g, s = jax.grad(total, has_aux=True)(x)
+                return {"scores": s, "input": g}
+            if kind == "input+layer":
+                h, pull = jax.vjp(lambda x: layer(p, x), x)
+            else:
+                h = layer(p, x)
+
+            def head_total(h):
+                s = score(head(p, h), t)
+                return s.sum(), s
+
+            gh, s = jax.grad(head_total, has_aux=True)(h)
+            result = {"scores": s, "values": h, "layer": gh}
+            if kind == "input+layer":
+                result["input"] = pull(gh)[0]
+            return result
+
+        return run
+
+    # -- running ------------------------------------------------------------------
+
+    def _run(self, x, targets, keys):
+        if GUIDED_INPUT_GRADIENTS in keys:  # FrameworkModel refuses first; kept for clarity
+            raise ValueError("JaxModel cannot compute guided gradients")
+        want_input = INPUT_OUTPUT_GRADIENTS in keys
+        want_layer = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
+        if want_input and want_layer:
+            kind = "input+layer"
+        else:
+            kind = "input" if want_input else ("layer" if want_layer else "scores")
+        x = np.asarray(x, dtype=np.float32)
+        if targets is not None:
+            targets = np.asarray(targets)
+            targets = (targets.astype(np.int32) if targets.ndim == 1
+                       else targets.astype(np.float32))
+        self._check(x, targets)
+        n = len(x)
+        size = _bucket(n)
+        t = None if targets is None else _pad_rows(targets, size)
+        result = self._compiled(kind)(self._params, _pad_rows(x, size), t)
+        out = {OUTPUT_LAYER_VALUES: np.asarray(result["scores"])[:n]}
+        if want_input:
+            out[INPUT_OUTPUT_GRADIENTS] = np.asarray(result["input"])[:n]
+        if want_layer:
+            out[CONVOLUTION_LAYER_VALUES] = np.asarray(result["values"])[:n]
+            out[CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(result["layer"])[:n]
+        return out
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        n = len(x)
+        out = self._compiled("predict")(self._params, _pad_rows(x, _bucket(n)))
+        return np.asarray(out)[:n]
