@@ -106,3 +106,24 @@ def test_wraps_only_methods():
 def test_bad_seed_is_rejected_early():
     with pytest.raises(TypeError, match="seed must be None, an int"):
         salience.SmoothGrad(salience.Gradients(), seed="abc")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_smoothgrad_over_ig_with_one_baseline_per_input(nested, linear, images):
+    per_row = np.random.default_rng(9).normal(size=images.shape)
+    ig = salience.IntegratedGradients(steps=3, baseline=per_row)
+    inner = salience.SmoothGrad(ig, nsamples=2, seed=1, magnitude=False) if nested else ig
+    maps = salience.SmoothGrad(inner, nsamples=3, seed=2, magnitude=False).explain(
+        linear, images, [0, 1, 2]
+    )
+    # a linear model's IG averages to (mean noisy x - baseline) * V; the noise is what differs
+    noisy = _noisy_copies(images, 3, 0.15, 2)
+    if not nested:
+        expected = (noisy.mean(axis=1) - per_row) * linear.V[[0, 1, 2]]
+        np.testing.assert_allclose(maps, expected, rtol=1e-9)
+    else:
+        assert maps.shape == images.shape
+        # each input's map is still computed from its own baseline
+        assert np.corrcoef(maps.ravel(), ((images - per_row) * linear.V[[0, 1, 2]]).ravel())[
+            0, 1
+        ] > 0.9

@@ -57,6 +57,14 @@ class Method:
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
+    def _explain_copies(
+        self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
+    ) -> np.ndarray:
+        """``_explain`` of a batch holding ``copies`` consecutive (noisy) copies of each
+        original input, as SmoothGrad builds it.  Methods with per-input parameters
+        (one baseline per input) override this to repeat them."""
+        return self._explain(model, x, targets)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"

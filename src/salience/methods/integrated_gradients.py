@@ -18,7 +18,7 @@ __all__ = ["IntegratedGradients", "resolve_baselines", "BaselineSpec"]
 BaselineSpec = None | float | np.ndarray | str | Callable[[np.ndarray], Any]
 
 
-def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None) -> np.ndarray:
+def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None, copies: int = 1) -> np.ndarray:
     """Return baselines shaped ``(n, n_baselines, *input_shape)`` for the batch ``x``.
 
     ``spec`` is one baseline specification or a list of them (each is then
@@ -29,14 +29,17 @@ def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None) -> np.ndarray:
     - an array shaped like one input (shared) or like ``x`` (one per input);
     - ``'uniform'``: uniform noise within each input's value range (seeded);
     - a callable ``f(x) -> array`` returning either of the array forms.
+
+    When ``x`` holds ``copies`` consecutive copies of each input (SmoothGrad's
+    noisy samples), one-per-input arrays of ``len(x) // copies`` rows are repeated.
     """
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not specs:
         raise ValueError("baseline list is empty; give at least one baseline")
-    return np.stack([_one_baseline(s, x, rng) for s in specs], axis=1)
+    return np.stack([_one_baseline(s, x, rng, copies) for s in specs], axis=1)
 
 
-def _one_baseline(spec: Any, x: np.ndarray, rng: Any) -> np.ndarray:
+def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.ndarray:
     n, shape = len(x), x.shape[1:]
     if spec is None:
         return np.zeros_like(x)
@@ -61,6 +64,8 @@ def _one_baseline(spec: Any, x: np.ndarray, rng: Any) -> np.ndarray:
         arr = np.full_like(x, arr)
     elif arr.shape == shape:
         arr = np.broadcast_to(arr, x.shape).copy()
+    elif copies > 1 and arr.shape == (n // copies, *shape):
+        arr = np.repeat(arr, copies, axis=0)
     elif arr.shape != x.shape:
         raise ValueError(
             f"baseline has shape {arr.shape}; expected one input's shape {shape} or the "
@@ -115,7 +120,12 @@ class IntegratedGradients(Method):
         resolve_baselines(self.baseline, x, np.random.default_rng(0))
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        baselines = resolve_baselines(self.baseline, x, self.seed)
+        return self._explain_copies(model, x, targets, 1)
+
+    def _explain_copies(
+        self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
+    ) -> np.ndarray:
+        baselines = resolve_baselines(self.baseline, x, self.seed, copies)
         return integrate_straight_paths(
             model, x, baselines, targets, self.steps, self.batch_size, self.name
         )

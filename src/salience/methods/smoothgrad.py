@@ -79,6 +79,11 @@ class SmoothGrad(Method):
         self.method._check(model, x)
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        return self._explain_copies(model, x, targets, 1)
+
+    def _explain_copies(
+        self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
+    ) -> np.ndarray:
         rng = as_random_state(self.seed)
         n, shape = len(x), x.shape[1:]
         noisy = np.empty((n, self.nsamples, *shape), dtype=np.result_type(x.dtype, np.float64))
@@ -88,7 +93,7 @@ class SmoothGrad(Method):
                 noisy[i, s] = x[i] + rng.normal(0, stdev, shape)
         noisy = noisy.astype(x.dtype, copy=False).reshape(n * self.nsamples, *shape)
         repeated = None if targets is None else np.repeat(targets, self.nsamples, axis=0)
-        maps = self.method._explain(model, noisy, repeated)
+        maps = self.method._explain_copies(model, noisy, repeated, copies * self.nsamples)
         maps = maps.reshape(n, self.nsamples, *maps.shape[1:]).astype(np.float64)
         if self.magnitude:
             maps = maps * maps
