@@ -7,6 +7,7 @@ Quick start::
     maps = salience.IntegratedGradients(steps=50).explain(model, images, targets=None)
 """
 
+from .explain import Explanation, explain
 from .methods import (
     BlurIG,
     GradCAM,
@@ -30,6 +31,8 @@ from .model import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "explain",
+    "Explanation",
     "Method",
     "Gradients",
     "SmoothGrad",

@@ -1,0 +1,390 @@
+"""The ``salience`` command: ``salience explain`` turns images and a model into an HTML report.
+
+Run ``salience explain --help`` for the options.  With no arguments it explains
+scikit-image's sample photos with the built-in EfficientNet-Lite0 (ImageNet)
+and writes ``salience-report/index.html``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain"]
+
+#: scikit-image sample photos explained when no image is given.
+SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
+DEFAULT_METHODS = ("gradients", "smoothgrad", "integrated_gradients", "xrai", "gradcam")
+
+app = typer.Typer(
+    add_completion=False,
+    help="Explain image models with saliency maps and write an HTML report.",
+    pretty_exceptions_enable=False,
+)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2):
+    _stderr_console().print(f"[bold red]error:[/bold red] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise CliError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise CliError(f"{name} is empty")
+    return values
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise CliError(f"--size must be N or HEIGHTxWIDTH (e.g. 224x224), got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise CliError(f"--size must be N or HEIGHTxWIDTH with positive ints, got {text!r}")
+    return values[0], values[1]
+
+
+def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
+    from .explain import available_methods, canonical_method_name
+
+    known = available_methods()
+    if text is None:
+        names = [m for m in DEFAULT_METHODS if m in known]
+        if has_layer is False:
+            names = [m for m in names if not known[m].needs_layer]
+        return names
+    names = []
+    for raw in text.split(","):
+        if not raw.strip():
+            continue
+        name = canonical_method_name(raw)
+        if name == "all":
+            names += [m for m in known if m not in names]
+            continue
+        if name not in known:
+            raise CliError(f"unknown method {raw.strip()!r}; valid methods: {', '.join(known)}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise CliError(f"--methods is empty; valid methods: {', '.join(known)}")
+    return names
+
+
+def _target(text: str | None, labels, n: int) -> Any:
+    if text is None or text.strip().lower() in ("", "top"):
+        return None
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise CliError(f"--target must be a class index >= 0 or a class name, got {value}")
+        return value
+    if labels is not None:
+        wanted = text.lower()
+        for index in range(100_000):  # bounded: label tables are far smaller
+            try:
+                name = labels(index)
+            except Exception:  # noqa: BLE001 - end of the table
+                break
+            if name.startswith("class "):
+                break
+            if name.lower() == wanted:
+                return index
+    raise CliError(
+        f"--target {text!r} is neither a class index nor a class name of this model's labels"
+    )
+
+
+def _sample_images():
+    import skimage.data
+
+    return [(name, f"skimage.data.{name}()", getattr(skimage.data, name)())
+            for name in SAMPLE_IMAGES]
+
+
+def run_explain(
+    images: list[Path] | None = None,
+    *,
+    model: str | None = None,
+    arch: str | None = None,
+    layer: str | None = None,
+    trust_model: bool = False,
+    methods: str | None = None,
+    target: str | None = None,
+    out: Path = Path("salience-report"),
+    batch_size: int = 32,
+    metrics: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    preset: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    size: str | None = None,
+    resize: str | None = None,
+    channels: int | None = None,
+    channels_last: bool | None = None,
+    labels: str | None = None,
+    cmap: str = "inferno",
+    quiet: bool = False,
+) -> Path:
+    """Everything ``salience explain`` does; returns the path of ``index.html``.
+
+    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
+    """
+    from .explain import available_methods, explain
+    from .io import ImageReadError, LargeImageWarning, find_images, load_image
+    from .loading import load_labels, load_model
+    from .report import ImageEntry, check_output_dir, write_report
+
+    console = _stderr_console()
+    say = (lambda *_a, **_k: None) if quiet else console.print
+    if batch_size <= 0:
+        raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    _method_names(methods)  # unknown names fail before any work
+    if metrics:
+        _metrics_module()  # fail early when metrics are unavailable
+    check_output_dir(out, overwrite)
+    files = find_images(images) if images else None
+    if files is not None and not files:
+        raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
+
+    loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+                        channels_last=channels_last)
+    if labels is not None:
+        loaded.labels = load_labels(labels)
+    prep = loaded.preprocessing.with_(size=_size(size), preset=preset, resize=resize,
+                                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                      channels=channels)
+    names = _method_names(methods, loaded.has_layer)
+    known = available_methods()
+    layerless = [m for m in names if known[m].needs_layer and not loaded.has_layer]
+    if layerless:
+        raise CliError(
+            f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
+            "module name) with a state_dict/pickled model, or drop it from --methods"
+        )
+
+    entries, skipped, warned = [], [], []
+    sources = ([(p.name, str(p), p) for p in files] if files is not None else _sample_images())
+    for name, source, item in sources:
+        try:
+            image = load_image(item) if isinstance(item, Path) else np.asarray(item)
+        except ImageReadError as err:
+            skipped.append({"path": source, "reason": str(err)})
+            say(f"[yellow]skipped[/yellow] {err}", markup=True)
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LargeImageWarning)
+            display = prep.display(image, name)
+        for w in caught:
+            warned.append(str(w.message))
+            say(f"[yellow]warning:[/yellow] {w.message}", markup=True)
+        entries.append(ImageEntry(name=name, display=display, source=source,
+                                  original_size=tuple(image.shape[:2])))
+    if not entries:
+        raise CliError("none of the images could be read; nothing to explain")
+
+    x = prep.model_input([e.display for e in entries])
+    targets = _target(target, loaded.labels, len(entries))
+    result = _explain_with_progress(explain, loaded.model, x, names, targets, batch_size,
+                                    quiet, console, len(entries))
+    for method, message in result.errors.items():
+        console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
+    if metrics:
+        _add_metrics(entries, loaded.model, x, result, batch_size)
+
+    scale, mean_v, std_v = prep.normalisation()
+    index = write_report(
+        out, entries, result,
+        model_info={"name": loaded.name, "size": prep.size, "channels": prep.channels,
+                    "normalisation": f"{prep.preset}: (x*{scale:.4g} - {_rounded(mean_v)}) / "
+                                     f"{_rounded(std_v)}"},
+        labels=loaded.labels,
+        regions=[m for m in result.maps if m in known and known[m].regions],
+        descriptions={m: known[m].description for m in names if m in known},
+        skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
+        settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
+                  "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
+                  "preset": prep.preset, "metrics": metrics, "device": device},
+    )
+    return index
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
+def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet, console, n):
+    show = not quiet and sys.stderr.isatty()
+    if not show:
+        return explain(model, x, names, targets, batch_size, errors="collect")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("explaining", total=n * len(names))
+        done: dict[str, int] = {}
+
+        def progress(method: str, images_done: int) -> None:
+            step = images_done - done.get(method, 0)
+            done[method] = images_done
+            bar.update(task, advance=step, description=f"{method}")
+
+        return explain(model, x, names, targets, batch_size, progress=progress,
+                       errors="collect")
+
+
+def _metrics_module():
+    try:
+        from . import metrics as metrics_module
+    except ImportError as err:
+        raise CliError(f"--metrics needs salience.metrics, which cannot be imported ({err})") from err
+    missing = [f for f in ("compute_pic_metric", "insertion_deletion")
+               if not hasattr(metrics_module, f)]
+    if missing:
+        raise CliError(
+            "--metrics needs salience.metrics with insertion/deletion AUC and SIC/AIC; this "
+            f"installation lacks {', '.join(missing)}"
+        )
+    return metrics_module
+
+
+def _add_metrics(entries, model, x, result, batch_size) -> None:
+    from .explain import evaluate_maps
+
+    values = evaluate_maps(model, x, [e.display for e in entries], result, batch_size)
+    for entry, per_image in zip(entries, values):
+        entry.metrics = per_image
+
+
+# --- typer commands -------------------------------------------------------------------
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    """Explain image models with saliency maps.  With no command: ``salience explain``."""
+    if ctx.invoked_subcommand is None:
+        explain_command()
+
+
+@app.command("explain")
+def explain_command(
+    images: Annotated[list[Path] | None, typer.Argument(
+        help="Image files or folders (searched recursively). Default: scikit-image's sample "
+             "photos chelsea, coffee, astronaut.", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Built-in model name (see `salience models`) or a model file: "
+        "state_dict (.pt/.pth, with --arch), TorchScript, torch.export (.pt2), Keras .keras. "
+        "Default: efficientnet-lite0.")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="package.module:function building the architecture of a state_dict.")] = None,
+    layer: Annotated[str | None, typer.Option(
+        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
+    trust_model: Annotated[bool, typer.Option(
+        "--trust-model", help="Allow unpickling Python objects from the model file (can run "
+        "arbitrary code: only for files you trust).")] = False,
+    methods: Annotated[str | None, typer.Option(
+        "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
+        f"Default: {','.join(DEFAULT_METHODS)} (those available).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", help="Class to explain for every image: index or label name. "
+        "Default: each image's top class.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path(
+        "salience-report"),
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", help="Largest number of rows per model call.")] = 32,
+    metrics: Annotated[bool, typer.Option(
+        "--metrics", help="Add insertion/deletion AUC and SIC/AIC per map.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing report directory.")] = False,
+    device: Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")] = None,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    size: Annotated[str | None, typer.Option(
+        help="Model input size: N or HEIGHTxWIDTH (default: the model's).")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="squash (whole image, default) or crop (shorter side, centre crop).")] = None,
+    channels: Annotated[int | None, typer.Option(
+        help="Channels the model takes (1 or 3; default: from its first layer).")] = None,
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")] = False,
+    labels: Annotated[str | None, typer.Option(
+        help="Class names: 'imagenet' or a text file with one name per line.")] = None,
+    cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+) -> None:
+    """Explain images with a model and write an HTML report to --out."""
+    try:
+        index = run_explain(
+            images, model=model, arch=arch, layer=layer, trust_model=trust_model,
+            methods=methods, target=target, out=out, batch_size=batch_size, metrics=metrics,
+            overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
+            resize=resize, channels=channels, channels_last=channels_last or None,
+            labels=labels, cmap=cmap, quiet=quiet,
+        )
+    except (CliError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"Report written to {index}")
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List the saliency methods this installation has."""
+    from .explain import available_methods
+
+    for spec in available_methods().values():
+        extra = " (needs a convolutional layer)" if spec.needs_layer else ""
+        typer.echo(f"{spec.name:22s} {spec.description}{extra}")
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the built-in models and the model file formats."""
+    from .loading import BUILTIN_MODELS
+
+    for name, (description, _) in BUILTIN_MODELS.items():
+        typer.echo(f"{name:22s} {description}")
+    typer.echo("")
+    typer.echo("Model files (--model PATH):")
+    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function")
+    typer.echo("  TorchScript archive (torch.jit.save)")
+    typer.echo("  torch.export archive (torch.export.save, .pt2)")
+    typer.echo("  Keras .keras file (loaded with safe_mode)")
+    typer.echo("  pickled nn.Module (torch.save(model)): only with --trust-model")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,259 @@
+"""Reading images from disk and turning them into model inputs.
+
+Images are read with Pillow (any format it can open: PNG, JPEG, TIFF including
+16-bit microscopy, BMP, WebP, ...), kept as uint8 arrays for display, and
+converted to the model's input by a :class:`Preprocessing`: resize, channel
+handling (a 1-channel model gets one gray channel, a 3-channel model gets gray
+images replicated) and normalisation ``(x * scale - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "LargeImageWarning",
+    "PRESETS",
+    "Preprocessing",
+    "find_images",
+    "image_suffixes",
+    "load_image",
+]
+
+#: Normalisation presets: name -> (scale, mean, std) applied as ``(x * scale - mean) / std``
+#: on uint8 pixel values.  A 1-channel model uses the mean of the three values.
+PRESETS: dict[str, tuple[float, tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet-lite": (1 / 255, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)),
+    "unit": (1 / 255, (0.0,), (1.0,)),
+    "symmetric": (1 / 255, (0.5,), (0.5,)),
+    "raw": (1.0, (0.0,), (1.0,)),
+}
+
+#: An image larger than this many times the model input (in height or width) is
+#: resized with a :class:`LargeImageWarning`.
+LARGE_FACTOR = 4
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read (missing, not an image, truncated or corrupt)."""
+
+
+class LargeImageWarning(UserWarning):
+    """An image far larger than the model's input was resized down to it."""
+
+
+def image_suffixes() -> frozenset[str]:
+    """File name endings Pillow can open (lower case, with the dot)."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files.
+
+    Folders are searched recursively for files whose ending Pillow knows;
+    files given explicitly are kept whatever their ending (a wrong one is
+    reported when the file is read).
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    """
+    suffixes = image_suffixes()
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
+    return found
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read one image as uint8: ``(H, W)`` when it is grayscale, else ``(H, W, 3)`` RGB.
+
+    EXIF orientation is applied; transparency is dropped; 16-bit and float
+    grayscale images (microscopy) are scaled by their own range to 0..255.
+
+    Raises
+    ------
+    ImageReadError
+        The file cannot be opened or decoded.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except FileNotFoundError as err:
+        raise ImageReadError(f"{path}: no such file") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    if img.width == 0 or img.height == 0:
+        raise ImageReadError(f"{path}: the image is empty ({img.width}x{img.height})")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _to_uint8(np.asarray(img, dtype=np.float64))
+    if img.mode in ("1", "L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    if img.mode == "P" and _palette_is_gray(img):
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _palette_is_gray(img) -> bool:
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (np.nan_to_num(values, nan=lo) - lo) / (hi - lo) * 255
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 images become model inputs.
+
+    Parameters
+    ----------
+    size : (int, int)
+        Model input height and width.
+    channels : int
+        1 or 3: what the model's first layer takes.
+    channels_last : bool
+        Model layout: ``(n, H, W, C)`` if true, else ``(n, C, H, W)``.
+    preset : str
+        Normalisation preset from :data:`PRESETS`; ``mean``/``std``/``scale`` override it.
+    mean, std : sequence of float, optional
+        Per-channel values (1 or ``channels`` of them) in units of ``x * scale``.
+    scale : float, optional
+        Factor applied to uint8 pixel values first (``1/255`` for the presets
+        except ``raw``).
+    resize : {'squash', 'crop'}
+        ``squash`` resizes to ``size`` exactly; ``crop`` resizes the shorter
+        side and cuts the centre.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    channels_last: bool = False
+    preset: str = "imagenet"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown normalisation preset {self.preset!r}; valid presets: {sorted(PRESETS)}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resize not in ("squash", "crop"):
+            raise ValueError(f"resize must be 'squash' or 'crop', got {self.resize!r}")
+        height, width = (int(v) for v in self.size)
+        if height <= 0 or width <= 0:
+            raise ValueError(f"size must be two positive ints (height, width), got {self.size}")
+        object.__setattr__(self, "size", (height, width))
+        self.normalisation()  # fail early on bad mean/std
+
+    def with_(self, **changes) -> Preprocessing:
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def normalisation(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(scale, mean, std)`` with mean and std shaped for ``channels``."""
+        scale, mean, std = PRESETS[self.preset]
+        scale = scale if self.scale is None else float(self.scale)
+        mean = self._per_channel(self.mean if self.mean is not None else mean, "mean",
+                                 self.mean is None)
+        std = self._per_channel(self.std if self.std is not None else std, "std",
+                                self.std is None)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {scale}")
+        if (std <= 0).any() or not np.isfinite(std).all():
+            raise ValueError(f"std must hold positive numbers, got {std.tolist()}")
+        return scale, mean, std
+
+    def _per_channel(self, values: Sequence[float], name: str, from_preset: bool) -> np.ndarray:
+        arr = np.asarray(values, dtype=np.float32).reshape(-1)
+        if arr.size == 1:
+            return np.repeat(arr, self.channels)
+        if arr.size == self.channels:
+            return arr
+        if from_preset and self.channels == 1:
+            return np.array([arr.mean()], dtype=np.float32)
+        raise ValueError(
+            f"{name} has {arr.size} values but the model takes {self.channels} channel(s); "
+            f"give 1 or {self.channels} values"
+        )
+
+    def display(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """Resize one uint8 image (``(H, W)`` or ``(H, W, 3)``) to the model's size.
+
+        The result keeps the image's own colour (gray stays ``(H, W)``); it is
+        what the report draws maps on.  Warns with :class:`LargeImageWarning`
+        when the image is more than ``LARGE_FACTOR`` times the input size.
+        """
+        from PIL import Image
+
+        height, width = self.size
+        h, w = image.shape[:2]
+        if h > LARGE_FACTOR * height or w > LARGE_FACTOR * width:
+            warnings.warn(
+                f"{name} is {w}x{h} pixels, far larger than the model input {width}x{height}; "
+                "it is resized down (details finer than the input resolution are lost)",
+                LargeImageWarning,
+                stacklevel=2,
+            )
+        pil = Image.fromarray(image)
+        if self.resize == "crop":
+            ratio = max(height / h, width / w)
+            new_w, new_h = max(width, round(w * ratio)), max(height, round(h * ratio))
+            pil = pil.resize((new_w, new_h), Image.BILINEAR)
+            left, top = (new_w - width) // 2, (new_h - height) // 2
+            pil = pil.crop((left, top, left + width, top + height))
+        elif (w, h) != (width, height):
+            pil = pil.resize((width, height), Image.BILINEAR)
+        return np.asarray(pil, dtype=np.uint8)
+
+    def model_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Stack resized uint8 images (from :meth:`display`) into a float32 model batch."""
+        scale, mean, std = self.normalisation()
+        batch = np.stack([self._channels(img) for img in images]).astype(np.float32)
+        batch = (batch * np.float32(scale) - mean) / std
+        if not self.channels_last:
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _channels(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 2:
+            gray = image[..., None]
+            return gray if self.channels == 1 else np.repeat(gray, 3, axis=2)
+        if self.channels == 3:
+            return image
+        # An RGB image for a 1-channel model: ITU-R 601 luma, as Pillow's "L".
+        luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(luma), 0, 255)[..., None]

@@ -1,0 +1,363 @@
+"""Write an explanation to a report directory: HTML, PNGs, raw maps and a JSON summary.
+
+Layout of ``DIR``::
+
+    index.html          the report (Jinja2 template ``templates/index.html``)
+    summary.json        predictions, targets, timings, metrics, skipped files
+    maps.npz            raw maps, key ``<image>__<method>``
+    images/<image>.png  the model-sized original
+    maps/<image>__<method>.png            the map alone, coloured
+    overlays/<image>__<method>.png        the map over the image
+    overlays/<image>__<method>__top10.png XRAI-style top regions (10% and 30%)
+
+Everything is written to a temporary sibling directory first and renamed into
+place at the end, so ``DIR`` is either the complete new report or untouched.
+An existing ``DIR`` is replaced only with ``overwrite=True`` and only when it
+is empty or a previous salience report; names from image files are
+sanitised, so no output path escapes ``DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import visualize
+
+__all__ = [
+    "ImageEntry",
+    "OutputDirError",
+    "check_output_dir",
+    "safe_names",
+    "write_report",
+]
+
+GENERATOR = "salience"
+REGION_FRACTIONS = (0.1, 0.3)
+
+
+class OutputDirError(ValueError):
+    """The output directory cannot be used (exists, is a file, or holds other files)."""
+
+
+@dataclass
+class ImageEntry:
+    """One explained image.
+
+    Attributes
+    ----------
+    name : str
+        Shown in the report (file name or sample name).
+    display : ndarray
+        The model-sized image (uint8, ``(H, W)`` or ``(H, W, 3)``) maps are drawn on.
+    source : str
+        Where it came from (path or ``skimage.data.<name>``).
+    original_size : (int, int) or None
+        Height and width before resizing.
+    """
+
+    name: str
+    display: np.ndarray
+    source: str = ""
+    original_size: tuple[int, int] | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _is_previous_report(path: Path) -> bool:
+    if not any(path.iterdir()):
+        return True
+    summary = path / "summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Check that ``out`` may be written; call it before doing any work.
+
+    Raises
+    ------
+    OutputDirError
+        ``out`` is a file; it exists and ``overwrite`` is false; or it exists,
+        is not empty and is not a previous salience report (then even
+        ``overwrite`` does not replace it, so nothing the user had is lost).
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise OutputDirError(f"--out {str(out)!r} exists and is not a directory")
+        if not overwrite:
+            raise OutputDirError(
+                f"--out {str(out)!r} already exists; pass --overwrite to replace it, or choose "
+                "another directory"
+            )
+        if not _is_previous_report(out):
+            raise OutputDirError(
+                f"--out {str(out)!r} exists and is not a salience report (it has files but no "
+                "summary.json written by salience); refusing to replace it even with "
+                "--overwrite. Choose another directory"
+            )
+    return out
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_names(names: Sequence[str], max_length: int = 80) -> list[str]:
+    """File-system-safe, unique, non-hidden names (no separators, no ``..``)."""
+    used: set[str] = set()
+    out = []
+    for raw in names:
+        base = _UNSAFE.sub("_", str(raw)).strip("._-")[:max_length] or "image"
+        name, k = base, 2
+        while name.lower() in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name.lower())
+        out.append(name)
+    return out
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if root.resolve() not in path.parents:
+        raise OutputDirError(f"refusing to write {relative!r} outside the report directory")
+    return path
+
+
+def _map_2d(saliency_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    flat = visualize.to_2d(saliency_map, size)
+    if flat.shape != size:
+        from skimage.transform import resize
+
+        flat = resize(flat, size, order=1)
+    return flat
+
+
+def write_report(
+    out: str | Path,
+    entries: Sequence[ImageEntry],
+    explanation: Any,
+    *,
+    model_info: Mapping[str, Any],
+    labels: Callable[[int], str] | None = None,
+    regions: Sequence[str] = (),
+    descriptions: Mapping[str, str] | None = None,
+    skipped: Sequence[Mapping[str, str]] = (),
+    warnings: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.5,
+    overwrite: bool = False,
+    top_k: int = 5,
+) -> Path:
+    """Render the report into ``out`` atomically and return the path of ``index.html``.
+
+    Parameters
+    ----------
+    out : path
+        The report directory (see the module docs for its layout).
+    entries : sequence of ImageEntry
+        The explained images, in the order of ``explanation``'s maps.
+    explanation : salience.explain.Explanation
+        Predictions, maps and timings.
+    model_info : mapping
+        ``name``, ``size`` (H, W), ``channels``, ``normalisation`` for the header.
+    labels : callable, optional
+        ``labels(class_index) -> str``.
+    regions : sequence of str
+        Methods whose maps rank regions (XRAI): their top 10% and 30% are drawn too.
+    descriptions : mapping, optional
+        A line per method for the summary.
+    skipped, warnings : sequences
+        Skipped inputs (``{"path": ..., "reason": ...}``) and warning texts to show.
+    settings : mapping, optional
+        Command line settings recorded in ``summary.json``.
+    cmap, alpha : str, float
+        Colormap and heatmap weight of the overlays.
+    overwrite : bool
+        Replace an existing previous report in ``out``.
+    top_k : int
+        Predictions listed per image.
+    """
+    import salience
+
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        index = _render_into(
+            tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
+            descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
+            settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
+            version=salience.__version__,
+        )
+        _make_readable(tmp)
+        _install(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / index
+
+
+def _make_readable(path: Path) -> None:
+    # mkdtemp makes a private (0700) directory; give the report the usual permissions.
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
+
+
+def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        check_output_dir(out, overwrite)  # still a previous report?
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _label(labels: Callable[[int], str] | None, index: int) -> str:
+    if labels is None:
+        return f"class {index}"
+    try:
+        return str(labels(int(index)))
+    except Exception:  # noqa: BLE001 - a label is decoration; never fail the report
+        return f"class {index}"
+
+
+def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
+                 descriptions, skipped, warnings, settings, cmap, alpha, top_k, version) -> str:
+    for sub in ("images", "maps", "overlays"):
+        (root / sub).mkdir()
+    names = safe_names([e.name for e in entries])
+    method_names = list(explanation.maps) + [m for m in explanation.errors
+                                             if m not in explanation.maps]
+    n = len(entries)
+    tops = explanation.top(top_k) if explanation.probabilities is not None else [[]] * n
+    targets = explanation.targets
+    raw: dict[str, np.ndarray] = {}
+    images = []
+    for i, (entry, safe) in enumerate(zip(entries, names)):
+        size = tuple(entry.display.shape[:2])
+        image_file = f"images/{safe}.png"
+        visualize.save_png(_inside(root, image_file), entry.display)
+        target = None
+        if targets is not None and np.ndim(targets[i]) == 0:
+            target = int(targets[i])
+        maps = []
+        for method in explanation.maps:
+            saliency_map = np.asarray(explanation.maps[method][i])
+            raw[f"{safe}__{method}"] = saliency_map
+            flat = _map_2d(saliency_map, size)
+            method_safe = safe_names([method])[0]
+            png = f"maps/{safe}__{method_safe}.png"
+            over = f"overlays/{safe}__{method_safe}.png"
+            visualize.save_png(_inside(root, png), visualize.heatmap(flat, cmap=cmap))
+            visualize.save_png(_inside(root, over),
+                               visualize.overlay(entry.display, flat, cmap=cmap, alpha=alpha))
+            region_files = []
+            if method in regions:
+                for fraction in REGION_FRACTIONS:
+                    percent = round(fraction * 100)
+                    rel = f"overlays/{safe}__{method_safe}__top{percent}.png"
+                    visualize.save_png(_inside(root, rel),
+                                       visualize.top_regions(entry.display, flat, fraction))
+                    region_files.append({"percent": percent, "file": rel})
+            maps.append({
+                "method": method, "png": png, "overlay": over, "regions": region_files,
+                "seconds_per_image": explanation.seconds.get(method, 0.0) / max(n, 1),
+            })
+        images.append({
+            "id": f"img-{i}",
+            "name": entry.name,
+            "safe": safe,
+            "source": entry.source,
+            "file": image_file,
+            "original_size": list(entry.original_size) if entry.original_size else None,
+            "target": target,
+            "target_label": _label(labels, target) if target is not None else None,
+            "top": [{"index": c, "label": _label(labels, c), "probability": p}
+                    for c, p in tops[i]],
+            "maps": maps,
+            "metrics": entry.metrics,
+        })
+    if explanation.targets is not None:
+        raw["targets"] = np.asarray(explanation.targets)
+    if explanation.logits is not None:
+        raw["logits"] = np.asarray(explanation.logits)
+    np.savez(_inside(root, "maps.npz"), **raw)
+
+    methods = [{
+        "name": m,
+        "description": descriptions.get(m, ""),
+        "seconds": float(explanation.seconds.get(m, 0.0)),
+        "rows": int(explanation.rows.get(m, 0)),
+        "calls": int(explanation.calls.get(m, 0)),
+        "error": explanation.errors.get(m),
+    } for m in method_names]
+    metric_names = sorted({k for im in images for v in im["metrics"].values() for k in v})
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    model = {
+        "name": str(model_info.get("name", "model")),
+        "size": list(model_info.get("size", (0, 0))),
+        "channels": model_info.get("channels", ""),
+        "normalisation": str(model_info.get("normalisation", "")),
+    }
+    context = {
+        "model": model, "methods": methods, "images": images, "skipped": list(skipped),
+        "warnings": list(warnings), "version": version, "created": created,
+        "predict_seconds": float(explanation.seconds.get("predict", 0.0)),
+        "metric_names": metric_names, "thumb": 224,
+    }
+    html = _environment().get_template("index.html").render(**context)
+    _inside(root, "index.html").write_text(html, encoding="utf-8")
+    summary = {
+        "generator": GENERATOR, "version": version, "created": created, "model": model,
+        "settings": dict(settings), "methods": methods,
+        "predict_seconds": context["predict_seconds"],
+        "images": [{k: v for k, v in im.items() if k not in ("id",)} for im in images],
+        "skipped": list(skipped), "warnings": list(warnings),
+    }
+    _inside(root, "summary.json").write_text(
+        json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    return "index.html"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("salience.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.ChainableUndefined,
+        keep_trailing_newline=True,
+    )
