@@ -98,5 +98,16 @@ class GradCam(CoreSaliency):
         cam = run_method(method, x_value, call_model_function, call_model_args)
         return np.repeat(cam[..., None], 3, axis=-1) if three_dims else cam
 
+    def GetSmoothedMask(self, x_value, call_model_function, call_model_args=None,
+                        stdev_spread=0.15, nsamples=25, magnitude=True, **kwargs):
+        if not getattr(type(self).GetMask, "_salience_batched", False):
+            return super().GetSmoothedMask(x_value, call_model_function, call_model_args,
+                                           stdev_spread, nsamples, magnitude, **kwargs)
+        # Smooth the 2-D map, then repeat it over 3 channels like GetMask does.
+        three_dims = kwargs.pop("three_dims", True)
+        cam = super().GetSmoothedMask(x_value, call_model_function, call_model_args,
+                                      stdev_spread, nsamples, magnitude, **kwargs)
+        return np.repeat(cam[..., None], 3, axis=-1) if three_dims else cam
+
     def _method(self, should_resize=True, three_dims=True):
         return _GradCAM(resize=should_resize, batch_size=1)
