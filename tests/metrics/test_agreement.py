@@ -44,7 +44,7 @@ def test_known_values_and_tolerance(masks):
     assert not ag.pointing_game(maps, masks, tolerance=7.1).any()
     np.testing.assert_allclose(ag.energy_pointing_game(maps, masks), 0.5 / 1.5)
     np.testing.assert_allclose(ag.top_k_iou(maps, masks, k=2 / 256), 1 / 25)
-    rows = ag.agreement(maps, masks, k=2 / 256)
+    rows = ag.agreement_table(maps, masks, k=2 / 256)
     assert rows[0] == {"image": 0, "pointing_hit": False, "energy": pytest.approx(1 / 3),
                        "top_k_iou": pytest.approx(1 / 25), "mask_fraction": 24 / 256}
 
@@ -78,5 +78,5 @@ def test_bad_inputs(masks):
         ag.pointing_game(maps, masks * 2)
     with pytest.raises(ValueError, match="batch of maps"):
         ag.pointing_game(maps[0], masks[0])
-    rows = ag.agreement(-maps, masks)
+    rows = ag.agreement_table(-maps, masks)
     assert rows[0]["energy"] is None

@@ -35,9 +35,9 @@ def test_perfect_map_beats_random_map(region_model, region, positive_images):
     rng = np.random.default_rng(1)
     random_map = rng.random((len(x), *region.shape))
     perfect = _perfect(region, len(x))
-    ins_p, del_p = idl.insertion_deletion(region_model, x, perfect, targets=0, steps=20,
+    ins_p, del_p = idl.insertion_deletion_curves(region_model, x, perfect, targets=0, steps=20,
                                           insertion_baseline="zeros")
-    ins_r, del_r = idl.insertion_deletion(region_model, x, random_map, targets=0, steps=20,
+    ins_r, del_r = idl.insertion_deletion_curves(region_model, x, random_map, targets=0, steps=20,
                                           insertion_baseline="zeros")
     # perfect: the whole score is gone / back after 16/120 of the pixels
     assert (del_p.auc < del_r.auc).all() and (ins_p.auc > ins_r.auc).all()

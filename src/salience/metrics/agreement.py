@@ -26,7 +26,7 @@ from scipy import ndimage
 from .._validate import check_nonnegative
 from ._checks import as_map_batch, as_mask_batch, check_fraction
 
-__all__ = ["pointing_game", "energy_pointing_game", "top_k_iou", "agreement"]
+__all__ = ["pointing_game", "energy_pointing_game", "top_k_iou", "agreement_table"]
 
 
 def _inputs(saliency: Any, masks: Any, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +150,7 @@ def top_k_iou(
     return (top & truth).sum(axis=1) / (top | truth).sum(axis=1)
 
 
-def agreement(
+def agreement_table(
     saliency: Any,
     masks: Any,
     *,

@@ -30,7 +30,7 @@ from ..schedule import check_batch_size, run_rows
 from ._checks import as_map_batch
 from .pic import softmax, trapezoid
 
-__all__ = ["CurveResult", "insertion", "deletion", "insertion_deletion", "make_baseline"]
+__all__ = ["CurveResult", "insertion", "deletion", "insertion_deletion_curves", "make_baseline"]
 
 BASELINES = ("blurred", "zeros", "mean")
 SCORES = ("output", "softmax")
@@ -142,7 +142,7 @@ def deletion(
                   batch_size, blur_sigma)
 
 
-def insertion_deletion(
+def insertion_deletion_curves(
     model: Model,
     x: Any,
     saliency: Any,
