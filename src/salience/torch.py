@@ -191,7 +191,9 @@ class TorchModel(FrameworkModel):
                 # Frozen weights and an input without gradients: start the graph here.
                 output = output.detach().requires_grad_(True)
             captured["layer"] = output
-            return output
+            # The rest of the model gets a copy, so an in-place op after the layer
+            # (ReLU(inplace=True)) can neither change the captured values nor fail on a leaf.
+            return output.clone()
 
         handle = self.layer.register_forward_hook(hook)
         try:
