@@ -1,0 +1,307 @@
+"""The PyTorch adapter: exact gradients, targets, layers, layouts, and an untouched module."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import salience
+import salience.core as core
+import salience.torch as st
+from salience.model import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+)
+
+ALL_KEYS = [INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES, CONVOLUTION_LAYER_VALUES,
+            CONVOLUTION_OUTPUT_GRADIENTS]
+
+
+class TinyCNN(nn.Module):
+    """Conv - ReLU(in place) - conv - tanh - batch norm - dropout - linear; 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 5, 3, padding=1, stride=2),
+            nn.Tanh(),
+        )
+        self.norm = nn.BatchNorm2d(5)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(5 * 4 * 4, 3)
+        self.explode = False
+
+    def forward(self, x):
+        if self.explode:
+            raise RuntimeError("boom inside forward")
+        return self.head(self.drop(self.norm(self.features(x)).flatten(1)))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    module = TinyCNN()
+    with torch.no_grad():  # non-trivial batch norm statistics
+        module.norm.running_mean.uniform_(-0.5, 0.5)
+        module.norm.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
+
+
+def _reference_gradients(module, x, targets):
+    """torch.autograd on an eval-mode copy of the module."""
+    clone = copy.deepcopy(module).eval()
+    xt = torch.tensor(x, requires_grad=True)
+    out = clone(xt)
+    out.gather(1, torch.as_tensor(targets)[:, None]).sum().backward()
+    return xt.grad.numpy()
+
+
+def _outputs(module, x):
+    with torch.no_grad():
+        return copy.deepcopy(module).eval()(torch.tensor(x)).numpy()
+
+
+def test_gradients_equal_autograd(net, x):
+    targets = np.array([0, 1, 2, 1])
+    maps = salience.Gradients(batch_size=3).explain(st.wrap(net), x, targets)
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, targets), rtol=1e-5, atol=1e-7)
+
+
+def test_targets_in_every_form(net, x):
+    model = st.wrap(net)
+    g = salience.Gradients()
+    by_array = g.explain(model, x, np.array([2, 0, 1, 2]))
+    np.testing.assert_allclose(by_array, _reference_gradients(net, x, [2, 0, 1, 2]), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_array_equal(g.explain(model, x, [2, 0, 1, 2]), by_array)
+    np.testing.assert_allclose(g.explain(model, x, np.eye(3)[[2, 0, 1, 2]]), by_array, rtol=1e-6,
+                               atol=1e-8)
+    np.testing.assert_allclose(
+        g.explain(model, x, torch.tensor([2, 0, 1, 2])), by_array, rtol=1e-6, atol=1e-8
+    )
+    np.testing.assert_allclose(
+        g.explain(model, x, 1), _reference_gradients(net, x, [1, 1, 1, 1]), rtol=1e-5, atol=1e-7
+    )
+    top = _outputs(net, x).argmax(axis=1)
+    assert len(set(top.tolist())) > 1  # the test would not notice a fixed class otherwise
+    np.testing.assert_allclose(g.explain(model, x), _reference_gradients(net, x, top), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_predict_and_scores(net, x):
+    model = st.wrap(net, batch_size=3)
+    np.testing.assert_allclose(model.predict(x), _outputs(net, x), rtol=1e-6)
+    out = model(x, np.array([0, 1, 2, 0]), [OUTPUT_LAYER_VALUES])
+    np.testing.assert_allclose(out[OUTPUT_LAYER_VALUES],
+                               _outputs(net, x)[np.arange(4), [0, 1, 2, 0]], rtol=1e-6)
+
+
+def _reference_layer(module, layer_name, x, targets):
+    """Activations of a layer (before any in-place op after it) and the target's gradient."""
+    clone = copy.deepcopy(module).eval()
+    layer = dict(clone.named_modules())[layer_name]
+    saved = {}
+
+    def hook(_m, _i, output):
+        saved["values"] = output
+        return output.clone()  # keep the values out of later in-place ops
+
+    handle = layer.register_forward_hook(hook)
+    out = clone(torch.tensor(x))
+    handle.remove()
+    score = out.gather(1, torch.as_tensor(targets)[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, saved["values"])
+    return saved["values"].detach().numpy(), grad.numpy()
+
+
+@pytest.mark.parametrize("keys", [ALL_KEYS[2:], ALL_KEYS])
+@pytest.mark.parametrize("layer_name", ["features.0", "features.2", "features.3", "norm"])
+def test_layer_values_and_gradients(layer_name, keys, net, x):
+    # features.0 is followed by an in-place ReLU, which must not alter the captured values
+    targets = np.array([0, 1, 2, 1])
+    model = st.wrap(net, layer=layer_name)
+    out = model(x, targets, keys)
+    values, grads = _reference_layer(net, layer_name, x, targets)
+    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out[CONVOLUTION_OUTPUT_GRADIENTS], grads, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_by_module_equals_layer_by_name(net, x):
+    by_name = salience.GradCAM().explain(st.wrap(net, layer="features.2"), x, 1)
+    by_module = salience.GradCAM().explain(st.wrap(net, layer=net.features[2]), x, 1)
+    np.testing.assert_array_equal(by_name, by_module)
+    assert by_name.shape == (4, 8, 8) and by_name.max() > 0
+
+
+def test_grad_cam_on_the_adapter_matches_the_hand_computation(net, x):
+    targets = np.array([2, 1, 0, 0])
+    cams = salience.GradCAM(resize=False).explain(st.wrap(net, layer="features.3"), x, targets)
+    values, grads = _reference_layer(net, "features.3", x, targets)
+    expected = np.maximum(np.einsum("nkhw,nk->nhw", values, grads.mean(axis=(2, 3))), 0)
+    np.testing.assert_allclose(cams, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_layer_lists_available_layers(net):
+    with pytest.raises(ValueError, match=r"no layer named 'feature\.9'; available layers: "
+                                         r"features, features\.0, features\.1"):
+        st.wrap(net, layer="feature.9")
+
+
+def test_layer_not_in_the_model(net):
+    with pytest.raises(ValueError, match="not a submodule"):
+        st.wrap(net, layer=nn.Conv2d(3, 3, 1))
+
+
+def test_grad_cam_without_a_layer_says_what_to_do(net, x):
+    with pytest.raises(ValueError, match="layer=..."):
+        salience.GradCAM().explain(st.wrap(net), x, 0)
+
+
+def test_channels_last_input_to_channels_first_model_is_named(net, x):
+    with pytest.raises(ValueError, match=r"shape \(4, 8, 8, 3\).*looks channels-last.*"
+                                         r"channels-first \(n, C, H, W\)"):
+        salience.Gradients().explain(st.wrap(net), np.moveaxis(x, 1, -1), 0)
+
+
+def test_tensors_accepted_as_input(net, x):
+    model = st.wrap(net)
+    from_tensor = salience.IntegratedGradients(steps=5).explain(model, torch.tensor(x), 1)
+    from_array = salience.IntegratedGradients(steps=5).explain(model, x, 1)
+    np.testing.assert_array_equal(from_tensor, from_array)
+    assert isinstance(from_tensor, np.ndarray)
+
+
+def test_integrated_gradients_on_the_adapter_is_complete(net, x):
+    model = st.wrap(net.double())
+    x64 = x.astype(np.float64)
+    maps = salience.IntegratedGradients(steps=400, batch_size=400).explain(model, x64, 2)
+    scores = model(x64, np.full(4, 2), [OUTPUT_LAYER_VALUES])[OUTPUT_LAYER_VALUES]
+    base = model(np.zeros_like(x64), np.full(4, 2), [OUTPUT_LAYER_VALUES])[OUTPUT_LAYER_VALUES]
+    np.testing.assert_allclose(maps.reshape(4, -1).sum(axis=1), scores - base, rtol=2e-2,
+                               atol=1e-3)
+
+
+# ---------------------------------------------------------------- module untouched
+
+
+def _state(module):
+    return {
+        "training": [(name, m.training) for name, m in module.named_modules()],
+        "requires_grad": [(name, p.requires_grad) for name, p in module.named_parameters()],
+        "grads": [name for name, p in module.named_parameters() if p.grad is not None],
+        "hooks": [
+            name
+            for name, m in module.named_modules()
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+            or getattr(m, "_backward_pre_hooks", None)
+        ],
+        "params": {k: v.clone() for k, v in module.state_dict().items()},
+    }
+
+
+def _assert_same(before, after):
+    for key in ("training", "requires_grad", "grads", "hooks"):
+        assert before[key] == after[key], key
+    for k, v in before["params"].items():
+        assert torch.equal(v, after["params"][k]), k
+
+
+def _prepare(net):
+    net.train()
+    net.features[0].weight.requires_grad_(False)  # a mix of frozen and trainable
+    return _state(net)
+
+
+@pytest.mark.parametrize(
+    "keys", [[INPUT_OUTPUT_GRADIENTS], [OUTPUT_LAYER_VALUES], ALL_KEYS, ALL_KEYS[2:]]
+)
+def test_module_untouched(keys, net, x):
+    before = _prepare(net)
+    model = st.wrap(net, layer="features.2")
+    model(x, np.array([0, 1, 2, 0]), keys)
+    model.predict(x)
+    _assert_same(before, _state(net))
+    assert net.training and net.norm.training and net.drop.training
+
+
+def test_module_untouched_after_exception_inside_forward(net, x):
+    before = _prepare(net)
+    model = st.wrap(net, layer="features.2")
+    net.explode = True
+    for keys in ([INPUT_OUTPUT_GRADIENTS], ALL_KEYS, [OUTPUT_LAYER_VALUES]):
+        with pytest.raises(RuntimeError, match="boom inside forward"):
+            model(x, np.array([0, 1, 2, 0]), keys)
+    with pytest.raises(RuntimeError, match="boom inside forward"):
+        model.predict(x)
+    _assert_same(before, _state(net))
+    net.explode = False
+    assert not net.features[2]._forward_hooks
+
+
+def test_module_untouched_after_a_bad_target(net, x):
+    before = _prepare(net)
+    with pytest.raises(ValueError, match="target 7 is out of range"):
+        salience.GradCAM().explain(st.wrap(net, layer="features.2"), x, 7)
+    _assert_same(before, _state(net))
+
+
+def test_eval_mode_is_used_while_explaining(net, x):
+    net.train()  # dropout would make repeated gradients differ in training mode
+    model = st.wrap(net)
+    first = salience.Gradients().explain(model, x, 0)
+    np.testing.assert_array_equal(first, salience.Gradients().explain(model, x, 0))
+    assert net.training
+
+
+# ---------------------------------------------------------------- PAIR callback
+
+
+def test_pair_call_model_function_channels_last(net, x):
+    model = st.wrap(net, layer="features.2")
+    call = model.call_model_function(channels_last_input=True)
+    image = np.moveaxis(x[0], 0, -1)  # (H, W, C) as in PAIR's notebooks
+    args = {"class_idx_str": 2}
+    mask = core.GradientSaliency().GetMask(image, call, args)
+    expected = salience.Gradients().explain(model, x[:1], 2)[0]
+    np.testing.assert_allclose(mask, np.moveaxis(expected, 0, -1), rtol=1e-6, atol=1e-8)
+    ig = core.IntegratedGradients().GetMask(image, call, args, x_steps=6, batch_size=4)
+    expected = salience.IntegratedGradients(steps=6).explain(model, x[:1], 2)[0]
+    np.testing.assert_allclose(ig, np.moveaxis(expected, 0, -1), rtol=1e-5, atol=1e-8)
+    cam = core.GradCam().GetMask(image, call, args, three_dims=False)
+    expected = salience.GradCAM().explain(model, x[:1], 2)[0]
+    np.testing.assert_allclose(cam, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_pair_call_model_function_native_layout_and_top_class(net, x):
+    model = st.wrap(net)
+    call = model.call_model_function()
+    out = call(x, None, [INPUT_OUTPUT_GRADIENTS])
+    top = _outputs(net, x).argmax(axis=1)
+    np.testing.assert_allclose(out[INPUT_OUTPUT_GRADIENTS], _reference_gradients(net, x, top),
+                               rtol=1e-5, atol=1e-7)
+    out = call(x, 1, [OUTPUT_LAYER_VALUES])
+    np.testing.assert_allclose(out[OUTPUT_LAYER_VALUES], _outputs(net, x)[:, 1], rtol=1e-6)
+
+
+def test_call_model_args_dict_must_hold_one_entry(net, x):
+    call = st.wrap(net).call_model_function()
+    with pytest.raises(ValueError, match="exactly one entry"):
+        call(x, {"a": 1, "b": 2}, [INPUT_OUTPUT_GRADIENTS])
+
+
+def test_wrap_rejects_non_modules():
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module, got function"):
+        st.wrap(lambda t: t)
