@@ -9,14 +9,17 @@ Quick start::
 
 from .explain import Explanation, explain
 from .methods import (
+    XRAI,
     BlurIG,
     GradCAM,
     Gradients,
     GuidedBackprop,
+    GuidedIG,
     IntegratedGradients,
     Method,
     Occlusion,
     SmoothGrad,
+    XRAIResult,
 )
 from .model import (
     CONVOLUTION_LAYER_VALUES,
@@ -41,6 +44,9 @@ __all__ = [
     "Occlusion",
     "GradCAM",
     "GuidedBackprop",
+    "GuidedIG",
+    "XRAI",
+    "XRAIResult",
     "Model",
     "CallbackModel",
     "CONVOLUTION_LAYER_VALUES",

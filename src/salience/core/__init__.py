@@ -15,7 +15,9 @@ from .base import (
     SHAPE_ERROR_MESSAGE,
     CoreSaliency,
 )
+from .guided_ig import GuidedIG
 from .methods import BlurIG, GradCam, GradientSaliency, IntegratedGradients, Occlusion
+from .xrai import XRAI, XRAIOutput, XRAIParameters
 
 __all__ = [
     "CoreSaliency",
@@ -24,6 +26,10 @@ __all__ = [
     "BlurIG",
     "Occlusion",
     "GradCam",
+    "GuidedIG",
+    "XRAI",
+    "XRAIParameters",
+    "XRAIOutput",
     "CONVOLUTION_LAYER_VALUES",
     "CONVOLUTION_OUTPUT_GRADIENTS",
     "INPUT_OUTPUT_GRADIENTS",

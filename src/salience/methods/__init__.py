@@ -5,9 +5,11 @@ from .blur_ig import BlurIG
 from .grad_cam import GradCAM
 from .gradients import Gradients
 from .guided_backprop import GuidedBackprop
+from .guided_ig import GuidedIG
 from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
+from .xrai import XRAI, XRAIResult
 
 __all__ = [
     "Method",
@@ -18,4 +20,7 @@ __all__ = [
     "Occlusion",
     "GradCAM",
     "GuidedBackprop",
+    "GuidedIG",
+    "XRAI",
+    "XRAIResult",
 ]
