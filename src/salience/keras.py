@@ -203,7 +203,7 @@ class KerasModel(FrameworkModel):
                 "Sequential model without an Input)")
         try:
             return _functional_class(self.model)(
-                inputs, [self.layer.output, _single(self.model.outputs)])
+                _single(inputs), [self.layer.output, _single(self.model.outputs)])
         except (AttributeError, ValueError) as error:
             raise ValueError(
                 f"cannot expose layer {self.layer.name!r} of model {self.model.name!r}: it is "
