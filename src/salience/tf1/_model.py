@@ -107,6 +107,13 @@ class TF1Model(FrameworkModel):
                 raise ValueError(
                     f"{name} ({tensor.name}) belongs to another graph than the one passed as graph"
                 )
+        if y.shape.rank is not None and y.shape.rank > 1:
+            per_row = y.shape.as_list()[1:]
+            if None in per_row or int(np.prod(per_row)) != 1:
+                raise ValueError(
+                    f"y must hold one score per row, e.g. y = logits[:, k]; got {y.name} with "
+                    f"shape {tuple(y.shape.as_list())}"
+                )
         self.graph, self.session, self.y, self.x = graph, session, y, x
         self.conv_layer = conv_layer
         self.has_layer = conv_layer is not None
