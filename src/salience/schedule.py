@@ -14,9 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .model import Model, check_outputs, gradient_keys
+from .model import Model, check_outputs
 
-__all__ = ["run_rows", "check_batch_size"]
+__all__ = ["run_rows", "check_batch_size", "NonFiniteOutputError"]
+
+
+class NonFiniteOutputError(FloatingPointError, ValueError):
+    """The model returned NaN or inf (a FloatingPointError, and a ValueError about its output)."""
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -62,7 +66,7 @@ def run_rows(
     """
     batch_size = check_batch_size(batch_size)
     n_rows = len(row_image)
-    checked_for_finiteness = [k for k in keys if k in gradient_keys()]
+    checked_for_finiteness = list(keys)  # a NaN score or activation is no better
     for start in range(0, n_rows, batch_size):
         stop = min(start + batch_size, n_rows)
         x = make_rows(start, stop)
@@ -77,7 +81,7 @@ def _raise_if_not_finite(values, key, start, row_image, method):
     bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad_rows.any():
         row = start + int(np.argmax(bad_rows))
-        raise FloatingPointError(
+        raise NonFiniteOutputError(
             f"{method}: the model returned non-finite {key} (NaN or inf) for row {row} "
             f"(image {int(row_image[row])} of the batch); check the model and its input "
             "for overflow"
