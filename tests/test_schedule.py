@@ -148,3 +148,32 @@ def test_non_finite_gradient_names_method_and_row(method, bad_row, image, value,
     assert f"row {bad_row} " in message
     assert f"image {image} of the batch" in message
     assert INPUT_OUTPUT_GRADIENTS in message
+
+
+class NonFiniteScoreAt:
+    """Returns a NaN score (and NaN layer values) for one row of the run."""
+
+    def __init__(self, inner, bad_row):
+        self.inner, self.bad_row, self.seen = inner, bad_row, 0
+
+    def __call__(self, x, targets, keys):
+        out = {k: np.array(v, dtype=np.float64) for k, v in self.inner(x, targets, keys).items()}
+        local = self.bad_row - self.seen
+        if 0 <= local < len(x):
+            for key in out:
+                out[key][local] = np.nan
+        self.seen += len(x)
+        return out
+
+
+@pytest.mark.parametrize(
+    "method, key",
+    [
+        (salience.Occlusion(size=4, stride=4, batch_size=4), OUTPUT_LAYER_VALUES),
+        (salience.GradCAM(batch_size=2), salience.CONVOLUTION_LAYER_VALUES),
+    ],
+)
+def test_non_finite_scores_and_layer_values_are_not_silent(method, key, analytic, images):
+    model = NonFiniteScoreAt(analytic, 2)
+    with pytest.raises(FloatingPointError, match=rf"{method.name}: .*non-finite {key} .*row 2 "):
+        method.explain(model, images, 0)
