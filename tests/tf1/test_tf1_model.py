@@ -219,3 +219,34 @@ def test_guided_key_through_wrap_only_for_guided(dense):
 
 def test_eager_mode_untouched():
     assert tf.executing_eagerly()
+
+
+def test_guided_backprop_equals_torch_on_identical_weights():
+    torch = pytest.importorskip("torch")
+    import salience.torch as st
+
+    rng = np.random.default_rng(5)
+    k1 = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)  # torch layout (out, in, h, w)
+    k2 = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
+    dense_w = rng.normal(size=(3, 5)).astype(np.float32)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 5, 3, padding=1, bias=False), torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(5, 3, bias=False),
+    )
+    for layer, w in zip((net[0], net[2], net[6]), (k1, k2, dense_w)):
+        layer.weight.data = torch.tensor(w)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 6, 6, 3], name="x")
+        h = tf.nn.relu(tf.nn.conv2d(x, k1.transpose(2, 3, 1, 0), 1, "SAME"))
+        h = tf.nn.relu6(tf.nn.conv2d(h, k2.transpose(2, 3, 1, 0), 1, "SAME"))
+        y = tf.matmul(tf.reduce_mean(h, [1, 2]), dense_w.T)[:, 1]
+        session = v1.Session(graph=graph)
+    images = (rng.normal(size=(2, 6, 6, 3)) * 2).astype(np.float32)
+    with session:
+        tf1_maps = salience.GuidedBackprop().explain(ours.wrap(graph, session, y, x), images)
+    torch_maps = salience.GuidedBackprop().explain(st.wrap(net), images.transpose(0, 3, 1, 2), 1)
+    assert np.abs(tf1_maps).max() > 0
+    np.testing.assert_allclose(torch_maps.transpose(0, 2, 3, 1), tf1_maps, rtol=1e-4,
+                               atol=1e-5 * np.abs(tf1_maps).max())
