@@ -25,10 +25,14 @@ For example, with a CNN whose last convolution block is ``features``::
 
 Compilation
 -----------
-Each distinct chunk size compiles once.  Chunks are padded (by repeating the
-last row, results of padded rows are dropped) to the next power of two, so a
-kind of call compiles at most ``log2(batch_size) + 1`` times whatever the
-number of inputs; power-of-two batch sizes (the defaults) are never padded.
+Each kind of call (scores; input gradients; layer values and gradients; both)
+compiles once per chunk size and is reused on every later call of that size,
+so repeated explanations never recompile.  Sizes are compiled exactly (no
+wasted rows) until ``max_compiled_sizes`` sizes exist for a kind of call;
+chunks of any further size are padded (by repeating their last row, whose
+results are dropped) to the smallest compiled size that fits within the next
+power of two, or to that power of two, which bounds the number of compilations
+whatever the number of inputs.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def wrap(
     batch_size: int = 64,
     channels: int | None = None,
     batched: bool = True,
+    max_compiled_sizes: int = 8,
 ) -> JaxModel:
     """Wrap a pure JAX function as a salience Model.
 
@@ -97,6 +102,9 @@ def wrap(
     batched : bool
         True if the functions take batches; False if they take one input (and
         one feature map) at a time, in which case they are ``jax.vmap``-ed.
+    max_compiled_sizes : int
+        How many chunk sizes each kind of call compiles exactly before new
+        sizes are padded (see the module docs).
 
     Returns
     -------
@@ -110,11 +118,10 @@ def wrap(
     """
     return JaxModel(fn, params, layer_fn=layer_fn, head_fn=head_fn, target_fn=target_fn,
                     channels_last=channels_last, batch_size=batch_size, channels=channels,
-                    batched=batched)
+                    batched=batched, max_compiled_sizes=max_compiled_sizes)
 
 
-def _bucket(n: int) -> int:
-    """The padded chunk size: the next power of two."""
+def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
@@ -128,13 +135,14 @@ class JaxModel(FrameworkModel):
     """A pure JAX function seen through the :class:`salience.model.Model` protocol.
 
     ``trace_count`` counts how many times a computation was traced (once per
-    kind of call and padded chunk shape; never once per call).
+    kind of call and chunk size, see the module docs; never once per call).
     """
 
     supports_guided = False
 
     def __init__(self, fn, params=None, *, layer_fn=None, head_fn=None, target_fn=None,
-                 channels_last=True, batch_size=64, channels=None, batched=True):
+                 channels_last=True, batch_size=64, channels=None, batched=True,
+                 max_compiled_sizes=8):
         for name, value in (("fn", fn), ("layer_fn", layer_fn), ("head_fn", head_fn),
                             ("target_fn", target_fn)):
             if value is not None and not callable(value):
@@ -149,6 +157,10 @@ class JaxModel(FrameworkModel):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(max_compiled_sizes, bool) \
+                or not isinstance(max_compiled_sizes, (int, np.integer)) or max_compiled_sizes < 0:
+            raise ValueError(
+                f"max_compiled_sizes must be an int >= 0, got {max_compiled_sizes!r}")
         if channels is not None and (isinstance(channels, bool)
                                      or not isinstance(channels, (int, np.integer))
                                      or channels <= 0):
@@ -161,7 +173,9 @@ class JaxModel(FrameworkModel):
         self.predict_batch_size = int(batch_size)
         self.expected_channels = None if channels is None else int(channels)
         self.has_layer = layer_fn is not None
+        self.max_compiled_sizes = int(max_compiled_sizes)
         self.trace_count = 0
+        self._sizes: dict[tuple, set[int]] = {}
         self._apply = self._lift(fn, params is None, batched)
         self._layer = None if layer_fn is None else self._lift(layer_fn, params is None, batched)
         self._head = None if head_fn is None else self._lift(head_fn, params is None, batched)
@@ -217,6 +231,21 @@ class JaxModel(FrameworkModel):
                 f"outputs {n_out} values per row")
 
     # -- compiled functions ------------------------------------------------------
+
+    def _padded_size(self, kind: str, x: np.ndarray) -> int:
+        """The chunk size to run ``x`` at (see the module docs)."""
+        n = len(x)
+        sizes = self._sizes.setdefault((kind, x.shape[1:]), set())
+        if n in sizes:
+            return n
+        if len(sizes) < self.max_compiled_sizes:
+            sizes.add(n)
+            return n
+        limit = _next_power_of_two(n)  # never more than twice the rows
+        fitting = [s for s in sizes if n <= s <= limit]
+        size = min(fitting) if fitting else limit
+        sizes.add(size)
+        return size
 
     def _compiled(self, kind: str) -> Callable:
         fn = self._jitted.get(kind)
@@ -278,7 +307,7 @@ class JaxModel(FrameworkModel):
                        else targets.astype(np.float32))
         self._check(x, targets)
         n = len(x)
-        size = _bucket(n)
+        size = self._padded_size(kind, x)
         t = None if targets is None else _pad_rows(targets, size)
         result = self._compiled(kind)(self._params, _pad_rows(x, size), t)
         out = {OUTPUT_LAYER_VALUES: np.asarray(result["scores"])[:n]}
@@ -292,5 +321,5 @@ class JaxModel(FrameworkModel):
     def _predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         n = len(x)
-        out = self._compiled("predict")(self._params, _pad_rows(x, _bucket(n)))
+        out = self._compiled("predict")(self._params, _pad_rows(x, self._padded_size("predict", x)))
         return np.asarray(out)[:n]
