@@ -209,12 +209,17 @@ def _state(module):
             or getattr(m, "_backward_pre_hooks", None)
         ],
         "params": {k: v.clone() for k, v in module.state_dict().items()},
+        "grad_values": {
+            name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None
+        },
     }
 
 
 def _assert_same(before, after):
     for key in ("training", "requires_grad", "grads", "hooks"):
         assert before[key] == after[key], key
+    for k, v in before["grad_values"].items():
+        assert torch.equal(v, after["grad_values"][k]), k
     for k, v in before["params"].items():
         assert torch.equal(v, after["params"][k]), k
 
@@ -222,6 +227,7 @@ def _assert_same(before, after):
 def _prepare(net):
     net.train()
     net.features[0].weight.requires_grad_(False)  # a mix of frozen and trainable
+    net.head.bias.grad = torch.full_like(net.head.bias, 0.5)  # a gradient the user kept
     return _state(net)
 
 

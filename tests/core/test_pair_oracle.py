@@ -147,15 +147,16 @@ SMOOTHED = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("magnitude", [True, False])
 @pytest.mark.parametrize("name, kwargs", SMOOTHED, ids=[n for n, _ in SMOOTHED])
-def test_smoothed_mask_same_noise_after_seed(name, kwargs, magnitude, image, call):
+def test_smoothed_mask_same_noise_after_seed(name, kwargs, magnitude, dtype, image, call):
     results = []
     for lib in (ours, pair):
         np.random.seed(123)
         results.append(
-            getattr(lib, name)().GetSmoothedMask(image, call, nsamples=5, stdev_spread=0.2,
-                                                 magnitude=magnitude, **kwargs)
+            getattr(lib, name)().GetSmoothedMask(image.astype(dtype), call, nsamples=5,
+                                                 stdev_spread=0.2, magnitude=magnitude, **kwargs)
         )
         results.append(np.random.random())  # the global state advanced alike
     assert_close(results[0], results[2])
