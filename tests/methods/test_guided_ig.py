@@ -1,0 +1,168 @@
+"""Guided IG: known answers, lockstep batching, bounded loops, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import salience
+from salience.model import INPUT_OUTPUT_GRADIENTS
+
+TARGETS = np.array([0, 1, 2])
+
+
+def left_riemann_ig(model, x, baseline, targets, steps):
+    """IG with gradients at a_k = k / steps, k = 0..steps-1: the straight path
+    Guided IG walks when max_dist = 0."""
+    total = np.zeros_like(x, dtype=np.float64)
+    for k in range(steps):
+        total += model.gradient(baseline + (k / steps) * (x - baseline), targets)
+    return (x - baseline) * total / steps
+
+
+def test_linear_model_equals_integrated_gradients(linear, images):
+    # gradients are constant, so every path gives (x - baseline) * V exactly
+    maps = salience.GuidedIG(steps=20).explain(linear, images, TARGETS)
+    ig = salience.IntegratedGradients(steps=5).explain(linear, images, TARGETS)
+    np.testing.assert_allclose(maps, images * linear.V[TARGETS], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(maps, ig, rtol=1e-10, atol=1e-12)
+
+
+def test_max_dist_zero_is_straight_path_ig(analytic, images):
+    maps = salience.GuidedIG(steps=30, max_dist=0.0).explain(analytic, images, TARGETS)
+    expected = left_riemann_ig(analytic, images, np.zeros_like(images), TARGETS, 30)
+    np.testing.assert_allclose(maps, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_guided_path_differs_from_straight_path(analytic, images):
+    # the test above could not pass if the guided path were always straight
+    guided = salience.GuidedIG(steps=30, max_dist=0.5).explain(analytic, images, TARGETS)
+    straight = salience.GuidedIG(steps=30, max_dist=0.0).explain(analytic, images, TARGETS)
+    assert np.abs(guided - straight).max() > 1e-3
+
+
+def test_input_below_baseline(analytic, linear, images):
+    baseline = np.abs(images) + 1.0  # every feature walks downwards
+    maps = salience.GuidedIG(steps=20, baseline=baseline).explain(linear, images, TARGETS)
+    np.testing.assert_allclose(maps, (images - baseline) * linear.V[TARGETS], rtol=1e-10)
+    straight = salience.GuidedIG(steps=20, max_dist=0.0, baseline=baseline)
+    np.testing.assert_allclose(
+        straight.explain(analytic, images, TARGETS),
+        left_riemann_ig(analytic, images, baseline, TARGETS, 20), rtol=1e-9, atol=1e-12,
+    )
+
+
+def test_completeness_with_many_steps(analytic, images):
+    maps = salience.GuidedIG(steps=1000, max_dist=0.1).explain(analytic, images, TARGETS)
+    gap = analytic.score(images, TARGETS) - analytic.score(np.zeros_like(images), TARGETS)
+    assert np.all(np.abs(gap) > 1)
+    np.testing.assert_allclose(maps.reshape(3, -1).sum(axis=1), gap, rtol=2e-2)
+
+
+def test_input_equal_to_baseline_gives_zeros_without_model_calls(analytic, images):
+    maps = salience.GuidedIG(steps=10, baseline=images).explain(analytic, images, TARGETS)
+    assert maps.shape == images.shape
+    assert not maps.any()
+    assert analytic.calls == 0
+
+
+def test_one_input_equal_to_baseline_in_a_batch(analytic, images):
+    baseline = np.zeros_like(images)
+    baseline[1] = images[1]
+    maps = salience.GuidedIG(steps=10, baseline=baseline).explain(analytic, images, TARGETS)
+    assert not maps[1].any()
+    alone = salience.GuidedIG(steps=10).explain(analytic, images[[0, 2]], TARGETS[[0, 2]])
+    np.testing.assert_allclose(maps[[0, 2]], alone, rtol=1e-12)
+    assert analytic.rows == 10 * 2 + 10 * 2  # only moving inputs send rows
+
+
+@pytest.mark.parametrize("max_dist", [0.02, 1.0])
+def test_batch_of_three_equals_one_by_one_in_lockstep(analytic, images, max_dist):
+    method = salience.GuidedIG(steps=25, max_dist=max_dist, batch_size=8)
+    batch = method.explain(analytic, images, TARGETS)
+    assert analytic.calls == 25  # one model call per path step for all three inputs
+    assert analytic.rows == 75
+    for i in range(3):
+        single = method.explain(analytic, images[i : i + 1], TARGETS[i : i + 1])
+        np.testing.assert_allclose(batch[i], single[0], rtol=1e-12, atol=1e-15)
+
+
+def test_small_batch_size_splits_each_step(analytic, images):
+    salience.GuidedIG(steps=10, batch_size=2).explain(analytic, images, TARGETS)
+    assert analytic.calls == 10 * 2
+
+
+def test_several_baselines_are_averaged(analytic, images):
+    baselines = [None, 0.5]
+    maps = salience.GuidedIG(steps=15, baseline=baselines).explain(analytic, images, TARGETS)
+    each = [salience.GuidedIG(steps=15, baseline=b).explain(analytic, images, TARGETS)
+            for b in baselines]
+    np.testing.assert_allclose(maps, np.mean(each, axis=0), rtol=1e-12)
+
+
+def test_large_values_finish(linear):
+    # Values like uint8 pixels over many features: rounding keeps the last step's
+    # L1 target just out of reach, where PAIR 0.2.1 loops forever.
+    shape = (64, 64, 3)
+    model = type(linear)(shape=shape)
+    x = np.random.default_rng(0).integers(0, 256, size=(1, *shape)).astype(np.float64)
+    maps = salience.GuidedIG(steps=20).explain(model, x, [0])
+    np.testing.assert_allclose(maps[0], x[0] * model.V[0], rtol=1e-9)
+
+
+def test_uint8_input_is_converted(linear):
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3)).astype(np.uint8)
+    maps = salience.GuidedIG(steps=5).explain(linear, x, [0, 1])
+    np.testing.assert_allclose(maps, x.astype(np.float64) * linear.V[[0, 1]], rtol=1e-6)
+
+
+def test_non_finite_gradients_raise(images):
+    calls = []
+
+    def nan_model(x, targets, keys):
+        calls.append(len(x))
+        grads = np.ones_like(x)
+        if len(calls) == 3:
+            grads[0, 0, 0, 0] = np.nan
+        return {INPUT_OUTPUT_GRADIENTS: grads}
+
+    with pytest.raises(FloatingPointError, match="non-finite INPUT_OUTPUT_GRADIENTS"):
+        salience.GuidedIG(steps=50).explain(nan_model, images, TARGETS)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"steps": 0}, ValueError, "steps"),
+        ({"steps": 2.5}, TypeError, "steps"),
+        ({"fraction": 1.5}, ValueError, "fraction"),
+        ({"fraction": -0.1}, ValueError, "fraction"),
+        ({"max_dist": 2}, ValueError, "max_dist"),
+        ({"max_dist": "far"}, TypeError, "max_dist"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+    ],
+)
+def test_bad_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        salience.GuidedIG(**kwargs)
+
+
+def test_bad_baseline_raises_before_the_model_runs(analytic, images):
+    with pytest.raises(ValueError, match="baseline has shape"):
+        salience.GuidedIG(baseline=np.zeros((5, 5))).explain(analytic, images)
+    assert analytic.calls == 0
+
+
+def test_input_is_not_modified(analytic, images):
+    before = images.copy()
+    salience.GuidedIG(steps=5).explain(analytic, images, TARGETS)
+    np.testing.assert_array_equal(images, before)
+
+
+def test_smoothgrad_over_guided_ig_with_per_input_baseline(analytic, images):
+    baseline = np.random.default_rng(3).normal(size=images.shape)
+    smooth = salience.SmoothGrad(salience.GuidedIG(steps=5, baseline=baseline), nsamples=2,
+                                 stdev_spread=0.0, magnitude=False)
+    plain = salience.GuidedIG(steps=5, baseline=baseline).explain(analytic, images, TARGETS)
+    np.testing.assert_allclose(smooth.explain(analytic, images, TARGETS), plain, rtol=1e-12)
