@@ -135,8 +135,26 @@ class CallbackModel:
         )
 
 
+# A native model passed without its adapter is callable but not a Model.
+_ADAPTER_FOR = {
+    "torch": "salience.torch.wrap",
+    "keras": "salience.keras.wrap",
+    "tf_keras": "salience.keras.wrap",
+    "tensorflow": "salience.keras.wrap",
+    "flax": "salience.jax.wrap",
+}
+
+
 def as_model(model: Any) -> Model:
     """Return ``model`` if it follows the protocol; raise a clear error if not."""
+    for cls in type(model).__mro__:
+        framework = cls.__module__.split(".")[0]
+        if framework in _ADAPTER_FOR:
+            raise TypeError(
+                f"model must be a salience Model, got a {framework} model "
+                f"({type(model).__name__}); wrap it first: model = "
+                f"{_ADAPTER_FOR[framework]}(your_model, ...)"
+            )
     if callable(model):
         return model
     raise TypeError(
