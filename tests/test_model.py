@@ -119,3 +119,24 @@ def test_callback_model_passes_args_and_keys_and_ignores_targets():
 def test_callback_model_needs_a_callable():
     with pytest.raises(TypeError, match="call_model_function must be callable, got str"):
         CallbackModel("not a function")
+
+
+def test_an_unwrapped_torch_module_is_named_with_the_fix():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    with pytest.raises(TypeError, match=r"got a torch model \(Sequential\).*salience\.torch\.wrap"):
+        as_model(net)
+    import salience
+
+    with pytest.raises(TypeError, match=r"salience\.torch\.wrap"):
+        salience.Gradients().explain(net, np.zeros((1, 3, 2, 2)), 0)
+
+
+def test_adapters_are_accepted_as_models():
+    import torch
+
+    import salience.torch as st
+
+    model = st.wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
+    assert as_model(model) is model
