@@ -36,6 +36,8 @@ def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None, copies: int = 1
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not specs:
         raise ValueError("baseline list is empty; give at least one baseline")
+    if any(isinstance(s, str) for s in specs):
+        rng = as_random_state(rng)  # one stream, so several 'uniform' baselines differ
     return np.stack([_one_baseline(s, x, rng, copies) for s in specs], axis=1)
 
 
