@@ -164,3 +164,9 @@ def test_bad_baselines(spec, error, match, analytic, images):
     with pytest.raises(error, match=match):
         _ig(baseline=spec).explain(analytic, images, TARGETS)
     assert analytic.calls == 0
+
+
+def test_several_uniform_baselines_are_different_draws(images):
+    both = resolve_baselines(["uniform", "uniform"], images, 0)
+    assert not np.allclose(both[:, 0], both[:, 1])
+    np.testing.assert_array_equal(both, resolve_baselines(["uniform", "uniform"], images, 0))
