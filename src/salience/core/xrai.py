@@ -66,6 +66,10 @@ class XRAIOutput:
         self.segments = None
 
 
+def _no_model(x, targets, keys):
+    raise TypeError("call_model_function is None; pass a callable or a base_attribution")
+
+
 class XRAI(CoreSaliency):
     """XRAI; see :class:`salience.XRAI`.
 
@@ -101,7 +105,10 @@ class XRAI(CoreSaliency):
             base_attribution = base_attribution[None]
         method = self._method(baselines=baselines, segments=segments, batch_size=batch_size,
                               extra_parameters=params)
-        model = CallbackModel(call_model_function, call_model_args)
+        if base_attribution is not None and call_model_function is None:
+            model = _no_model  # PAIR allows no callback when nothing needs the model
+        else:
+            model = CallbackModel(call_model_function, call_model_args)
         details = method.explain_with_details(model, x_value[None], attributions=base_attribution)
         out = XRAIOutput(details.maps[0])
         if details.baselines is not None:
