@@ -271,3 +271,18 @@ def test_visualisers_on_constant_maps_give_zeros_not_nan(name, constant):
         np.testing.assert_array_equal(mine, reference)
     if name == "VisualizeImageGrayscale":
         np.testing.assert_array_equal(mine, 0)
+
+
+def test_format_and_check_helper_gives_pairs_errors():
+    bad = {pair.INPUT_OUTPUT_GRADIENTS: np.zeros((2, 3))}
+    messages = []
+    for lib in (ours, pair):
+        with pytest.raises(ValueError) as info:
+            lib.CoreSaliency().format_and_check_call_model_output(dict(bad), (2, 4),
+                                                                  [pair.INPUT_OUTPUT_GRADIENTS])
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    good = {pair.OUTPUT_LAYER_VALUES: [1.0, 2.0]}
+    ours.CoreSaliency().format_and_check_call_model_output(good, (2, 4),
+                                                           [pair.OUTPUT_LAYER_VALUES])
+    assert isinstance(good[pair.OUTPUT_LAYER_VALUES], np.ndarray)
