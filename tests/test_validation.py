@@ -337,3 +337,13 @@ def test_occlusion_window_checked_before_predict(model):
     with pytest.raises(ValueError, match="size=15 is larger than the image"):
         salience.Occlusion().explain(model, _x())
     assert _ran(model) == 0
+
+
+def test_facade_uint8_image_and_baseline_do_not_wrap_around(model_classes):
+    _, linear_cls = model_classes
+    linear = linear_cls()
+    image = np.full((8, 8, 3), 10, dtype=np.uint8)
+    white = np.full((8, 8, 3), 255, dtype=np.uint8)
+    mask = core.IntegratedGradients().GetMask(image, linear.call_model_function(1),
+                                              x_baseline=white, x_steps=3)
+    np.testing.assert_allclose(mask, (10.0 - 255.0) * linear.V[1], rtol=1e-5)
