@@ -247,16 +247,20 @@ def _gate(x: Any, inplace: bool) -> Any:
     return _PositiveGradientInplace.apply(x) if inplace else _PositiveGradient.apply(x)
 
 
-def _guided_functional(original: Callable, applies: Callable, inplace: Callable) -> Callable:
+def _guided_functional(
+    original: Callable, applies: Callable, inplace: Callable, seen: list[int]
+) -> Callable:
     """Wrap a functional ReLU so that its input passes the gate first.
 
     ``applies(args, kwargs)`` says whether this call is a ReLU (hardtanh only
     when its lower end is 0); ``inplace(args, kwargs)`` whether it overwrites
     its input.  ``args`` and ``kwargs`` are the call's arguments after ``input``.
+    ``seen[0]`` counts the ReLUs met.
     """
 
     def guided(input: Any, *args: Any, **kwargs: Any) -> Any:
         if applies(args, kwargs):
+            seen[0] += 1
             input = _gate(input, inplace(args, kwargs))
         return original(input, *args, **kwargs)
 
@@ -301,20 +305,25 @@ def _guided_relus(module: nn.Module, enabled: bool) -> Iterator[None]:
     modules for the duration of the call).  Not covered: tensor methods such as
     ``x.relu()`` and names imported before the call (``from torch.nn.functional
     import relu``).  The patch is process-wide while it lasts, so do not run
-    other torch code in parallel threads during a guided call.
+    other torch code in parallel threads during a guided call.  A call that
+    meets no ReLU at all warns (its map is the plain gradient).
     """
     if not enabled:
         yield
         return
+    import warnings
+
     import torch.nn.functional as F
 
     relu_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+    seen = [0]
 
     def pre_hook(layer: nn.Module, inputs: tuple) -> tuple | None:
         if isinstance(layer, nn.Hardtanh) and float(layer.min_val) != 0.0:
             return None
         if not inputs:
             return None
+        seen[0] += 1
         return (_gate(inputs[0], bool(getattr(layer, "inplace", False))), *inputs[1:])
 
     patches = [  # (namespace, name, is this call a ReLU, does it work in place)
@@ -333,8 +342,16 @@ def _guided_relus(module: nn.Module, enabled: bool) -> Iterator[None]:
             if isinstance(layer, relu_modules):
                 handles.append(layer.register_forward_pre_hook(pre_hook))
         for (owner, name, applies, inplace), (_, _, original) in zip(patches, originals):
-            setattr(owner, name, _guided_functional(original, applies, inplace))
+            setattr(owner, name, _guided_functional(original, applies, inplace, seen))
         yield
+        if seen[0] == 0:
+            warnings.warn(
+                "Guided Backprop met no ReLU in the model (nn.ReLU/ReLU6 or functional relu), "
+                "so the map equals the plain gradient; activations written as tensor methods "
+                "(x.relu()), other activations (GELU, SiLU) and compiled modules are not guided",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     finally:
         for handle in handles:
             handle.remove()

@@ -3,6 +3,8 @@ restoration, and clear errors where guided gradients are unavailable."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -104,9 +106,20 @@ def test_relu6_gates_above_six(kind):
 def test_hardtanh_that_is_not_a_relu_keeps_its_gradient():
     net = nn.Sequential(nn.Linear(4, 5), nn.Hardtanh(-1.0, 1.0), nn.Linear(5, 3))
     x = X.astype(np.float32)
-    guided = salience.GuidedBackprop().explain(st.wrap(net), x, TARGETS)
+    with pytest.warns(RuntimeWarning, match="no ReLU"):
+        guided = salience.GuidedBackprop().explain(st.wrap(net), x, TARGETS)
     vanilla = salience.Gradients().explain(st.wrap(net), x, TARGETS)
     np.testing.assert_array_equal(guided, vanilla)
+
+
+def test_model_without_relu_warns_and_relu_model_does_not():
+    silu = nn.Sequential(nn.Linear(4, 5), nn.SiLU(), nn.Linear(5, 3))
+    with pytest.warns(RuntimeWarning, match="plain gradient"):
+        salience.GuidedBackprop().explain(st.wrap(silu), X.astype(np.float32), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        salience.GuidedBackprop().explain(st.wrap(ThreeLayerNet("functional")),
+                                          X.astype(np.float32), 0)
 
 
 class SmallCNN(nn.Module):
