@@ -250,3 +250,15 @@ def test_guided_backprop_equals_torch_on_identical_weights():
     assert np.abs(tf1_maps).max() > 0
     np.testing.assert_allclose(torch_maps.transpose(0, 2, 3, 1), tf1_maps, rtol=1e-4,
                                atol=1e-5 * np.abs(tf1_maps).max())
+
+
+def test_guided_on_graph_without_relu_warns():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        y = tf.reduce_sum(tf.tanh(x), axis=1)
+        session = v1.Session(graph=graph)
+    with session, pytest.warns(RuntimeWarning, match="no Relu"):
+        method = ours.GuidedBackprop(graph, session, y, x)
+        mask = method.GetMask(np.ones(3, np.float32))
+    np.testing.assert_allclose(mask, 1 - np.tanh(1.0) ** 2, rtol=1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -270,6 +271,13 @@ def guided_relu_gradients(graph: Any) -> Iterator[None]:
                 )
             changed.append((op, op._gradient_function))
             op._gradient_function = rule
+        if not changed:
+            warnings.warn(
+                "Guided Backprop found no Relu or Relu6 op in the graph, so the map equals "
+                "the plain gradient",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         yield
     finally:
         for op, previous in changed:
