@@ -1,0 +1,139 @@
+"""Metrics: a PIC (SIC) curve and insertion/deletion curves on EfficientNet-Lite0.
+
+- PIC: one 224-pixel photo, the 13 thresholds of the XRAI paper, SIC through
+  ``pred_func_from_model`` (softmax of the model's outputs).  salience sends the
+  images to the model in batches; the reference (PAIR ``saliency.metrics.pic``,
+  with ``np.trapz`` restored for numpy 2) calls the same ``pred_func`` one image at
+  a time.  The floor is the same number of forward rows (thresholds + 2) at the
+  best batch size.  Both libraries must interpolate and WebP-encode every
+  thresholded image to give PAIR's numbers; that image work is timed on its own
+  (``image work`` in the notes) so the model part can be read off.
+- Insertion and deletion: 8 photos, 50 steps, zero / blurred baselines, the
+  target logit through the row scheduler; the floor is the same 2 x 8 x 51
+  forward rows.  PAIR has no insertion/deletion, so there is no reference.
+
+All callables of a row are timed interleaved in one run (see ``common``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from common import (
+    FULL_REPEATS,
+    QUICK_REPEATS,
+    floor_callable,
+    lite0_setup,
+    make_row,
+    photos,
+    time_interleaved,
+)
+
+from salience.metrics import insertion_deletion as idl
+from salience.metrics import pic
+from salience.model import INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES
+from salience.zoo.efficientnet_lite import preprocess_lite0
+
+THRESHOLDS = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75]
+FORWARD = [OUTPUT_LAYER_VALUES]
+
+
+def _target(row: dict, goal: str) -> dict:
+    need = float(goal.split()[1].rstrip("x"))
+    row["target"] = goal
+    row["measured"] = f"{row['vs_floor']:.2f}x floor"
+    row["met"] = row["vs_floor"] <= need
+    return row
+
+
+def _gradient_map(setup) -> np.ndarray:
+    """|gradient| summed over channels: a real map, computed once outside the timings."""
+    grads = setup.model(setup.x[:1], setup.targets[:1], [INPUT_OUTPUT_GRADIENTS])
+    return np.abs(grads[INPUT_OUTPUT_GRADIENTS][0]).sum(axis=0)
+
+
+def _reference_pic(*args, **kwargs):
+    from saliency.metrics import pic as ref_pic
+
+    patched = not hasattr(np, "trapz")
+    if patched:
+        np.trapz = np.trapezoid
+    try:
+        return ref_pic.compute_pic_metric(*args, **kwargs)
+    finally:
+        if patched:
+            del np.trapz
+
+
+def pic_row(quick: bool) -> dict:
+    setup = lite0_setup(1)
+    img = photos(1, 224)[0]
+    smap = _gradient_map(setup)
+    target = int(setup.targets[0])
+    pred_func = pic.pred_func_from_model(setup.model, target, "sic", preprocess_lite0)
+    mask = pic.generate_random_mask(224, 224, rng=np.random.default_rng(0))
+    args = (img, smap, mask, pred_func, THRESHOLDS)
+    kwargs = dict(min_pred_value=0.0)
+    rows = len(THRESHOLDS) + 2
+
+    def image_work():
+        for t in THRESHOLDS:
+            revealed = smap >= np.quantile(smap, 1 - t)
+            pic.estimate_image_entropy(pic.create_blurred_image(img, revealed | mask))
+
+    fns = {
+        "salience": lambda: pic.compute_pic_metric(*args, **kwargs),
+        "reference": lambda: _reference_pic(*args, **kwargs),
+        "floor": floor_callable(setup.model, setup.x[:1], rows, FORWARD, target),
+        "image work": image_work,
+    }
+    t = time_interleaved(fns, repeats=QUICK_REPEATS if quick else FULL_REPEATS)
+    ours, ref = t["salience"].result, t["reference"].result
+    model_part = t["salience"].best - t["image work"].best
+    notes = (
+        f"{rows} forward rows; image work (interpolation + WebP of {len(THRESHOLDS)} images, "
+        f"fixed by PAIR's definition) {t['image work'].best:.2f} s = "
+        f"{t['image work'].best / t['floor'].best:.2f}x floor; salience minus image work "
+        f"{model_part / t['floor'].best:.2f}x floor; AUC {ours.auc:.6f} vs reference "
+        f"{ref.auc:.6f} (|diff| {abs(ours.auc - ref.auc):.1e})"
+    )
+    row = make_row("metrics", "PIC (SIC) curve", setup.name,
+                   f"1 image 224px, {len(THRESHOLDS)} thresholds", t["salience"].best,
+                   reference_s=t["reference"].best, floor_s=t["floor"].best, notes=notes)
+    return _target(row, "<= 1.2x floor")
+
+
+def insertion_deletion_row(quick: bool) -> dict:
+    n, steps = (2, 10) if quick else (8, 50)
+    setup = lite0_setup(n)
+    rng = np.random.default_rng(0)
+    maps = rng.random((n, 224, 224))  # the map's content does not change the cost
+    rows = 2 * n * (steps + 1)
+
+    def both():
+        return idl.insertion_deletion_curves(setup.model, setup.x, maps, setup.targets,
+                                             steps=steps, insertion_baseline="blurred",
+                                             deletion_baseline="zeros")
+
+    fns = {
+        "salience": both,
+        "floor": floor_callable(setup.model, setup.x[:1], rows, FORWARD, int(setup.targets[0])),
+    }
+    t = time_interleaved(fns, repeats=QUICK_REPEATS if quick else FULL_REPEATS)
+    ins, dele = t["salience"].result
+    notes = (f"{rows} forward rows, batch_size=64; mean insertion AUC {ins.auc.mean():.3f}, "
+             f"deletion AUC {dele.auc.mean():.3f} (random maps)")
+    row = make_row("metrics", "insertion + deletion", setup.name,
+                   f"{n} images 224px, {steps} steps", t["salience"].best,
+                   floor_s=t["floor"].best, notes=notes)
+    return _target(row, "<= 1.2x floor")
+
+
+def run(quick: bool) -> list[dict]:
+    return [pic_row(quick), insertion_deletion_row(quick)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for r in run("--quick" in sys.argv):
+        print(r)
