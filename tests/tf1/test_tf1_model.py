@@ -132,6 +132,9 @@ def test_feed_dict_reaches_the_session_and_is_not_modified(dense):
     np.testing.assert_allclose(halved, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(method.GetMask(X[0], None), vanilla_by_hand(X[0], 2),
                                rtol=1e-5, atol=1e-5)
+    # Feeds named by string, including a stale value for x itself, as PAIR users write them.
+    by_name = method.GetMask(X[0], {"scale:0": 0.5, "x:0": np.zeros((1, 4))})
+    np.testing.assert_allclose(by_name, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_call_model_function_is_pair_style(dense):

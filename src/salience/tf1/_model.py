@@ -179,7 +179,9 @@ class TF1Model(FrameworkModel):
                 "call the method with targets=None"
             )
         fetches = [self._op(key) for key in keys]
-        feed = dict(self.feed_dict)
+        # x is fed by the method, also when the feed_dict names it ("x:0").
+        feed = {k: v for k, v in self.feed_dict.items()
+                if not (isinstance(k, str) and k == self.x.name)}
         feed[self.x] = x
         values = self.session.run(fetches, feed_dict=feed)
         out = {key: np.asarray(value) for key, value in zip(keys, values)}
