@@ -151,6 +151,7 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
             grads["g"] = np.empty((m, features), dtype=np.result_type(g.dtype, np.float32))
         grads["g"][start:stop] = g
 
+    buffers = None
     for step in range(steps):
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
                  batch_size, method)
@@ -159,65 +160,77 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
         a_min = max(alpha - max_dist, 0.0)
         a_max = min(alpha + max_dist, 1.0)
         l1_target = l1_total * (1 - (step + 1) / steps)
-        t_before = t.copy()
-        _advance(t, weights, np.abs(g), l1_target, a_min, a_max, k)
-        np.subtract(t, t_before, out=t_before)
-        t_before *= g
-        accumulated += t_before
+        if buffers is None:
+            buffers = _Buffers(features, g.dtype)
+        before = buffers.before
+        for row in range(m):
+            np.copyto(before, t[row])
+            np.abs(g[row], out=buffers.abs_grad)
+            _advance(t[row], weights[row], l1_total[row], buffers.abs_grad, l1_target[row],
+                     a_min, a_max, k, buffers)
+            np.subtract(t[row], before, out=before)
+            before *= g[row]
+            accumulated[row] += before
     return accumulated * diffs
 
 
-def _advance(t, weights, abs_grad, l1_target, a_min, a_max, k):
-    """One path step for all rows, in place on ``t``.
+class _Buffers:
+    """Work arrays of one row, allocated once per call (fresh large arrays cost page
+    faults on every allocation, which dominates at this size)."""
 
-    Repeats (at most once per feature) until each row's L1 distance to its
-    input is ``l1_target``: features trailing ``a_min`` catch up; then the
-    ``k``-th smallest absolute gradient among features not yet at ``a_max``
-    (those count as +inf) selects the features to move towards ``a_max``, all
-    the way if that is not enough, else by the fraction ``gamma`` that meets
-    the target.
+    def __init__(self, features: int, grad_dtype: np.dtype) -> None:
+        self.free = np.empty(features, dtype=bool)
+        self.selected = np.empty(features, dtype=bool)
+        self.ranked = np.empty(features, dtype=grad_dtype)
+        self.abs_grad = np.empty(features, dtype=grad_dtype)
+        self.room = np.empty(features, dtype=np.float64)
+        self.before = np.empty(features, dtype=np.float64)
+
+
+def _advance(t, weights, l1_weights, abs_grad, l1_target, a_min, a_max, k, buf):
+    """One path step of one row, in place on ``t`` (1-D, per feature).
+
+    Repeats (at most once per feature) until the L1 distance to the input is
+    ``l1_target``: features trailing ``a_min`` catch up; then the ``k``-th
+    smallest absolute gradient among features not yet at ``a_max`` (those
+    count as +inf) selects the features to move towards ``a_max``: all the
+    way if that is not enough, else by the fraction ``gamma`` that meets the
+    target.  A row that cannot move (every feature at its limit) or is already
+    past the target ends the step.
     """
-    m, features = t.shape
-    rows = np.arange(m)
+    np.maximum(t, a_min, out=t)
+    features = len(t)
+    free, selected, ranked, room = buf.free, buf.selected, buf.ranked, buf.room
     for _ in range(features + 2):
-        whole = len(rows) == m
-        sub = slice(None) if whole else rows
-        t_r, w_r, g_r = t[sub], weights[sub], abs_grad[sub]
-        np.maximum(t_r, a_min, out=t_r)
-        l1_now = np.einsum("ij,ij->i", w_r, 1.0 - t_r)
-        target = l1_target[sub]
-        close = np.abs(target - l1_now) <= np.maximum(
-            _CLOSE * np.maximum(np.abs(target), np.abs(l1_now)), _CLOSE
-        )
-        at_limit = t_r >= a_max
-        ranked = np.where(at_limit, np.inf, g_r)
-        threshold = np.partition(ranked, k, axis=1)[:, k : k + 1]
-        selected = ranked <= threshold
-        if not np.isfinite(threshold).all():
-            selected &= ~at_limit
-        room = a_max - t_r
-        room *= selected
-        l1_selected = np.einsum("ij,ij->i", w_r, room)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gamma = np.where(l1_selected > 0, (l1_now - target) / l1_selected, np.inf)
-        # Rows that met the target, cannot move (everything at its limit) or
-        # overshot it are finished; the rest move.
-        finished = close | (l1_selected <= 0) | (gamma <= 0)
-        partial = ~finished & (gamma <= 1.0)
-        full = ~finished & (gamma > 1.0)
-        if partial.any():
-            part = np.flatnonzero(partial)
-            t_r[part] += room[part] * gamma[part, None]
-        if full.any():
-            whole_rows = np.flatnonzero(full)
-            moved = t_r[whole_rows]
-            np.copyto(moved, a_max, where=selected[whole_rows])
-            t_r[whole_rows] = moved
-        if not whole:
-            t[rows] = t_r
-        rows = rows[full]
-        if not len(rows):
+        l1_now = l1_weights - float(np.einsum("i,i->", weights, t))
+        if abs(l1_target - l1_now) <= max(_CLOSE * max(abs(l1_target), abs(l1_now)), _CLOSE):
             return
+        np.less(t, a_max, out=free)
+        # ranked = |grad|, or +inf at the limit: 1 / 1 - 1 = 0 and 1 / 0 - 1 = inf
+        # (arithmetic instead of a masked copy, which numpy does element by element).
+        np.copyto(ranked, free)
+        with np.errstate(divide="ignore"):
+            np.reciprocal(ranked, out=ranked)
+        ranked -= 1
+        ranked += abs_grad
+        ranked.partition(k)
+        np.less_equal(abs_grad, ranked[k], out=selected)
+        selected &= free
+        np.subtract(a_max, t, out=room)
+        room *= selected
+        l1_selected = float(np.einsum("i,i->", weights, room))
+        if l1_selected <= 0:
+            return
+        gamma = (l1_now - l1_target) / l1_selected
+        if gamma <= 0:
+            return
+        if gamma <= 1.0:
+            room *= gamma
+            t += room
+            return
+        # selected features to a_max exactly; t is in [0, 1], so max(t, 0) = t elsewhere
+        np.multiply(selected, a_max, out=room)
+        np.maximum(t, room, out=t)
     raise RuntimeError(
         f"GuidedIG: a path step did not converge within {features + 2} iterations; this "
         "indicates non-finite or inconsistent values"
