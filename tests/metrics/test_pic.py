@@ -245,3 +245,17 @@ def test_pred_func_from_model_sic_aic_score():
         pic.pred_func_from_model(lambda x, t, k: {}, 0, "sic")
     with pytest.raises(ValueError, match="kind"):
         pic.pred_func_from_model(Tiny(), 0, "auc")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_curve_resampling_matches_interp1d_with_tied_x(seed):
+    from scipy.interpolate import interp1d
+
+    rng = np.random.default_rng(seed)
+    # ties at 0 (clipped entropies) and elsewhere, as real curves have
+    x = list(np.clip(rng.choice([0.0, 0.25, 0.5, rng.random()], size=8), 0, 1)) + [0.0, 1.0]
+    y = list(np.maximum.accumulate(rng.random(8))) + [0.0, 1.0]
+    curve_x, curve_y = pic._resample(x, y, 100)
+    expected = np.asarray([interp1d(x=x, y=y)(v) for v in curve_x[:-1]])
+    np.testing.assert_array_equal(curve_y[:-1], expected)
+    assert curve_x[-1] == 1.0 and curve_y[-1] == 1.0

@@ -346,15 +346,7 @@ def compute_pic_metric(
         best = max(best, y)
         points_x.append(x)
         points_y.append(best if keep_monotonous else y)
-    points_x += [0.0, 1.0]
-    points_y += [0.0, 1.0]
-    # Linear interpolation through the points sorted stably by x (ties keep
-    # their order), as scipy's interp1d does.
-    order = np.argsort(np.asarray(points_x), kind="stable")
-    curve_x = np.linspace(0.0, 1.0, num_data_points, endpoint=False)
-    curve_y = np.interp(curve_x, np.asarray(points_x)[order], np.asarray(points_y)[order])
-    curve_x = np.append(curve_x, 1.0)
-    curve_y = np.append(curve_y, 1.0)
+    curve_x, curve_y = _resample(points_x + [0.0, 1.0], points_y + [0.0, 1.0], num_data_points)
 
     return PicMetricResult(
         curve_x=curve_x,
@@ -364,6 +356,20 @@ def compute_pic_metric(
         thresholds=[0.0, *thresholds, 1.0],
         auc=trapezoid(curve_y, curve_x),
     )
+
+
+def _resample(points_x, points_y, num_data_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The curve through the points on ``num_data_points`` even x values in [0, 1), plus 1.
+
+    Linear interpolation through the points sorted stably by x (points with
+    the same x keep their order), which is what scipy's ``interp1d`` does.
+    """
+    x = np.asarray(points_x, dtype=np.float64)
+    y = np.asarray(points_y, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    curve_x = np.linspace(0.0, 1.0, num_data_points, endpoint=False)
+    curve_y = np.interp(curve_x, x[order], y[order])
+    return np.append(curve_x, 1.0), np.append(curve_y, 1.0)
 
 
 def aggregate_individual_pic_results(
