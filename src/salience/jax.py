@@ -125,6 +125,11 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def _to_device(leaf: Any) -> Any:
+    """numpy leaves become device arrays once; anything else is passed as it is."""
+    return jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf
+
+
 def _pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
     if len(arr) == size:
         return arr
@@ -167,7 +172,7 @@ class JaxModel(FrameworkModel):
             raise ValueError(f"channels must be None or a positive int, got {channels!r}")
         self.fn = fn
         self.params = params
-        self._params = jax.tree.map(jnp.asarray, params)
+        self._params = jax.tree.map(_to_device, params)
         self.target_fn = target_fn
         self.channels_last = bool(channels_last)
         self.predict_batch_size = int(batch_size)

@@ -8,9 +8,10 @@ dimension, so chunks of any size reuse the same graph.
 
 The model is never changed: it is called with ``training=False``, only the
 input (and the chosen layer) is watched, so no weight gradients are computed,
-and no layer, weight or flag is added or altered.  Guided Backprop swaps the
-ReLU activations of the model's layers for the guided rule while a call runs
-and puts the originals back afterwards, also when the call raises.
+and no layer, weight or flag is added or altered.  For Guided Backprop the
+ReLU activations of the model's layers are swapped for the guided rule only
+while the guided graph is traced (once), and put back right after, also when
+tracing raises.
 """
 
 from __future__ import annotations
@@ -325,8 +326,7 @@ class KerasModel(FrameworkModel):
         fn = self._function(kind, x, targets)
         self._check_targets(targets)
         args = [tf.constant(x)] + ([] if targets is None else [tf.constant(targets)])
-        with guided_relus(self.model, guided):
-            result = fn(*args)
+        result = fn(*args)  # a concrete function: never retraced, the guided rule is baked in
         out = {OUTPUT_LAYER_VALUES: result["scores"].numpy()}
         if want_input:
             out[GUIDED_INPUT_GRADIENTS if guided else INPUT_OUTPUT_GRADIENTS] = \
