@@ -44,7 +44,8 @@ class MethodSpec:
     needs_layer : bool
         Needs a convolutional layer (Grad-CAM).
     gradient : bool
-        A gradient-based method (used by the benchmark's "all gradient methods").
+        A pixel-gradient attribution method (the benchmark's "all gradient
+        methods"; XRAI, Grad-CAM and Occlusion are not).
     regions : bool
         Produces region rankings (XRAI): the report also shows its top regions.
     """
@@ -85,16 +86,19 @@ def available_methods() -> dict[str, MethodSpec]:
         MethodSpec("blur_ig", "Blur IG, 100 blur steps",
                    lambda b: BlurIG(steps=100, batch_size=b)),
     ]
+    # Methods other modules add; shown only when this installation has them.
     optional = [
-        ("GuidedIG", "guided_ig", "Guided Integrated Gradients", True, False),
-        ("XRAI", "xrai", "XRAI region attribution (IG over black and white)", True, True),
-        ("GuidedBackprop", "guided_backprop", "Guided Backprop (ReLU networks)", True, False),
+        ("GuidedIG", "guided_ig", "Guided Integrated Gradients, 50 steps", {"steps": 50},
+         True, False),
+        ("GuidedBackprop", "guided_backprop", "Guided Backprop (ReLU networks)", {}, True, False),
+        ("XRAI", "xrai", "XRAI regions from IG over black and white, 25 steps", {"steps": 25},
+         False, True),
     ]
-    for cls_name, name, description, gradient, regions in optional:
+    for cls_name, name, description, kwargs, gradient, regions in optional:
         cls = getattr(salience, cls_name, None)
         if isinstance(cls, type) and issubclass(cls, Method):
             specs.append(MethodSpec(name, description,
-                                    lambda b, cls=cls: _construct(cls, b),
+                                    lambda b, cls=cls, kw=kwargs: _construct(cls, b, **kw),
                                     gradient=gradient, regions=regions))
     specs += [
         MethodSpec("gradcam", "Grad-CAM on the last convolutional layer",
