@@ -214,14 +214,29 @@ def felzenszwalb_masks(image: np.ndarray, executor: ThreadPoolExecutor | None = 
 
 
 def _submit_segmentation(image: np.ndarray, executor: ThreadPoolExecutor | None):
-    """Start the per-scale work of one image; return callables giving each scale's masks."""
+    """Start the work of one image; return callables giving each scale's masks.
+
+    With an executor, the resize runs as one job and the scales as six more
+    that wait for it; it was queued first, so it is running or done by the
+    time a worker picks up a scale (no deadlock with any number of workers).
+    """
     image = np.asarray(image)
     shape = tuple(image.shape[:2])
-    small = _prepare_for_segmentation(image)
-    maps = _nearest_index_maps(_SEGMENTATION_SIZE, shape)
+
+    def prepare():
+        return _prepare_for_segmentation(image), _nearest_index_maps(_SEGMENTATION_SIZE, shape)
+
     if executor is None:
-        return [lambda s=s: _one_scale(small, s, shape, maps) for s in FELZENSZWALB_SCALES]
-    futures = [executor.submit(_one_scale, small, s, shape, maps) for s in FELZENSZWALB_SCALES]
+        prepared = prepare()
+        return [lambda s=s: _one_scale(*prepared[:1], s, shape, prepared[1])
+                for s in FELZENSZWALB_SCALES]
+    ready = executor.submit(prepare)
+
+    def scale_job(scale):
+        small, maps = ready.result()
+        return _one_scale(small, scale, shape, maps)
+
+    futures = [executor.submit(scale_job, s) for s in FELZENSZWALB_SCALES]
     return [f.result for f in futures]
 
 
@@ -248,15 +263,25 @@ def _tolerance(attr: np.ndarray) -> float:
 
 
 def _pixels_to_masks(masks: SegmentMasks, n_pixels: int):
-    """For every pixel, the masks containing it (CSC-like: ``indptr``, ``owners``)."""
+    """Mask membership both ways: per mask its pixels, per pixel its masks.
+
+    Returns ``indptr`` and ``owners`` (pixel ``p`` is in masks
+    ``owners[indptr[p]:indptr[p+1]]``), each mask's pixel count, and the mask
+    of every entry with its pixel (in mask order) for the initial sums.
+    """
+    from scipy import sparse
+
     ids = [masks.pixel_ids(i) for i in range(len(masks))]
     sizes = np.array([len(p) for p in ids], dtype=np.int64)
-    pixels = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    owner_of_entry = np.repeat(np.arange(len(masks), dtype=np.int32), sizes)
-    order = np.argsort(pixels, kind="stable")
-    counts = np.bincount(pixels, minlength=n_pixels)
-    indptr = np.concatenate(([0], np.cumsum(counts)))
-    return indptr, owner_of_entry[order], sizes
+    index_type = np.int32 if n_pixels < 2**31 else np.int64
+    pixels = np.concatenate(ids).astype(index_type) if ids else np.zeros(0, index_type)
+    del ids
+    by_mask = sparse.csr_matrix(
+        (np.ones(len(pixels), dtype=np.int8), pixels, np.concatenate(([0], np.cumsum(sizes)))),
+        shape=(len(masks), n_pixels),
+    )
+    by_pixel = by_mask.tocsc()  # linear-time transpose of the membership
+    return by_pixel.indptr.astype(np.int64), by_pixel.indices, sizes, pixels
 
 
 def _gather(indptr: np.ndarray, values: np.ndarray, pixels: np.ndarray):
@@ -280,9 +305,7 @@ def _rank_full(attr, masks, area_threshold, min_pixel_diff):
     n_pixels = height * width
     n_masks = len(masks)
     flat = attr.reshape(-1).astype(np.float64)
-    indptr, owners, counts = _pixels_to_masks(masks, n_pixels)
-    entry_pixels = np.concatenate([masks.pixel_ids(i) for i in range(n_masks)]) if n_masks else \
-        np.zeros(0, np.int64)
+    indptr, owners, counts, entry_pixels = _pixels_to_masks(masks, n_pixels)
     sums = np.bincount(np.repeat(np.arange(n_masks), counts), weights=flat[entry_pixels],
                        minlength=n_masks)
     del entry_pixels
