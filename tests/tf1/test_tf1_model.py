@@ -265,3 +265,15 @@ def test_guided_on_graph_without_relu_warns():
         method = ours.GuidedBackprop(graph, session, y, x)
         mask = method.GetMask(np.ones(3, np.float32))
     np.testing.assert_allclose(mask, 1 - np.tanh(1.0) ** 2, rtol=1e-6)
+
+
+def test_user_subclass_of_tf1_core_saliency_gets_call_model_function(dense):
+    graph, session, y, x, scale, _ = dense
+
+    class Halved(ours.TF1CoreSaliency):
+        def GetMask(self, x_value, feed_dict=None):
+            out = self.call_model_function(x_value[None], feed_dict, [INPUT_OUTPUT_GRADIENTS])
+            return out[INPUT_OUTPUT_GRADIENTS][0] / 2
+
+    mask = Halved(graph, session, y, x).GetMask(X[0], {scale: 1.0})
+    np.testing.assert_allclose(mask, vanilla_by_hand(X[0], 2) / 2, rtol=1e-5, atol=1e-5)

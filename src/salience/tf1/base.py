@@ -8,6 +8,7 @@ import numpy as np
 
 from .._validate import check_nonnegative, check_positive_int
 from ..core.base import CoreSaliency
+from ..model import INPUT_OUTPUT_GRADIENTS
 from ._model import TF1Model
 
 __all__ = [
@@ -85,13 +86,14 @@ class TF1Saliency:
         """``size`` rows per session call if the graph takes any batch size, else 1."""
         return size if self.tf1_model.batchable else 1
 
-    def _attach(self, core_instance: CoreSaliency, keys, conv_layer=None) -> TF1Model:
+    def _attach(self, core_instance: CoreSaliency | None, keys, conv_layer=None) -> TF1Model:
         """Wrap the graph once, build the ops for ``keys`` and hold the core method."""
         model = TF1Model(self.graph, self.session, self.y, self.x, conv_layer=conv_layer)
         model.prepare(keys)
         self.tf1_model = model
         self.call_model_function = model.call_model_function()
-        self.core_instance = core_instance
+        if core_instance is not None:
+            self.core_instance = core_instance
         return model
 
 
@@ -103,14 +105,15 @@ class TF1CoreSaliency(TF1Saliency):
     """
 
     _core_class: Any = None  # the salience.core class (or its name, looked up when built)
-    _keys: tuple[str, ...] = ()
+    _keys: tuple[str, ...] = (INPUT_OUTPUT_GRADIENTS,)
 
     def __init__(self, graph: Any, session: Any, y: Any, x: Any, conv_layer: Any = None) -> None:
         super().__init__(graph, session, y, x)
         core_class = self._core_class
         if isinstance(core_class, str):
             core_class = _core_method(core_class)
-        self._attach(core_class(), self._keys, conv_layer)
+        # A user's subclass (no core class) gets call_model_function, as in PAIR.
+        self._attach(None if core_class is None else core_class(), self._keys, conv_layer)
 
     def validate_xy_tensor_shape(self, x_steps: int = 1, batch_size: int = 1) -> None:
         """Check that ``x`` and ``y`` can take the batches ``x_steps`` rows in chunks
