@@ -27,6 +27,10 @@ from .model import (
 
 __all__ = ["wrap", "TorchModel", "find_layer"]
 
+# Spatial torch layers whose 4-D outputs are always (n, C, h, w).
+_NCHW_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.MaxPool2d,
+                nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
 TargetFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -56,6 +60,10 @@ def wrap(
         Where inputs are sent; default: the module's parameters' device.
     channels_last : bool
         True if the module takes (n, H, W, C) inputs; default (n, C, H, W).
+        Gradients are returned in the same layout, and so are the activations
+        of a ``layer`` that is a torch convolution, normalisation or pooling
+        layer (which are (n, C, h, w) by definition); any other layer of a
+        channels-last model must itself return (n, h, w, C).
     batch_size : int
         Chunk size of :meth:`TorchModel.predict`.
     """
@@ -135,9 +143,13 @@ class TorchModel(FrameworkModel):
             out[GUIDED_INPUT_GRADIENTS if guided else INPUT_OUTPUT_GRADIENTS] = g
         if want_layer:
             g = grads.pop(0)
-            out[CONVOLUTION_LAYER_VALUES] = _np(captured["layer"])
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = (
-                _np(g) if g is not None else np.zeros_like(out[CONVOLUTION_LAYER_VALUES]))
+            values = captured["layer"]
+            g = g if g is not None else torch.zeros_like(values)
+            if self.channels_last and values.ndim == 4 and isinstance(self.layer, _NCHW_LAYERS):
+                # these torch layers are (n, C, h, w) by definition; use the model's layout
+                values, g = values.movedim(1, -1), g.movedim(1, -1)
+            out[CONVOLUTION_LAYER_VALUES] = _np(values)
+            out[CONVOLUTION_OUTPUT_GRADIENTS] = _np(g)
         return out
 
     def _scores(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
