@@ -311,3 +311,40 @@ def test_call_model_args_dict_must_hold_one_entry(net, x):
 def test_wrap_rejects_non_modules():
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got function"):
         st.wrap(lambda t: t)
+
+
+class TakesNHWC(nn.Module):
+    """A channels-last model: permutes to NCHW for its (NCHW) conv layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1, stride=2)
+        self.head = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.conv(x.permute(0, 3, 1, 2))).flatten(1))
+
+
+class TakesNCHW(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("resize", [False, True])
+def test_channels_last_model_grad_cam_equals_channels_first(resize, x):
+    torch.manual_seed(1)
+    net = TakesNHWC()
+    last = st.wrap(net, layer="conv", channels_last=True)
+    first = st.wrap(TakesNCHW(net), layer="inner.conv")
+    x_last = np.moveaxis(x, 1, -1)
+    out = last(x_last, np.array([0, 1, 2, 0]), ALL_KEYS)
+    assert out[CONVOLUTION_LAYER_VALUES].shape == (4, 4, 4, 5)  # the model's layout
+    assert out[INPUT_OUTPUT_GRADIENTS].shape == x_last.shape
+    cams_last = salience.GradCAM(resize=resize).explain(last, x_last, 1)
+    cams_first = salience.GradCAM(resize=resize).explain(first, x, 1)
+    assert cams_first.max() > 0
+    np.testing.assert_allclose(cams_last, cams_first, rtol=1e-5, atol=1e-7)
