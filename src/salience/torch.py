@@ -112,7 +112,8 @@ class TorchModel(FrameworkModel):
         self.expected_channels = conv.in_channels if conv is not None else None
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x), device=self.device).to(self.dtype)
+        # A copy: a module that writes into its input must not reach the caller's array.
+        return torch.tensor(np.asarray(x), device=self.device, dtype=self.dtype)
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         with self._explaining(), torch.no_grad():
