@@ -348,3 +348,32 @@ def test_channels_last_model_grad_cam_equals_channels_first(resize, x):
     cams_first = salience.GradCAM(resize=resize).explain(first, x, 1)
     assert cams_first.max() > 0
     np.testing.assert_allclose(cams_last, cams_first, rtol=1e-5, atol=1e-7)
+
+
+class ScalesInputInPlace(nn.Module):
+    """Normalises its input in place (allowed without gradients)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.head = nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        x.sub_(0.5)
+        return self.head(self.conv(x).flatten(1))
+
+
+def test_a_module_writing_into_its_input_changes_no_array(x):
+    torch.manual_seed(0)
+    model = st.wrap(ScalesInputInPlace())
+    before = x.copy()
+    first = model.predict(x)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(model.predict(x), first)
+    scores = model(x, np.array([0, 1, 2, 0]), [OUTPUT_LAYER_VALUES])[OUTPUT_LAYER_VALUES]
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_allclose(scores, first[np.arange(4), [0, 1, 2, 0]], rtol=1e-6)
+    # explain() resolves the top class with predict, then occludes the same images
+    maps = salience.Occlusion(size=3, stride=3).explain(model, x)
+    top = first.argmax(axis=1)
+    np.testing.assert_array_equal(maps, salience.Occlusion(size=3, stride=3).explain(model, x, top))
