@@ -286,3 +286,33 @@ def test_format_and_check_helper_gives_pairs_errors():
     ours.CoreSaliency().format_and_check_call_model_output(good, (2, 4),
                                                            [pair.OUTPUT_LAYER_VALUES])
     assert isinstance(good[pair.OUTPUT_LAYER_VALUES], np.ndarray)
+
+
+@pytest.mark.parametrize(
+    "name", ["GradientSaliency", "IntegratedGradients", "BlurIG", "Occlusion", "GradCam",
+             "CoreSaliency"]
+)
+@pytest.mark.parametrize("method", ["GetMask", "GetSmoothedMask"])
+def test_signatures_and_defaults_are_pairs(name, method):
+    import inspect
+
+    mine = inspect.signature(getattr(getattr(ours, name), method)).parameters
+    reference = inspect.signature(getattr(getattr(pair, name), method)).parameters
+    for param, spec in reference.items():
+        assert param in mine, f"{name}.{method} lacks {param}"
+        assert mine[param].default == spec.default, f"{name}.{method}({param}=...)"
+        assert mine[param].kind == spec.kind
+    assert list(mine)[: len(reference)] == list(reference)  # same order for positional use
+
+
+def test_batch_first_defaults_are_the_references():
+    import salience
+
+    assert salience.IntegratedGradients().steps == 25
+    blur = salience.BlurIG()
+    assert (blur.max_sigma, blur.steps, blur.grad_step, blur.sqrt) == (50, 100, 0.01, False)
+    occlusion = salience.Occlusion()
+    assert (occlusion.size, occlusion.value, occlusion.stride) == (15, 0, 1)
+    smooth = salience.SmoothGrad(salience.Gradients())
+    assert (smooth.nsamples, smooth.stdev_spread, smooth.magnitude) == (25, 0.15, True)
+    assert salience.GradCAM().resize is True
