@@ -264,7 +264,7 @@ def test_integer_and_half_inputs_are_converted(dtype, method, model):
 def test_smoothgrad_noise_on_uint8_is_scaled_by_the_real_range(model_classes):
     _, linear_cls = model_classes
     x = np.zeros((1, 8, 8, 3), dtype=np.uint8)
-    x[0, 0, 0, 0] = 200  # range 200 (uint8 max - min wraps to nothing here, but check)
+    x[0, 0, 0, 0] = 200  # value range 200
     seen = []
 
     def model(batch, targets, keys):
@@ -276,6 +276,7 @@ def test_smoothgrad_noise_on_uint8_is_scaled_by_the_real_range(model_classes):
     )
     noise = seen[0] - x.astype(np.float32)
     assert 15 < noise.std() < 25  # 0.1 * 200
+    assert seen[0].min() < -30 and seen[0].max() < 300  # negative noise on 0 stays negative
 
 
 # ---------------------------------------------------------------- no mutation
