@@ -79,9 +79,33 @@ def test_rank_correlation_and_ssim_known_values():
 
 
 def test_bad_inputs(x):
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match="torch.nn.Module or a Keras model"):
         sanity.model_randomisation(lambda a: a, Gradients(), x)
     with pytest.raises(ValueError, match="not layers of the model"):
         sanity.model_randomisation(_net(), Gradients(), x, layers=["9"])
     with pytest.raises(TypeError, match="method must be"):
         sanity.model_randomisation(_net(), "gradients", x)
+
+
+def test_keras_model_copy_is_randomised_and_the_original_untouched():
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("salience.keras")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(3, name="dense"),
+    ])
+    weights = [w.copy() for w in net.get_weights()]
+    xs = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    assert sanity.randomisable_layers(net) == ["conv", "dense"]
+    result = sanity.model_randomisation(net, Gradients(), xs, seed=1)
+    assert result.layers == ["dense", "conv"]
+    assert np.all(result.spearman_abs[-1] < 0.9)
+    for before, after in zip(weights, net.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    again = sanity.model_randomisation(net, Gradients(), xs, seed=1)
+    np.testing.assert_array_equal(result.spearman, again.spearman)
+    same = sanity.model_randomisation(net, lambda m, a, t: np.abs(a), xs)
+    np.testing.assert_allclose(same.spearman, 1.0)

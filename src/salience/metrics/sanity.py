@@ -5,11 +5,10 @@ from the output down to the input (cascading) or one at a time
 (independent), and after each step the maps are compared with the maps of
 the trained model by Spearman rank correlation (signed and of absolute
 values) and SSIM.  A method whose maps stay the same explains the input, not
-the model.  The caller's model is never changed: the check works on a deep
-copy, and the global torch random state is restored afterwards.
-
-Only PyTorch models are supported for now (``salience.keras`` does not exist
-yet).
+the model.  The caller's model is never changed: the check works on a copy
+(``copy.deepcopy`` of a PyTorch module, ``clone_model`` of a Sequential or
+functional Keras model), the global torch random state is restored
+afterwards, and Keras initialisers are seeded explicitly.
 
 References
 ----------
@@ -73,18 +72,17 @@ class SanityResult:
         ]
 
 
-def randomisable_layers(module: Any) -> list[str]:
-    """Names of the submodules holding a weight matrix or kernel of their own
-    (convolutions, linear layers, embeddings), in registration order."""
-    names = []
-    for name, sub in module.named_modules():
-        if name and any(p.ndim >= 2 for p in sub.parameters(recurse=False)):
-            names.append(name)
-    return names
+def randomisable_layers(model: Any) -> list[str]:
+    """Names of the layers holding a weight matrix or kernel of their own
+    (convolutions, dense/linear layers, embeddings), input to output.
+
+    PyTorch: dotted names in ``named_modules()``; Keras: layer names.
+    """
+    return _backend(model).layers()
 
 
 def model_randomisation(
-    module: Any,
+    model: Any,
     method: Any,
     x: Any,
     targets: Any = None,
@@ -95,31 +93,33 @@ def model_randomisation(
     wrap_kwargs: Mapping[str, Any] | None = None,
     keep_maps: bool = False,
 ) -> SanityResult:
-    """Run the model-randomisation test on a copy of a PyTorch model.
+    """Run the model-randomisation test on a copy of a PyTorch or Keras model.
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The trained model.  Left untouched (weights, modes, flags, RNG).
+    model : torch.nn.Module or keras.Model
+        The trained model.  Left untouched (weights, modes, flags, RNG).  A
+        Keras model must be Sequential or functional (it is cloned with
+        ``clone_model``).
     method : Method or callable
         A salience method (anything with ``explain(model, x, targets)``) or a
         callable with that signature returning maps.
     x : array_like, shape (n, *input_shape)
-        Inputs in the module's layout.
+        Inputs in the model's layout.
     targets : None, int, n ints, or weights
         What to explain; None is the trained model's top class, kept fixed
         for the randomised models.
     layers : sequence of str, optional
-        Dotted names of the layers to randomise, listed input to output.
-        Default: :func:`randomisable_layers`.
+        Names of the layers to randomise, listed input to output.  Default:
+        :func:`randomisable_layers`.
     cascading : bool
         True: randomise from the last listed layer down, keeping earlier
         randomisations; False: randomise each layer alone.
     seed : int
-        Seed of the new weights (``torch.manual_seed`` inside a forked RNG).
+        Seed of the new weights (layer ``k`` of the order uses ``seed + k``).
     wrap_kwargs : mapping, optional
-        Extra arguments of ``salience.torch.wrap`` (``layer=`` for Grad-CAM,
-        ``channels_last=``, ...).
+        Extra arguments of ``salience.torch.wrap`` / ``salience.keras.wrap``
+        (``layer=`` by name for Grad-CAM, ``channels_last=``, ...).
     keep_maps : bool
         Keep every step's 2-D maps in the result (for pictures).
 
@@ -134,50 +134,39 @@ def model_randomisation(
     Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim. "Sanity Checks for
     Saliency Maps", NeurIPS 2018. https://arxiv.org/abs/1810.03292
     """
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the sanity check needs PyTorch: pip install salience[torch]") from err
-    from .. import torch as salience_torch
     from .._validate import resolve_targets
 
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(
-            f"module must be a torch.nn.Module (Keras is not supported yet), got "
-            f"{type(module).__name__}"
-        )
+    backend = _backend(model)
     explain = _explain_function(method)
     x = as_float_batch(x)
     wrap_kwargs = dict(wrap_kwargs or {})
-    if "layer" in wrap_kwargs and isinstance(wrap_kwargs["layer"], torch.nn.Module):
-        raise TypeError("give wrap_kwargs['layer'] as a dotted name: the check works on a copy")
-    names = list(randomisable_layers(module) if layers is None else layers)
-    available = dict(module.named_modules())
-    missing = [n for n in names if n not in available or n == ""]
+    if "layer" in wrap_kwargs and not isinstance(wrap_kwargs["layer"], (str, type(None))):
+        raise TypeError("give wrap_kwargs['layer'] as a name: the check works on a copy")
+    available = backend.layers(all_layers=True)
+    names = list(backend.layers() if layers is None else layers)
+    missing = [n for n in names if n not in available]
     if missing or not names:
         raise ValueError(
             f"layers {missing or names} are not layers of the model; choose from "
-            f"{randomisable_layers(module)}"
+            f"{backend.layers()}"
         )
 
-    work = copy.deepcopy(module)
-    trained = dict(work.state_dict())
-    trained = {k: v.clone() for k, v in trained.items()}
-    model = salience_torch.wrap(work, **wrap_kwargs)
-    resolved = resolve_targets(model, x, targets)
-    is_last = bool(getattr(model, "channels_last", False))
-    reference_maps = _maps(explain, model, x, resolved, is_last)
+    work = backend.copy()
+    trained = backend.state(work)
+    wrapped = backend.wrap(work, wrap_kwargs)
+    resolved = resolve_targets(wrapped, x, targets)
+    is_last = bool(getattr(wrapped, "channels_last", True))
+    reference_maps = _maps(explain, wrapped, x, resolved, is_last)
 
     order = names[::-1]  # output first
-    results = {"spearman": [], "spearman_abs": [], "ssim": []}
+    results: dict[str, list[np.ndarray]] = {"spearman": [], "spearman_abs": [], "ssim": []}
     kept = [reference_maps[0]] if keep_maps else None
-    with torch.random.fork_rng(devices=[]):
+    with backend.random_state():
         for step, name in enumerate(order):
             if not cascading:
-                work.load_state_dict(trained)
-            torch.manual_seed(seed + step)
-            _reinitialise(dict(work.named_modules())[name], torch)
-            signed, absolute = _maps(explain, model, x, resolved, is_last)
+                backend.restore(work, trained)
+            backend.reinitialise(work, name, seed + step)
+            signed, absolute = _maps(explain, wrapped, x, resolved, is_last)
             results["spearman"].append(rank_correlation(reference_maps[0], signed, name))
             results["spearman_abs"].append(rank_correlation(reference_maps[1], absolute, name))
             results["ssim"].append(ssim(normalise01(reference_maps[1]), normalise01(absolute)))
@@ -243,12 +232,129 @@ def _maps(explain, model, x, targets, is_last) -> tuple[np.ndarray, np.ndarray]:
     return signed, absolute
 
 
-def _reinitialise(layer: Any, torch: Any) -> None:
-    """New random weights for one layer: its own init scheme when it has one."""
-    with torch.no_grad():
-        if callable(getattr(layer, "reset_parameters", None)):
-            layer.reset_parameters()
-            return
-        for p in layer.parameters(recurse=False):
-            std = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.01
-            p.normal_(0.0, std)
+def _backend(model: Any) -> _TorchBackend | _KerasBackend:
+    modules = [cls.__module__ for cls in type(model).__mro__]
+    if any(m.startswith("torch.") for m in modules):
+        return _TorchBackend(model)
+    if any(m.startswith(("keras.", "tf_keras.")) for m in modules) and hasattr(model, "layers"):
+        return _KerasBackend(model)
+    raise TypeError(
+        f"model must be a torch.nn.Module or a Keras model, got {type(model).__name__}"
+    )
+
+
+class _TorchBackend:
+    """Copy, inspect and re-initialise a ``torch.nn.Module``."""
+
+    def __init__(self, module: Any) -> None:
+        import torch
+
+        self.torch = torch
+        self.module = module
+
+    def layers(self, all_layers: bool = False) -> list[str]:
+        return [
+            name for name, sub in self.module.named_modules()
+            if name and (all_layers or any(p.ndim >= 2 for p in sub.parameters(recurse=False)))
+        ]
+
+    def copy(self) -> Any:
+        return copy.deepcopy(self.module)
+
+    def state(self, work: Any) -> dict[str, Any]:
+        return {k: v.clone() for k, v in work.state_dict().items()}
+
+    def restore(self, work: Any, state: dict[str, Any]) -> None:
+        work.load_state_dict(state)
+
+    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
+        from .. import torch as salience_torch
+
+        return salience_torch.wrap(work, **kwargs)
+
+    def random_state(self) -> Any:
+        return self.torch.random.fork_rng(devices=[])
+
+    def reinitialise(self, work: Any, name: str, seed: int) -> None:
+        """The layer's own init scheme (``reset_parameters``) when it has one."""
+        torch = self.torch
+        layer = dict(work.named_modules())[name]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            if callable(getattr(layer, "reset_parameters", None)):
+                layer.reset_parameters()
+                return
+            for p in layer.parameters(recurse=False):
+                std = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.01
+                p.normal_(0.0, std)
+
+
+class _KerasBackend:
+    """Clone, inspect and re-initialise a Sequential or functional Keras model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        legacy = any(c.__module__.startswith("tf_keras.") for c in type(model).__mro__)
+        if legacy:
+            import tf_keras as keras
+        else:
+            import keras
+        self.keras = keras
+
+    def _layers(self, model: Any) -> list[Any]:
+        from ..keras import _all_layers
+
+        return _all_layers(model)
+
+    def layers(self, all_layers: bool = False) -> list[str]:
+        return [
+            layer.name for layer in self._layers(self.model)
+            if all_layers or any(len(w.shape) >= 2 for w in layer.weights)
+        ]
+
+    def copy(self) -> Any:
+        try:
+            work = self.keras.models.clone_model(self.model)
+        except Exception as err:  # noqa: BLE001 - Keras raises various types here
+            raise TypeError(
+                "the sanity check clones Keras models with clone_model, which needs a "
+                f"Sequential or functional model; this one could not be cloned ({err})"
+            ) from err
+        work.set_weights(self.model.get_weights())
+        return work
+
+    def state(self, work: Any) -> list[np.ndarray]:
+        return [np.array(w) for w in work.get_weights()]
+
+    def restore(self, work: Any, state: list[np.ndarray]) -> None:
+        work.set_weights(state)
+
+    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
+        from .. import keras as salience_keras
+
+        return salience_keras.wrap(work, **kwargs)
+
+    def random_state(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()  # seeded initialisers leave global state alone
+
+    def reinitialise(self, work: Any, name: str, seed: int) -> None:
+        """Each weight from the layer's own initialiser (``kernel_initializer``, ...),
+        seeded; weights without one get a normal draw of their own spread."""
+        layer = next(la for la in self._layers(work) if la.name == name)
+        rng = np.random.default_rng(seed)
+        for k, weight in enumerate(layer.weights):
+            short = weight.name.split("/")[-1].split(":")[0]
+            init = getattr(layer, f"{short}_initializer", None)
+            shape, dtype = tuple(weight.shape), weight.dtype
+            if init is not None:
+                config = dict(init.get_config())
+                if "seed" in config:
+                    config["seed"] = seed * 1000 + k
+                value = np.asarray(type(init).from_config(config)(shape, dtype=dtype))
+            else:
+                current = np.asarray(weight)
+                std = float(current.std()) if current.size > 1 and current.std() > 0 else 0.01
+                value = rng.normal(0.0, std, size=shape)
+            weight.assign(value.astype(np.asarray(weight).dtype))
