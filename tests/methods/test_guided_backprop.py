@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_h
 
 import salience
 from salience._adapter import FrameworkModel
@@ -91,6 +93,21 @@ def test_relu_net_matches_hand_computation(kind):
     assert np.abs(vanilla - expected).max() > 0.1
     plain = salience.Gradients().explain(model, X.astype(np.float32), TARGETS)
     np.testing.assert_allclose(plain, vanilla, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st_h.integers(0, 2**31 - 1), inplace=st_h.booleans())
+def test_one_hidden_layer_property(seed, inplace):
+    # f(x) = v . relu(W x + b): the guided map is W^T (max(v, 0) * [W x + b > 0]).
+    rng = np.random.default_rng(seed)
+    w, b, v = rng.normal(size=(6, 3)), rng.normal(size=6), rng.normal(size=(1, 6))
+    x = rng.normal(size=(4, 3)) * 2
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=inplace), nn.Linear(6, 1, bias=False))
+    net[0].weight.data, net[0].bias.data = torch.tensor(w), torch.tensor(b)
+    net[2].weight.data = torch.tensor(v)
+    maps = salience.GuidedBackprop().explain(st.wrap(net.double()), x, 0)
+    expected = (np.maximum(v, 0) * (x @ w.T + b > 0)) @ w
+    np.testing.assert_allclose(maps, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["relu6", "hardtanh_relu6"])
