@@ -1,0 +1,303 @@
+"""Keras and JAX adapters: every method against its own framework's model floor.
+
+One CNN (five 3x3 convolutions with ReLU, four of stride 2, global average
+pooling, a 1000-way dense layer; ~0.3 GFLOP-MAC per 224x224 image) is built
+with identical weights in Keras 3 (TensorFlow backend) and in pure JAX.  For
+each method, one 224-pixel photo is explained through ``salience.keras.wrap``
+and ``salience.jax.wrap`` and timed interleaved with the framework's floor.
+
+The floor here is stricter than the one of the PyTorch benchmark: it is
+hand-written framework code *without the adapter* - a ``tf.function`` around a
+``GradientTape`` (Keras) or a ``jax.jit`` of ``jax.grad`` / ``jax.vjp`` (JAX)
+returning numpy arrays - doing the same number of rows (forward+backward for
+gradient methods, forward only for Occlusion, layer gradients for Grad-CAM) at
+its best batch size, with exact batch shapes.  The method runs with that same
+batch size.  ``salience / floor`` therefore charges the adapter (conversions,
+dispatch, scheduling) and the method's own numpy work.
+
+Notes give the maximal relative difference between the Keras and JAX maps of
+each deterministic method (identical weights: they must agree).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    FULL_REPEATS,
+    QUICK_REPEATS,
+    floor_callable,
+    make_row,
+    photos,
+    time_interleaved,
+)
+
+import salience  # noqa: E402
+from salience.model import (  # noqa: E402
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+)
+
+GRAD = [INPUT_OUTPUT_GRADIENTS]
+LAYER = [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS]
+SCORES = [OUTPUT_LAYER_VALUES]
+SIZE = 224
+# (in, out, stride) of the convolutions; Grad-CAM uses the last one's ReLU output.
+CONVS = ((3, 32, 2), (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2))
+CLASSES = 1000
+GOAL = 1.10
+
+
+def weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-initialised (kernel HWIO, bias) pairs for the convolutions, then the dense layer."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c_in, c_out, _ in CONVS:
+        w = rng.normal(size=(3, 3, c_in, c_out)) * np.sqrt(2.0 / (9 * c_in))
+        out.append((w.astype(np.float32), (rng.normal(size=c_out) * 0.05).astype(np.float32)))
+    last = CONVS[-1][1]
+    out.append(((rng.normal(size=(last, CLASSES)) / np.sqrt(last)).astype(np.float32),
+                np.zeros(CLASSES, np.float32)))
+    return out
+
+
+# ---------------------------------------------------------------- Keras
+
+
+def keras_model(params):
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = inputs
+    for i, (_, c_out, stride) in enumerate(CONVS):
+        h = keras.layers.Conv2D(c_out, 3, strides=stride, padding="same", activation="relu",
+                                name=f"conv{i}")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(CLASSES, name="dense")(h)
+    model = keras.Model(inputs, out)
+    for i in range(len(CONVS)):
+        model.get_layer(f"conv{i}").set_weights(list(params[i]))
+    model.get_layer("dense").set_weights(list(params[-1]))
+    return model
+
+
+def keras_floor(model) -> Callable:
+    """``floor(x, targets, keys)``: the framework work alone, as numpy arrays."""
+    import keras
+    import tensorflow as tf
+
+    layer = model.get_layer(f"conv{len(CONVS) - 1}")
+    view = keras.Model(model.inputs[0], [layer.output, model.outputs[0]])
+    spec = [tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int64)]
+
+    @tf.function(input_signature=spec, autograph=False)
+    def grads(x, t):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            s = tf.gather(model(x, training=False), t, axis=1, batch_dims=1)
+        return s, tape.gradient(s, x)
+
+    @tf.function(input_signature=spec, autograph=False)
+    def layer_grads(x, t):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            a, y = view(x, training=False)
+            s = tf.gather(y, t, axis=1, batch_dims=1)
+        return s, a, tape.gradient(s, a)
+
+    @tf.function(input_signature=spec, autograph=False)
+    def scores(x, t):
+        return tf.gather(model(x, training=False), t, axis=1, batch_dims=1)
+
+    def floor(x, t, keys):
+        args = (tf.constant(x), tf.constant(t))
+        if CONVOLUTION_OUTPUT_GRADIENTS in keys:
+            return [v.numpy() for v in layer_grads(*args)]
+        if INPUT_OUTPUT_GRADIENTS in keys:
+            return [v.numpy() for v in grads(*args)]
+        return scores(*args).numpy()
+
+    return floor
+
+
+# ---------------------------------------------------------------- JAX
+
+
+def jax_parts(params):
+    import jax
+    import jax.numpy as jnp
+
+    p = jax.tree.map(jnp.asarray, params)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def features(p, x):
+        h = x
+        for (w, b), (_, _, stride) in zip(p[:-1], CONVS):
+            h = jax.lax.conv_general_dilated(h, w, (stride, stride), "SAME",
+                                             dimension_numbers=dn)
+            h = jax.nn.relu(h + b)
+        return h
+
+    def head(p, h):
+        w, b = p[-1]
+        return h.mean(axis=(1, 2)) @ w + b
+
+    def cnn(p, x):
+        return head(p, features(p, x))
+
+    return p, cnn, features, head
+
+
+def jax_floor(p, cnn, features, head) -> Callable:
+    import jax
+    import jax.numpy as jnp
+
+    def pick(y, t):
+        return jnp.take_along_axis(y, t[:, None], axis=1)[:, 0]
+
+    @jax.jit
+    def grads(p, x, t):
+        def total(x):
+            s = pick(cnn(p, x), t)
+            return s.sum(), s
+        g, s = jax.grad(total, has_aux=True)(x)
+        return s, g
+
+    @jax.jit
+    def layer_grads(p, x, t):
+        a = features(p, x)
+
+        def total(a):
+            s = pick(head(p, a), t)
+            return s.sum(), s
+        g, s = jax.grad(total, has_aux=True)(a)
+        return s, a, g
+
+    @jax.jit
+    def scores(p, x, t):
+        return pick(cnn(p, x), t)
+
+    def floor(x, t, keys):
+        t = t.astype(np.int32)
+        if CONVOLUTION_OUTPUT_GRADIENTS in keys:
+            return [np.asarray(v) for v in layer_grads(p, x, t)]
+        if INPUT_OUTPUT_GRADIENTS in keys:
+            return [np.asarray(v) for v in grads(p, x, t)]
+        return np.asarray(scores(p, x, t))
+
+    return floor
+
+
+# ---------------------------------------------------------------- cases
+
+
+def cases(quick: bool) -> list[tuple[str, str, list[str], int, Callable[[int], Any]]]:
+    """(method, setting, keys, rows for one image, make(batch_size) -> Method)."""
+    nsamples, steps, blur_steps = (10, 10, 20) if quick else (25, 25, 100)
+    occ = 208 if quick else 192
+    occ_rows = 1 + (SIZE - occ + 1) ** 2
+    out = [
+        ("Gradients", "", GRAD, 1, lambda b: salience.Gradients(batch_size=b)),
+        ("SmoothGrad", f"Gradients, nsamples={nsamples}", GRAD, nsamples,
+         lambda b: salience.SmoothGrad(salience.Gradients(batch_size=b), nsamples=nsamples,
+                                       seed=0)),
+        ("IntegratedGradients", f"steps={steps}", GRAD, steps,
+         lambda b: salience.IntegratedGradients(steps=steps, batch_size=b)),
+        ("BlurIG", f"max_sigma=50, steps={blur_steps}", GRAD, blur_steps,
+         lambda b: salience.BlurIG(max_sigma=50, steps=blur_steps, batch_size=b)),
+        ("Occlusion", f"size={occ}, stride 1", SCORES, occ_rows,
+         lambda b: salience.Occlusion(size=occ, batch_size=b)),
+        ("GradCAM", "resize", LAYER, 1, lambda b: salience.GradCAM(batch_size=b)),
+    ]
+    if hasattr(salience, "GuidedBackprop"):
+        out.append(("GuidedBackprop", "", GRAD, 1,
+                    lambda b: salience.GuidedBackprop(batch_size=b)))
+    if hasattr(salience, "GuidedIG"):
+        gsteps = 20 if quick else 50
+        out.append(("GuidedIG", f"steps={gsteps}", GRAD, gsteps,
+                    lambda b: salience.GuidedIG(steps=gsteps, batch_size=b)))
+    return out
+
+
+def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+class NullModel:
+    """A model that costs nothing (zeros of the right shapes): timing a method on it
+    gives the method's own work - noise, paths, blurring, bookkeeping."""
+
+    channels_last = True
+
+    def __init__(self, layer_shape: tuple[int, ...]) -> None:
+        self.layer_shape = layer_shape
+
+    def __call__(self, x, targets, keys):
+        n = len(x)
+        out = {OUTPUT_LAYER_VALUES: np.zeros(n, np.float32)}
+        for key in keys:
+            if key in (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS):
+                out[key] = np.ones((n, *self.layer_shape), np.float32)
+            elif key != OUTPUT_LAYER_VALUES:
+                out[key] = np.zeros(x.shape, np.float32)
+        return out
+
+
+def run(quick: bool) -> list[dict]:
+    import salience.jax
+    import salience.keras
+
+    repeats = QUICK_REPEATS + 1 if quick else FULL_REPEATS
+    params = weights()
+    x = (photos(1, SIZE).astype(np.float32) / 127.5) - 1.0
+    kmodel = keras_model(params)
+    p, cnn, features, head = jax_parts(params)
+    frameworks = {
+        "Keras": (salience.keras.wrap(kmodel, f"conv{len(CONVS) - 1}"), keras_floor(kmodel)),
+        "JAX": (salience.jax.wrap(cnn, p, layer_fn=features, head_fn=head, channels=3),
+                jax_floor(p, cnn, features, head)),
+    }
+    side = SIZE // int(np.prod([c[2] for c in CONVS]))
+    null = NullModel((side, side, CONVS[-1][1]))
+    target = int(frameworks["Keras"][0].predict(x).argmax())
+    targets = np.array([target])
+    rows: list[dict] = []
+    for method, setting, keys, n_rows, make in cases(quick):
+        fns: dict[str, Any] = {}
+        batch: dict[str, int] = {}
+        for fw, (model, raw) in frameworks.items():
+            if method == "GuidedBackprop" and not getattr(model, "supports_guided", False):
+                continue
+            floor = floor_callable(raw, x, n_rows, keys, target)
+            batch[fw] = floor.batch_size
+            explainer = make(floor.batch_size)
+            fns[fw] = lambda m=explainer, model=model: m.explain(model, x, targets)
+            fns[f"{fw} floor"] = floor
+        alone = make(max(batch.values()))
+        fns["alone"] = lambda m=alone: m.explain(null, x, targets)
+        t = time_interleaved(fns, repeats=repeats)
+        alone_ms = t["alone"].best * 1e3
+        for fw in batch:
+            row = make_row(
+                "adapters", method, f"{fw} CNN-224",
+                f"1 image {SIZE}px" + (f", {setting}" if setting else ""),
+                t[fw].best, floor_s=t[f"{fw} floor"].best,
+                notes=(f"{n_rows} rows, batch {batch[fw]}; floor without the adapter; the "
+                       f"method's own work (zero-cost model) {alone_ms:.1f} ms"))
+            if fw == "JAX" and "Keras" in batch:
+                diff = _rel_diff(t["JAX"].result, t["Keras"].result)
+                row["notes"] += f"; max rel. diff JAX vs Keras {diff:.1e}"
+            row["target"] = f"<= {GOAL:.2f}x floor"
+            row["measured"] = f"{row['vs_floor']:.2f}x floor"
+            row["met"] = row["vs_floor"] <= GOAL
+            rows.append(row)
+    return rows
