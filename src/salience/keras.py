@@ -352,14 +352,21 @@ def _guided_relu(max_value: float | None) -> Callable[[tf.Tensor], tf.Tensor]:
 
     @tf.custom_gradient
     def guided(x):
-        y = tf.nn.relu(x) if max_value is None else tf.clip_by_value(x, 0, max_value)
+        if max_value is None:
+            y = tf.nn.relu(x)
+        elif max_value == 6:
+            y = tf.nn.relu6(x)
+        else:
+            y = tf.clip_by_value(x, tf.zeros([], x.dtype), tf.cast(max_value, x.dtype))
 
         def grad(dy):
-            active = x > 0
-            if max_value is not None:
-                active = tf.logical_and(active, x < max_value)
-            keep = tf.logical_and(active, dy > 0)
-            return tf.where(keep, dy, tf.zeros_like(dy))
+            positive = tf.nn.relu(dy)  # the incoming gradient's positive part ...
+            if max_value is None:  # ... where the input is in the linear range
+                return tf.raw_ops.ReluGrad(gradients=positive, features=x)
+            if max_value == 6:
+                return tf.raw_ops.Relu6Grad(gradients=positive, features=x)
+            inside = tf.logical_and(x > 0, x < max_value)
+            return tf.where(inside, positive, tf.zeros_like(positive))
 
         return y, grad
 
