@@ -161,6 +161,14 @@ def test_user_subclass_with_only_get_mask_gets_smoothing(dense):
     assert len(seen) == 4
     np.testing.assert_allclose(smoothed, 2 * np.mean(seen, axis=0), rtol=1e-6)
 
+    class Summed(ours.TF1Saliency):  # 2-D masks of 3-D inputs
+        def GetMask(self, x_value, feed_dict=None):
+            return np.asarray(x_value).sum(axis=-1)
+
+    image = np.ones((3, 3, 2), np.float32)
+    flat = Summed(graph, session, y, x).GetSmoothedMask(image, nsamples=2, stdev_spread=0)
+    np.testing.assert_allclose(flat, np.full((3, 3), 4.0))
+
 
 def test_targets_are_refused(dense):
     graph, session, y, x, _, _ = dense

@@ -65,11 +65,11 @@ class TF1Saliency:
         stdev = check_nonnegative(stdev_spread, "stdev_spread") * (
             np.max(x_value) - np.min(x_value)
         )
-        total = np.zeros(x_value.shape, dtype=np.float64)
+        total = 0.0  # shaped like the masks, which may differ from x_value (2-D maps)
         for _ in range(nsamples):
             noisy = x_value + np.random.normal(0, stdev, x_value.shape)
             mask = np.asarray(self.GetMask(noisy, feed_dict, **kwargs), dtype=np.float64)
-            total += mask * mask if magnitude else mask
+            total = total + (mask * mask if magnitude else mask)
         return (total / nsamples).astype(np.result_type(x_value.dtype, np.float32))
 
     # Hooks of the built-in methods (which also set core_instance and call_model_function).
