@@ -86,9 +86,15 @@ def test_pred_func_gets_batches_not_single_images():
     # original + fully blurred first, then the 9 thresholds in chunks of <= 4
     assert calls == [2, 4, 4, 1]
     one_by_one = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img),
-                                        THRESHOLDS, min_pred_value=0.5, batch_size=1)
+                                        THRESHOLDS, min_pred_value=0.5, batch_size=1,
+                                        n_jobs=1)
     np.testing.assert_allclose(result.curve_y, one_by_one.curve_y, rtol=1e-12)
     assert result.auc == pytest.approx(one_by_one.auc, rel=1e-12)
+    threaded = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img),
+                                      THRESHOLDS, min_pred_value=0.5, batch_size=3, n_jobs=3)
+    assert threaded.auc == result.auc
+    for a, b in zip(threaded.blurred_images, one_by_one.blurred_images):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_map_of_the_region_the_model_uses_beats_the_inverted_map():
@@ -222,6 +228,8 @@ def test_bad_inputs_give_clear_errors():
         pic.compute_pic_metric(img, smap, mask, lambda b: [0.9], THRESHOLDS)
     with pytest.raises(ValueError, match="fraction"):
         pic.generate_random_mask(4, 4, fraction=2.0)
+    with pytest.raises(ValueError, match="n_jobs"):
+        pic.compute_pic_metric(img, smap, mask, f, THRESHOLDS, n_jobs=0)
 
 
 def test_pred_func_from_model_sic_aic_score():

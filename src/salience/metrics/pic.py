@@ -27,9 +27,12 @@ Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
 
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -228,6 +231,7 @@ def compute_pic_metric(
     num_data_points: int = 1000,
     *,
     batch_size: int = 32,
+    n_jobs: int | None = None,
 ) -> PicMetricResult:
     """The Performance Information Curve of one image and saliency map.
 
@@ -264,6 +268,10 @@ def compute_pic_metric(
         Number of curve points before the final point at x = 1.
     batch_size : int
         Largest number of images per ``pred_func`` call.
+    n_jobs : int, optional
+        Threads that build the thresholded images (interpolation and WebP
+        encoding) while the model runs; None: up to 4 (the number of CPUs),
+        1: no threads.  The results do not depend on it.
 
     Returns
     -------
@@ -300,12 +308,15 @@ def compute_pic_metric(
     thresholds = _check_thresholds(saliency_thresholds)
     num_data_points = check_positive_int(num_data_points, "num_data_points")
     batch_size = check_batch_size(batch_size)
+    if n_jobs is not None:
+        n_jobs = check_positive_int(n_jobs, "n_jobs")
     model = _PredFuncModel(pred_func)
 
     original_entropy = _webp_size(img)
     fully_blurred = _blur(img, random_mask)
     blurred_entropy = _webp_size(fully_blurred)
-    original_pred, blurred_pred = _predict(model, [img, fully_blurred], batch_size)
+    first_two = (img, fully_blurred)
+    original_pred, blurred_pred = _predict(model, 2, first_two.__getitem__, batch_size)
 
     if original_pred < min_pred_value:
         raise ComputePicMetricError(
@@ -323,18 +334,29 @@ def compute_pic_metric(
             f"prediction on the original ({original_pred}); skip this image"
         )
 
-    # Build (and measure) the thresholded images chunk by chunk, as the model asks.
-    images: list[np.ndarray] = []
-    entropies: list[int] = []
-
-    def make_image(threshold: float) -> np.ndarray:
+    # The thresholded images are built (and measured) in worker threads while the
+    # model works on earlier chunks; each chunk waits only for its own images.
+    def make_image(threshold: float) -> tuple[np.ndarray, int]:
         revealed = saliency_map >= np.quantile(saliency_map, 1 - threshold)
         image = _blur(img, revealed | random_mask)
-        images.append(image)
-        entropies.append(_webp_size(image))
-        return image
+        return image, _webp_size(image)
 
-    preds = _predict(model, make_image, batch_size, len(thresholds), thresholds)
+    with _image_pool(n_jobs) as pool:
+        if pool is None:
+            built: dict[int, tuple[np.ndarray, int]] = {}
+
+            def get(i: int) -> tuple[np.ndarray, int]:
+                if i not in built:
+                    built[i] = make_image(thresholds[i])
+                return built[i]
+        else:
+            futures = [pool.submit(make_image, t) for t in thresholds]
+
+            def get(i: int) -> tuple[np.ndarray, int]:
+                return futures[i].result()
+
+        preds = _predict(model, len(thresholds), lambda i: get(i)[0], batch_size)
+        images, entropies = zip(*(get(i) for i in range(len(thresholds))))
 
     entropy_span = original_entropy - blurred_entropy
     pred_span = original_pred - blurred_pred
@@ -485,17 +507,12 @@ class _PredFuncModel:
         return {OUTPUT_LAYER_VALUES: np.asarray(values)}
 
 
-def _predict(model, images, batch_size, n=None, items=None) -> list[float]:
-    """Predictions for a list of images, or for ``images(item)`` built lazily per chunk."""
-    if n is None:
-        n, items = len(images), list(images)
-        build = lambda item: item  # noqa: E731
-    else:
-        build = images
-    preds: list[float] = []
+def _predict(model, n: int, get_image: Callable[[int], np.ndarray], batch_size: int) -> list:
+    """Predictions for images ``get_image(0 .. n-1)``, fetched one chunk at a time."""
+    preds: list = []
 
     def make_rows(start: int, stop: int) -> np.ndarray:
-        return np.stack([build(item) for item in items[start:stop]])
+        return np.stack([get_image(i) for i in range(start, stop)])
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         values = np.asarray(outputs[OUTPUT_LAYER_VALUES])
@@ -509,6 +526,20 @@ def _predict(model, images, batch_size, n=None, items=None) -> list[float]:
     run_rows(model, [OUTPUT_LAYER_VALUES], np.arange(n), make_rows, consume, None,
              batch_size, "compute_pic_metric")
     return preds
+
+
+@contextlib.contextmanager
+def _image_pool(n_jobs: int | None) -> Iterator[ThreadPoolExecutor | None]:
+    """Worker threads for the image work (griddata and WebP release the GIL)."""
+    workers = min(4, os.cpu_count() or 1) if n_jobs is None else n_jobs
+    if workers <= 1:
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="salience-pic")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_image(image: np.ndarray, name: str, require_uint8: bool) -> None:
