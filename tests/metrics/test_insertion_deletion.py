@@ -114,3 +114,24 @@ def test_bad_inputs(region_model, region, positive_images):
     with pytest.raises(TypeError, match="predict"):
         idl.deletion(lambda a, t, k: {}, x, maps, 0, score="softmax")
     assert region_model.calls == 0
+
+
+def test_torch_adapter_end_points():
+    torch = pytest.importorskip("torch")
+    import salience.torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    model = salience.torch.wrap(net)
+    x = np.random.default_rng(0).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    maps = np.random.default_rng(1).random((3, 6, 6))
+    ins, dele = idl.insertion_deletion_curves(model, x, maps, steps=4, score="softmax",
+                                              insertion_baseline="mean")
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.as_tensor(x)), dim=1).numpy()
+        blank = torch.softmax(net(torch.zeros(3, 3, 6, 6)), dim=1).numpy()
+    top = probs.argmax(axis=1)  # targets=None: the top class on x
+    np.testing.assert_allclose(ins.scores[:, -1], probs[np.arange(3), top], rtol=1e-5)
+    np.testing.assert_allclose(dele.scores[:, 0], probs[np.arange(3), top], rtol=1e-5)
+    np.testing.assert_allclose(dele.scores[:, -1], blank[np.arange(3), top], rtol=1e-5)

@@ -142,7 +142,6 @@ def _blur(full_img: np.ndarray, pixel_mask: np.ndarray, method: str = "linear") 
     if known.all():
         return full_img.copy()
     # The same arithmetic dtype as PAIR: image * float32 mask.
-    work = np.result_type(img.dtype, np.float32)
     out = img * known[:, :, None].astype(np.float32)
     known_points = np.argwhere(known)
     unknown_points = np.argwhere(~known)
@@ -154,7 +153,6 @@ def _blur(full_img: np.ndarray, pixel_mask: np.ndarray, method: str = "linear") 
     if outside.any():  # only possible for degenerate masks; PAIR fills with the mean colour
         mean_color = np.mean(img, axis=(0, 1))
         filled = np.where(outside, mean_color[None, :], filled)
-    out = out.astype(work, copy=False)
     out[~known] = filled
     if gray:
         out = out[:, :, 0]
