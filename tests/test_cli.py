@@ -272,6 +272,17 @@ def test_no_progress_bar_without_a_terminal(workdir):
     assert "━" not in result.stderr and "explaining" not in result.stderr
 
 
+def test_progress_bar_on_a_terminal(workdir, monkeypatch):
+    import salience.cli
+
+    monkeypatch.setattr(salience.cli, "_is_terminal", lambda: True)
+    result = run(*base_args(workdir), "--methods", "gradients,gradcam")
+    assert result.exit_code == 0, result.output
+    assert "4/4" in result.stderr  # 2 images x 2 methods
+    quiet = run(*base_args(workdir, out="q"), "--methods", "gradients", "--quiet")
+    assert quiet.exit_code == 0 and "/2" not in quiet.stderr
+
+
 def test_metrics_are_reported(workdir):
     result = run(*base_args(workdir), "--methods", "gradients", "--metrics")
     assert result.exit_code == 0, result.output
@@ -303,3 +314,28 @@ def test_default_model_on_one_sample_photo(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     top = summary["images"][0]["top"][0]
     assert top["index"] == 285 and top["label"] == "Egyptian Mau"
+
+
+def test_keras_model_file(workdir):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("salience.keras")
+    import salience
+    from salience.io import load_image
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5),
+    ])
+    net.save(workdir / "net.keras")
+    result = run("explain", workdir / "imgs", "--model", workdir / "net.keras", "--preset",
+                 "unit", "--methods", "gradients,gradcam", "-o", workdir / "out")
+    assert result.exit_code == 0, result.output
+    maps = np.load(workdir / "out" / "maps.npz")
+    assert maps["a__gradcam"].shape == (16, 16)  # the last Conv2D was found
+    prep = Preprocessing(size=(16, 16), channels_last=True, preset="unit")
+    x = prep.model_input([prep.display(load_image(workdir / "imgs" / "a.png"))])
+    expected = salience.Gradients().explain(salience.keras.wrap(net), x)
+    np.testing.assert_allclose(maps["a__gradients"], expected[0], rtol=1e-5, atol=1e-8)

@@ -252,8 +252,13 @@ def _rounded(values) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
+def _is_terminal() -> bool:
+    """Whether progress goes to a terminal (the bar is shown only then)."""
+    return sys.stderr.isatty()
+
+
 def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet, console, n):
-    show = not quiet and sys.stderr.isatty()
+    show = not quiet and _is_terminal()
     if not show:
         return explain(model, x, names, targets, batch_size, errors="collect")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -339,7 +339,11 @@ def _load_keras(path: Path, layer: str | None, trust_model: bool) -> LoadedModel
         raise ModelLoadError(
             f"{path}: expected one image input (n, H, W, C) with a fixed size, got {shape}"
         )
-    wrapped = skeras.wrap(model, layer=layer) if layer is not None else skeras.wrap(model)
+    if layer is None:
+        convs = [lay.name for lay in getattr(model, "layers", [])
+                 if "Conv" in type(lay).__name__ and len(lay.output.shape) == 4]
+        layer = convs[-1] if convs else None
+    wrapped = skeras.wrap(model, layer=layer)
     return LoadedModel(
         model=wrapped,
         name=path.name,
