@@ -1,0 +1,103 @@
+"""Image reading and preprocessing for the command line."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+Image = pytest.importorskip("PIL.Image")
+
+from salience.io import (  # noqa: E402
+    ImageReadError,
+    LargeImageWarning,
+    Preprocessing,
+    find_images,
+    load_image,
+)
+
+
+def test_load_image_modes(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "rgb.png"), rgb)
+    rgba = np.dstack([rgb, np.full((5, 6), 128, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "rgba.png"), rgb)
+    gray16 = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "micro.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "micro.tif"), [[0, 64], [128, 255]])
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(gray).convert("P").save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "pal.png"), gray)
+
+
+def test_unreadable_images_raise_a_clear_error(tmp_path):
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageReadError, match="text.png: not a readable image"):
+        load_image(tmp_path / "text.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        load_image(tmp_path / "cut.jpg")
+    with pytest.raises(ImageReadError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_find_images_recurses_and_sorts(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.JPG", "sub/c.tif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = find_images([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.JPG", "b.png", "sub/c.tif"]
+    assert find_images([tmp_path / "notes.txt"]) == [tmp_path / "notes.txt"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_images([tmp_path / "nope"])
+
+
+def test_gray_is_replicated_for_three_channels_and_rgb_becomes_luma_for_one():
+    gray = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    three = Preprocessing(size=(2, 2), channels=3, preset="unit").model_input([gray])
+    assert three.shape == (1, 3, 2, 2)
+    for c in range(3):
+        np.testing.assert_allclose(three[0, c], gray / 255.0, rtol=1e-6)
+    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+    rgb[..., 1] = 100
+    one = Preprocessing(size=(2, 2), channels=1, channels_last=True, preset="raw")
+    out = one.model_input([rgb])
+    assert out.shape == (1, 2, 2, 1)
+    np.testing.assert_allclose(out[..., 0], np.rint(0.587 * 100))
+
+
+def test_normalisation_presets_and_overrides():
+    img = np.full((2, 2, 3), 255, dtype=np.uint8)
+    x = Preprocessing(size=(2, 2), preset="imagenet").model_input([img])
+    np.testing.assert_allclose(x[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+    custom = Preprocessing(size=(2, 2), mean=(0.5,), std=(0.25,)).model_input([img])
+    np.testing.assert_allclose(custom, 2.0)
+    gray_model = Preprocessing(size=(2, 2), channels=1, preset="imagenet")
+    np.testing.assert_allclose(gray_model.normalisation()[1], [np.mean([0.485, 0.456, 0.406])])
+    with pytest.raises(ValueError, match="valid presets"):
+        Preprocessing(preset="nope")
+    with pytest.raises(ValueError, match="mean has 2 values but the model takes 3"):
+        Preprocessing(mean=(0.1, 0.2))
+    with pytest.raises(ValueError, match="std must hold positive"):
+        Preprocessing(std=(0.0,))
+
+
+def test_resize_modes_and_large_image_warning():
+    wide = np.zeros((10, 40, 3), dtype=np.uint8)
+    wide[:, 15:25] = 255  # a bright centre band
+    squash = Preprocessing(size=(10, 10), resize="squash")
+    crop = Preprocessing(size=(10, 10), resize="crop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4x the input is not "far larger"
+        squashed = squash.display(wide)
+    assert squashed.shape == (10, 10, 3) and squashed[:, 0].max() == 0  # whole width kept
+    centre = crop.display(wide)
+    assert centre.shape == (10, 10, 3) and (centre == 255).all()  # only the centre band
+    with pytest.warns(LargeImageWarning, match="far larger than the model input"):
+        Preprocessing(size=(4, 4)).display(np.zeros((17, 3), dtype=np.uint8), "big.png")
