@@ -44,7 +44,8 @@ _MISSING_KEY_HINTS = {
     GUIDED_INPUT_GRADIENTS: (
         ". Guided Backprop needs guided gradients (ReLU backward replaced by the guided "
         "rule): use an adapter that computes them (salience.torch.wrap(...), "
-        "salience.tf1) or make the callback return GUIDED_INPUT_GRADIENTS"
+        "salience.keras.wrap(...), salience.tf1.wrap(...)) or make the callback return "
+        "GUIDED_INPUT_GRADIENTS"
     ),
 }
 
