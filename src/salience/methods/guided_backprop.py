@@ -18,7 +18,9 @@ class GuidedBackprop(Method):
     The method asks the model for ``GUIDED_INPUT_GRADIENTS``: the adapters
     compute it by changing the ReLU backward rule for the duration of the call
     (``salience.torch``: ``nn.ReLU``, ``nn.ReLU6`` and functional relu;
-    ``salience.tf1``: the graph's ``Relu`` / ``Relu6`` ops).  A plain callable
+    ``salience.keras``: ReLU gradients; ``salience.tf1``: the graph's ``Relu``
+    / ``Relu6`` ops).  Adapters that cannot (``salience.jax``) refuse with an
+    error before running the model.  A plain callable
     model or a PAIR ``call_model_function`` must return that key itself;
     otherwise the call fails with an error naming it.
 
