@@ -1,0 +1,340 @@
+"""Core methods: salience beside PAIR ``saliency==0.2.1``, Captum and the model floor.
+
+For each method, on (a) a tiny CNN where library overhead dominates and (b) the
+pretrained EfficientNet-Lite0 at 224 pixels:
+
+- salience: the batch-first method on the PyTorch adapter (channels first);
+- reference: PAIR's class, one ``GetMask`` per image as PAIR users call it, with
+  a PAIR-style channels-last ``call_model_function`` on the same module, same
+  image, same target class and same parameters;
+- captum: Captum's equivalent on the same module where it has one, with its
+  batching option set to the model's best batch size;
+- floor: the same number of model rows (forward+backward for gradient methods,
+  forward only for Occlusion) at the best batch size.
+
+All four are timed interleaved in one run.  Scaling rows explain batches of 1, 8
+and 32 images (the reference loops over the images, as it must).  Maps are
+compared with the reference where both are deterministic (``notes``: max
+relative difference).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from common import (
+    FULL_REPEATS,
+    QUICK_REPEATS,
+    ModelSetup,
+    floor_callable,
+    lite0_setup,
+    make_row,
+    pair_args,
+    reference_core,
+    time_interleaved,
+    tiny_setup,
+)
+
+import salience
+from salience.model import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    GUIDED_INPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+)
+
+GRAD = [INPUT_OUTPUT_GRADIENTS]
+LAYER = [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS]
+
+
+@dataclass
+class Case:
+    """One method with one parameter setting, runnable by every library."""
+
+    method: str
+    setting: str
+    keys: list[str]
+    rows_per_image: Callable[[ModelSetup], int]
+    salience: Callable[[], Any] | None
+    reference: Callable[[Any, np.ndarray, Any, dict], Any] | None
+    captum: Callable[[ModelSetup, int], Callable[[], Any]] | None = None
+    deterministic: bool = True
+    target: dict[str, str] = field(default_factory=dict)  # model name -> ">= 8x" / "<= 1.10x"
+
+
+# ---------------------------------------------------------------- Captum
+
+
+def _captum_target(setup: ModelSetup):
+    import torch
+
+    return torch.as_tensor(setup.targets)
+
+
+def _captum_x(setup: ModelSetup):
+    import torch
+
+    return torch.as_tensor(setup.x)
+
+
+def captum_saliency(setup: ModelSetup, best: int):
+    from captum.attr import Saliency
+
+    algo, x, t = Saliency(setup.module), _captum_x(setup), _captum_target(setup)
+    return lambda: algo.attribute(x, target=t, abs=False)
+
+
+def captum_smoothgrad(setup: ModelSetup, best: int):
+    from captum.attr import NoiseTunnel, Saliency
+
+    algo, x, t = NoiseTunnel(Saliency(setup.module)), _captum_x(setup), _captum_target(setup)
+
+    def run():
+        # Captum takes one absolute stdev; PAIR scales it per image by its range.
+        outs = []
+        for i in range(len(x)):
+            spread = 0.15 * float(x[i].max() - x[i].min())
+            outs.append(algo.attribute(x[i:i + 1], nt_type="smoothgrad_sq", nt_samples=25,
+                                       nt_samples_batch_size=best, stdevs=spread,
+                                       target=t[i:i + 1], abs=False))
+        return outs
+
+    return run
+
+
+def captum_ig(steps: int):
+    def make(setup: ModelSetup, best: int):
+        from captum.attr import IntegratedGradients
+
+        algo, x, t = IntegratedGradients(setup.module), _captum_x(setup), _captum_target(setup)
+        return lambda: algo.attribute(x, target=t, n_steps=steps, method="riemann_right",
+                                      internal_batch_size=max(best, 1))
+
+    return make
+
+
+def captum_occlusion(size: int):
+    def make(setup: ModelSetup, best: int):
+        from captum.attr import Occlusion
+
+        algo, x, t = Occlusion(setup.module), _captum_x(setup), _captum_target(setup)
+        return lambda: algo.attribute(x, target=t, sliding_window_shapes=(x.shape[1], size, size),
+                                      strides=1, baselines=0, perturbations_per_eval=best)
+
+    return make
+
+
+def captum_gradcam(setup: ModelSetup, best: int):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from salience.torch import find_layer
+
+    algo = LayerGradCam(setup.module, find_layer(setup.module, setup.layer_name))
+    x, t = _captum_x(setup), _captum_target(setup)
+
+    def run():
+        cam = algo.attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
+
+    return run
+
+
+def captum_guided_backprop(setup: ModelSetup, best: int):
+    from captum.attr import GuidedBackprop
+
+    algo, x, t = GuidedBackprop(setup.module), _captum_x(setup), _captum_target(setup)
+    return lambda: algo.attribute(x, target=t)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def cases(model_name: str, quick: bool, occlusion_size: int) -> list[Case]:
+    tiny = model_name == "tiny CNN"
+    out: list[Case] = []
+    floor_target = {} if tiny else {model_name: "<= 1.10x floor"}
+
+    out.append(Case(
+        "Gradients", "", GRAD, lambda s: 1, lambda: salience.Gradients(),
+        lambda ref, x, f, a: ref.GradientSaliency().GetMask(x, f, a),
+        captum_saliency, target=floor_target))
+    out.append(Case(
+        "SmoothGrad", "Gradients, nsamples=25, stdev_spread=0.15, magnitude", GRAD,
+        lambda s: 25, lambda: salience.SmoothGrad(salience.Gradients(), nsamples=25, seed=0),
+        lambda ref, x, f, a: ref.GradientSaliency().GetSmoothedMask(
+            x, f, a, stdev_spread=0.15, nsamples=25, magnitude=True),
+        captum_smoothgrad, deterministic=False,
+        target={"tiny CNN": ">= 1.8x vs reference"} if tiny else floor_target))
+    ig_batches = (1, 25) if tiny else (25,)
+    for b in ig_batches:
+        out.append(Case(
+            "IntegratedGradients", f"steps=25, batch_size={b}", GRAD, lambda s: 25,
+            lambda b=b: salience.IntegratedGradients(steps=25, batch_size=b),
+            lambda ref, x, f, a, b=b: ref.IntegratedGradients().GetMask(
+                x, f, a, x_steps=25, batch_size=b),
+            captum_ig(25),
+            target=({"tiny CNN": ">= 1.1x vs reference"} if tiny and b == 1
+                    else ({} if tiny else floor_target))))
+    blur_batches = (1, 32) if tiny else (32,)
+    for b in blur_batches:
+        out.append(Case(
+            "BlurIG", f"max_sigma=50, steps=100, batch_size={b}", GRAD, lambda s: 100,
+            lambda b=b: salience.BlurIG(max_sigma=50, steps=100, batch_size=b),
+            lambda ref, x, f, a, b=b: ref.BlurIG().GetMask(
+                x, f, a, max_sigma=50, steps=100, batch_size=b),
+            None,
+            target=({"tiny CNN": ">= 8x vs reference"} if tiny and b == 32
+                    else ({} if tiny else floor_target))))
+    size = occlusion_size
+    out.append(Case(
+        "Occlusion", f"size={size}, value=0 (stride 1)", [OUTPUT_LAYER_VALUES],
+        lambda s, size=size: 1 + (s.x.shape[2] - size + 1) * (s.x.shape[3] - size + 1),
+        lambda size=size: salience.Occlusion(size=size, value=0),
+        lambda ref, x, f, a, size=size: ref.Occlusion().GetMask(x, f, a, size=size, value=0),
+        captum_occlusion(size),
+        target={"tiny CNN": ">= 1.1x vs reference"} if tiny else floor_target))
+    out.append(Case(
+        "GradCAM", "resize", LAYER, lambda s: 1, lambda: salience.GradCAM(resize=True),
+        lambda ref, x, f, a: ref.GradCam().GetMask(x, f, a, should_resize=True,
+                                                   three_dims=False),
+        captum_gradcam, target=floor_target))
+    if hasattr(salience, "GuidedBackprop"):
+        out.append(Case(
+            "GuidedBackprop", "", [GUIDED_INPUT_GRADIENTS], lambda s: 1,
+            lambda: salience.GuidedBackprop(), None, captum_guided_backprop,
+            target=floor_target))
+    if hasattr(salience, "GuidedIG"):
+        steps = 50 if quick else 200
+        out.append(Case(
+            "GuidedIG", f"steps={steps}, fraction=0.25, max_dist=0.02", GRAD,
+            lambda s, steps=steps: steps,
+            lambda steps=steps: _guided_ig(steps),
+            lambda ref, x, f, a, steps=steps: ref.GuidedIG().GetMask(
+                x, f, a, x_steps=steps, x_baseline=None, fraction=0.25, max_dist=0.02),
+            None, target=floor_target))
+    return out
+
+
+def _guided_ig(steps: int):
+    import inspect
+
+    params = inspect.signature(salience.GuidedIG).parameters
+    kwargs = {"fraction": 0.25, "max_dist": 0.02}
+    kwargs["steps" if "steps" in params else "x_steps"] = steps
+    return salience.GuidedIG(**{k: v for k, v in kwargs.items() if k in params})
+
+
+# ---------------------------------------------------------------- runner
+
+
+def _reference_runner(case: Case, setup: ModelSetup):
+    if case.reference is None:
+        return None
+    ref = reference_core()
+    f = setup.call_model_function
+
+    def run():
+        return np.stack([
+            np.asarray(case.reference(ref, setup.x_hwc[i], f, pair_args(setup.targets[i])))
+            for i in range(len(setup.x_hwc))
+        ])
+
+    return run
+
+
+def _max_rel_diff(ours: np.ndarray, theirs: Any, setup: ModelSetup) -> float | None:
+    theirs = np.asarray(theirs, dtype=np.float64)
+    ours = np.asarray(ours, dtype=np.float64)
+    if ours.ndim == 4 and theirs.ndim == 4 and ours.shape[1] == setup.x.shape[1]:
+        ours = ours.transpose(0, 2, 3, 1)  # channels first -> last, as the reference
+    if ours.shape != theirs.shape:
+        return None
+    scale = max(np.abs(theirs).max(), 1e-30)
+    return float(np.abs(ours - theirs).max() / scale)
+
+
+def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
+            captum_ok: bool = True) -> dict:
+    n = len(setup.x)
+    rows = n * case.rows_per_image(setup)
+    target0 = int(setup.targets[0])
+    floor = floor_callable(setup.model, setup.x[:1], rows, case.keys, target0)
+    method = case.salience()
+    fns: dict[str, Any] = {
+        "salience": lambda: method.explain(setup.model, setup.x, setup.targets),
+        "reference": _reference_runner(case, setup),
+        "captum": (case.captum(setup, floor.batch_size)
+                   if case.captum is not None and captum_ok else None),
+        "floor": floor,
+    }
+    start = time.perf_counter()
+    t = time_interleaved(fns, repeats=repeats, warmup=warmup)
+    print(f"   .. {case.method} [{case.setting}] {setup.name} x{n}: "
+          + ", ".join(f"{k} {v.best:.3g}s" for k, v in t.items() if v is not None)
+          + f" (took {time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+    notes = [f"{rows} rows, floor batch {floor.batch_size}"]
+    if t["reference"] is not None and case.deterministic:
+        diff = _max_rel_diff(t["salience"].result, t["reference"].result, setup)
+        if diff is not None:
+            notes.append(f"max rel. diff vs reference {diff:.1e}")
+    if case.reference is None:
+        notes.append("no PyTorch-usable reference method")
+    row = make_row(
+        "core methods", case.method, setup.name,
+        f"{n} image{'s' if n > 1 else ''} {setup.x.shape[2]}px"
+        + (f", {case.setting}" if case.setting else ""),
+        t["salience"].best,
+        reference_s=t["reference"].best if t["reference"] else None,
+        captum_s=t["captum"].best if t["captum"] else None,
+        floor_s=t["floor"].best, notes="; ".join(notes),
+    )
+    goal = case.target.get(setup.name)
+    if goal and n == 1:
+        row["target"] = goal
+        if "vs reference" in goal:
+            need = float(goal.split()[1].rstrip("x"))
+            row["measured"] = f"{row['vs_reference']:.2f}x faster"
+            row["met"] = row["vs_reference"] >= need
+        else:
+            need = float(goal.split()[1].rstrip("x"))
+            row["measured"] = f"{row['vs_floor']:.2f}x floor"
+            row["met"] = row["vs_floor"] <= need
+    return row
+
+
+def run(quick: bool) -> list[dict]:
+    import torch
+
+    torch.manual_seed(0)
+    repeats = QUICK_REPEATS if quick else FULL_REPEATS
+    rows: list[dict] = []
+
+    # (a) tiny CNN: single image (targets), then scaling.
+    tiny = tiny_setup(32)
+    tiny_cases = cases("tiny CNN", quick, occlusion_size=15)
+    for case in tiny_cases:
+        rows.append(measure(case, tiny.subset(1), repeats, warmup=True))
+    scaling = (8,) if quick else (8, 32)
+    for n in scaling:
+        for case in tiny_cases:
+            if case.method in ("GuidedIG",) and quick:
+                continue
+            # Warm-up already paid above in this process, as a user pays it once.
+            rows.append(measure(case, tiny.subset(n), 1 if quick else 3, warmup=False))
+
+    # (b) EfficientNet-Lite0 at 224: single image; scaling in the full run.
+    lite = lite0_setup(1 if quick else 8)
+    lite_cases = cases("EfficientNet-Lite0", quick, occlusion_size=208 if quick else 176)
+    for case in lite_cases:
+        rows.append(measure(case, lite.subset(1), repeats, warmup=True))
+    if not quick:
+        for case in lite_cases:
+            if case.method in ("Gradients", "SmoothGrad", "IntegratedGradients", "GradCAM"):
+                rows.append(measure(case, lite.subset(8), 2, warmup=False))
+    return rows
