@@ -46,6 +46,12 @@ class GuidedIG(Method):
     as in PAIR ``saliency``.  An input equal to its baseline gets a zero map and
     sends no rows.
 
+    The path is a discontinuous function of the gradients (a feature is in or
+    out of the selected fraction), so a model whose float32 gradients change in
+    the last bits with the number of rows per call (common for convolutions)
+    can give maps that differ by a few percent between ``batch_size=1`` and
+    larger batches; with identical gradients the results are identical.
+
     Differences from PAIR ``saliency`` 0.2.1, where it hangs or crashes: its
     ``np.quantile(interpolation=)`` call fails on numpy >= 2; when rounding
     leaves the L1 target unreached with every feature already at its limit
