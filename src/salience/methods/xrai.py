@@ -477,7 +477,10 @@ class XRAI(Method):
     Numbers equal PAIR ``saliency``'s XRAI: the same masks (dilated inside
     their bounding boxes only), the same choices and tie-breaking (lower
     index), with per-region counts and sums kept incrementally instead of
-    full-image mask arithmetic for every candidate.
+    full-image mask arithmetic for every candidate.  Where PAIR 0.2.1 fails,
+    this does not: a constant image is segmented as one flat image (PAIR
+    divides by zero), and ``'full'`` with ``min_pixel_diff=0`` stops when only
+    empty regions remain (PAIR raises ``KeyError``).
 
     Parameters
     ----------
