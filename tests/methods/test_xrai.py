@@ -321,3 +321,21 @@ def test_input_is_not_modified(AnalyticModel):
     before = x.copy()
     salience.XRAI(steps=3).explain(AnalyticModel(shape=(32, 32, 3)), x, [0])
     np.testing.assert_array_equal(x, before)
+
+
+def test_min_pixel_diff_zero_with_an_empty_segment():
+    # PAIR 0.2.1 raises KeyError here ('full'); the empty region is simply never chosen
+    attr = smooth_attr((30, 30))
+    masks = rect_masks(30, 30) + [np.zeros((30, 30), bool)]
+    sm = SegmentMasks.from_masks(masks, (30, 30))
+    heat, ranks, n_regions = xrai_regions(attr, sm, "full", 1.0, 0)
+    assert np.isfinite(heat).all() and ranks.min() == 1
+    fast_heat, _, fast_regions = xrai_regions(attr, sm, "fast", 1.0, 0)
+    assert np.isfinite(fast_heat).all() and fast_regions >= 1
+
+
+def test_constant_image_is_one_flat_region():
+    x = np.full((1, 40, 40, 3), 0.3, np.float32)
+    result = salience.XRAI().explain_with_details(no_model, x, attributions=smooth_attr(x.shape))
+    assert np.isfinite(result.maps).all()
+    assert result.n_regions[0] == 1
