@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from common import (  # noqa: E402
     FULL_REPEATS,
     QUICK_REPEATS,
+    floor_batch_size,
     floor_callable,
     make_row,
     photos,
@@ -201,8 +202,8 @@ def jax_floor(p, cnn, features, head) -> Callable:
 
 def cases(quick: bool) -> list[tuple[str, str, list[str], int, Callable[[int], Any]]]:
     """(method, setting, keys, rows for one image, make(batch_size) -> Method)."""
-    nsamples, steps, blur_steps = (10, 10, 20) if quick else (25, 25, 100)
-    occ = 208 if quick else 192
+    nsamples, steps, blur_steps = (10, 10, 10) if quick else (25, 25, 100)
+    occ = 214 if quick else 192
     occ_rows = 1 + (SIZE - occ + 1) ** 2
     out = [
         ("Gradients", "", GRAD, 1, lambda b: salience.Gradients(batch_size=b)),
@@ -221,7 +222,7 @@ def cases(quick: bool) -> list[tuple[str, str, list[str], int, Callable[[int], A
         out.append(("GuidedBackprop", "", GRAD, 1,
                     lambda b: salience.GuidedBackprop(batch_size=b)))
     if hasattr(salience, "GuidedIG"):
-        gsteps = 20 if quick else 50
+        gsteps = 10 if quick else 50
         out.append(("GuidedIG", f"steps={gsteps}", GRAD, gsteps,
                     lambda b: salience.GuidedIG(steps=gsteps, batch_size=b)))
     return out
@@ -270,6 +271,8 @@ def run(quick: bool) -> list[dict]:
     null = NullModel((side, side, CONVS[-1][1]))
     target = int(frameworks["Keras"][0].predict(x).argmax())
     targets = np.array([target])
+    sizes = (1, 8, 32) if quick else (1, 4, 8, 16, 32, 64)
+    best: dict[tuple, int] = {}  # the floor's best batch size per framework and kind of call
     rows: list[dict] = []
     for method, setting, keys, n_rows, make in cases(quick):
         fns: dict[str, Any] = {}
@@ -277,7 +280,11 @@ def run(quick: bool) -> list[dict]:
         for fw, (model, raw) in frameworks.items():
             if method == "GuidedBackprop" and not getattr(model, "supports_guided", False):
                 continue
-            floor = floor_callable(raw, x, n_rows, keys, target)
+            kind = (fw, keys[0])
+            if kind not in best:
+                best[kind] = floor_batch_size(raw, x, keys, target, sizes=sizes)
+            floor = floor_callable(raw, x, n_rows, keys, target,
+                                   batch_size=min(best[kind], n_rows))
             batch[fw] = floor.batch_size
             explainer = make(floor.batch_size)
             fns[fw] = lambda m=explainer, model=model: m.explain(model, x, targets)
