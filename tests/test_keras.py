@@ -303,6 +303,8 @@ def test_not_a_keras_model():
         sk.wrap(lambda x: x)
     with pytest.raises(TypeError, match="target_fn must be callable"):
         sk.wrap(cnn(keras), target_fn=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        sk.wrap(cnn(keras), batch_size=0)
 
 
 def test_subclassed_and_nested_layers_need_a_functional_model():

@@ -52,6 +52,7 @@ from .model import (
     INPUT_OUTPUT_GRADIENTS,
     OUTPUT_LAYER_VALUES,
 )
+from .schedule import check_batch_size
 
 __all__ = ["wrap", "JaxModel"]
 
@@ -159,9 +160,6 @@ class JaxModel(FrameworkModel):
                 "give both layer_fn (params, x) -> features and head_fn (params, features) -> "
                 "outputs to expose a layer for Grad-CAM, or neither; got only "
                 f"{'layer_fn' if head_fn is None else 'head_fn'}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(max_compiled_sizes, bool) \
                 or not isinstance(max_compiled_sizes, (int, np.integer)) or max_compiled_sizes < 0:
             raise ValueError(
@@ -175,7 +173,7 @@ class JaxModel(FrameworkModel):
         self._params = jax.tree.map(_to_device, params)
         self.target_fn = target_fn
         self.channels_last = bool(channels_last)
-        self.predict_batch_size = int(batch_size)
+        self.predict_batch_size = check_batch_size(batch_size)
         self.expected_channels = None if channels is None else int(channels)
         self.has_layer = layer_fn is not None
         self.max_compiled_sizes = int(max_compiled_sizes)

@@ -31,6 +31,7 @@ from .model import (
     INPUT_OUTPUT_GRADIENTS,
     OUTPUT_LAYER_VALUES,
 )
+from .schedule import check_batch_size
 
 __all__ = ["wrap", "KerasModel", "find_layer", "guided_relus"]
 
@@ -161,14 +162,11 @@ class KerasModel(FrameworkModel):
                 f"{type(model).__name__}")
         if target_fn is not None and not callable(target_fn):
             raise TypeError(f"target_fn must be callable, got {type(target_fn).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model = model
         self.target_fn = target_fn
         self.jit_compile = bool(jit_compile)
         self.channels_last = bool(channels_last)
-        self.predict_batch_size = int(batch_size)
+        self.predict_batch_size = check_batch_size(batch_size)
         self.trace_count = 0
         inputs = self._model_inputs()
         self.layer = None if layer is None else find_layer(model, layer)
