@@ -12,6 +12,15 @@ ref_pic = pytest.importorskip("saliency.metrics.pic")
 THRESHOLDS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.21, 0.34, 0.5, 0.75]
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The reference's griddata is slow with multi-threaded BLAS; same numbers on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 def _image(seed=0, size=32, gray=False):
     """A smooth picture with some texture, so blurring removes information."""
     rng = np.random.default_rng(seed)

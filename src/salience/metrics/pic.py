@@ -28,6 +28,7 @@ Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import numbers
 import os
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import interpolate
+from scipy.spatial import Delaunay  # noqa: F401 - loads scipy's LAPACK before _blas() looks
 
 from .._validate import check_finite, check_positive_int
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
@@ -130,7 +132,27 @@ def create_blurred_image(
     _check_pixel_mask(pixel_mask, full_img.shape[:2], "pixel_mask")
     if method not in ("linear", "nearest"):
         raise ValueError(f"method must be 'linear' or 'nearest', got {method!r}")
-    return _blur(full_img, pixel_mask, method)
+    with _one_blas_thread():
+        return _blur(full_img, pixel_mask, method)
+
+
+@functools.cache
+def _blas():
+    """The BLAS/LAPACK libraries of the process, found once (scanning them takes ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """Single-threaded BLAS for the interpolation.
+
+    griddata computes one tiny (2 x 2) LAPACK factorisation per triangle; with
+    a multi-threaded OpenBLAS each of them wakes and syncs the BLAS threads,
+    which makes the interpolation up to 100x slower on a busy machine.  One
+    thread computes the very same numbers.
+    """
+    return _blas().limit(limits=1, user_api="blas")
 
 
 def _blur(full_img: np.ndarray, pixel_mask: np.ndarray, method: str = "linear") -> np.ndarray:
@@ -310,51 +332,31 @@ def compute_pic_metric(
         n_jobs = check_positive_int(n_jobs, "n_jobs")
     model = _PredFuncModel(pred_func)
 
-    original_entropy = _webp_size(img)
-    fully_blurred = _blur(img, random_mask)
-    blurred_entropy = _webp_size(fully_blurred)
-    first_two = (img, fully_blurred)
-    original_pred, blurred_pred = _predict(model, 2, first_two.__getitem__, batch_size)
+    with _one_blas_thread():
+        original_entropy = _webp_size(img)
+        fully_blurred = _blur(img, random_mask)
+        blurred_entropy = _webp_size(fully_blurred)
+        first_two = (img, fully_blurred)
+        original_pred, blurred_pred = _predict(model, 2, first_two.__getitem__, batch_size)
 
-    if original_pred < min_pred_value:
-        raise ComputePicMetricError(
-            f"the prediction on the original image ({original_pred}) is below "
-            f"min_pred_value={min_pred_value}; skip this image or lower min_pred_value"
-        )
-    if blurred_entropy >= original_entropy:
-        raise ComputePicMetricError(
-            f"the fully blurred image has no less information ({blurred_entropy} bytes) than "
-            f"the original ({original_entropy} bytes); skip this image"
-        )
-    if blurred_pred >= original_pred:
-        raise ComputePicMetricError(
-            f"the prediction on the fully blurred image ({blurred_pred}) is not below the "
-            f"prediction on the original ({original_pred}); skip this image"
-        )
+        if original_pred < min_pred_value:
+            raise ComputePicMetricError(
+                f"the prediction on the original image ({original_pred}) is below "
+                f"min_pred_value={min_pred_value}; skip this image or lower min_pred_value"
+            )
+        if blurred_entropy >= original_entropy:
+            raise ComputePicMetricError(
+                f"the fully blurred image has no less information ({blurred_entropy} bytes) than "
+                f"the original ({original_entropy} bytes); skip this image"
+            )
+        if blurred_pred >= original_pred:
+            raise ComputePicMetricError(
+                f"the prediction on the fully blurred image ({blurred_pred}) is not below the "
+                f"prediction on the original ({original_pred}); skip this image"
+            )
 
-    # The thresholded images are built (and measured) in worker threads while the
-    # model works on earlier chunks; each chunk waits only for its own images.
-    def make_image(threshold: float) -> tuple[np.ndarray, int]:
-        revealed = saliency_map >= np.quantile(saliency_map, 1 - threshold)
-        image = _blur(img, revealed | random_mask)
-        return image, _webp_size(image)
-
-    with _image_pool(n_jobs) as pool:
-        if pool is None:
-            built: dict[int, tuple[np.ndarray, int]] = {}
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                if i not in built:
-                    built[i] = make_image(thresholds[i])
-                return built[i]
-        else:
-            futures = [pool.submit(make_image, t) for t in thresholds]
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                return futures[i].result()
-
-        preds = _predict(model, len(thresholds), lambda i: get(i)[0], batch_size)
-        images, entropies = zip(*(get(i) for i in range(len(thresholds))))
+        images, entropies, preds = _thresholded(
+            img, saliency_map, random_mask, thresholds, model, batch_size, n_jobs)
 
     entropy_span = original_entropy - blurred_entropy
     pred_span = original_pred - blurred_pred
@@ -503,6 +505,37 @@ class _PredFuncModel:
         if hasattr(values, "detach") and hasattr(values, "cpu"):
             values = values.detach().cpu().numpy()
         return {OUTPUT_LAYER_VALUES: np.asarray(values)}
+
+
+def _thresholded(img, saliency_map, random_mask, thresholds, model, batch_size, n_jobs):
+    """The image, its information and the model's prediction for every threshold.
+
+    The images are built (and measured) in worker threads while the model works
+    on earlier chunks; each chunk waits only for its own images.
+    """
+
+    def make_image(threshold: float) -> tuple[np.ndarray, int]:
+        revealed = saliency_map >= np.quantile(saliency_map, 1 - threshold)
+        image = _blur(img, revealed | random_mask)
+        return image, _webp_size(image)
+
+    with _image_pool(n_jobs) as pool:
+        if pool is None:
+            built: dict[int, tuple[np.ndarray, int]] = {}
+
+            def get(i: int) -> tuple[np.ndarray, int]:
+                if i not in built:
+                    built[i] = make_image(thresholds[i])
+                return built[i]
+        else:
+            futures = [pool.submit(make_image, t) for t in thresholds]
+
+            def get(i: int) -> tuple[np.ndarray, int]:
+                return futures[i].result()
+
+        preds = _predict(model, len(thresholds), lambda i: get(i)[0], batch_size)
+        images, entropies = zip(*(get(i) for i in range(len(thresholds))))
+    return list(images), list(entropies), preds
 
 
 def _predict(model, n: int, get_image: Callable[[int], np.ndarray], batch_size: int) -> list:
