@@ -1,12 +1,14 @@
 """Performance Information Curves (PIC): SIC and AIC of the XRAI paper.
 
 A drop-in for PAIR ``saliency.metrics.pic`` (same names, arguments, defaults
-and numbers), with three differences:
+and numbers), with these differences:
 
 - the blurred images of a curve are sent to ``pred_func`` in batches of up to
   ``batch_size`` images (PAIR sends them one at a time); the first call holds
   the original and the fully blurred image, so an image that is skipped costs
   one call;
+- the images are interpolated once for all channels (PAIR: once per channel),
+  on one BLAS thread, in worker threads that run while the model works;
 - it runs on numpy >= 2 (PAIR calls the removed ``np.trapz``);
 - inputs are checked (shapes, dtypes, NaN) with errors that name the argument,
   and ``aggregate_individual_pic_results`` really checks that all curves share
@@ -54,6 +56,7 @@ __all__ = [
     "compute_pic_metric",
     "aggregate_individual_pic_results",
     "pred_func_from_model",
+    "softmax",
     "trapezoid",
 ]
 
