@@ -15,7 +15,7 @@ from ..schedule import check_batch_size, run_rows
 from .base import Method, channels_last, from_channels_last, spatial_axes, to_channels_last
 from .integrated_gradients import add_by_owner
 
-__all__ = ["BlurIG", "blur_sigmas", "gaussian_blur_matrix"]
+__all__ = ["BlurIG", "blur_sigmas", "gaussian_blur_matrix", "gaussian_blur_matrices"]
 
 
 @functools.cache
@@ -38,17 +38,34 @@ def gaussian_blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.n
     Writing the separable filter as two small matrix products lets a whole
     chunk of blur levels be computed in a few BLAS calls.
     """
-    if sigma <= 0:
-        return np.eye(size)
-    radius = int(truncate * float(sigma) + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    weights = np.exp(-0.5 / (float(sigma) ** 2) * offsets.astype(np.float64) ** 2)
-    weights /= weights.sum()
+    return gaussian_blur_matrices(size, np.array([sigma], dtype=np.float64), truncate)[0]
+
+
+def gaussian_blur_matrices(size: int, sigmas: np.ndarray, truncate: float = 4.0) -> np.ndarray:
+    """:func:`gaussian_blur_matrix` for every sigma at once, shape (len(sigmas), size, size).
+
+    Built with array operations for the whole set (no loop over sigmas); a
+    sigma <= 0 gives the identity.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    out = np.zeros((len(sigmas), size, size))
+    sharp = sigmas <= 0
+    out[sharp] = np.eye(size)
+    if sharp.all():
+        return out
+    s = sigmas[~sharp][:, None]
+    radii = (truncate * s + 0.5).astype(np.int64)  # (r, 1), as int(truncate * sigma + 0.5)
+    r_max = int(radii.max())
+    offsets = np.arange(-r_max, r_max + 1)
+    weights = np.exp(-0.5 / (s**2) * offsets.astype(np.float64) ** 2)
+    weights[np.abs(offsets)[None, :] > radii] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
     delta = np.arange(size)[None, :] - np.arange(size)[:, None]  # column - row
-    inside = np.abs(delta) <= radius
-    matrix = np.zeros((size, size))
-    matrix[inside] = weights[delta[inside] + radius]
-    return matrix
+    inside = np.abs(delta) <= r_max
+    matrices = weights[:, np.clip(delta + r_max, 0, 2 * r_max)]
+    matrices[:, ~inside] = 0.0
+    out[~sharp] = matrices
+    return out
 
 
 class BlurIG(Method):
@@ -118,8 +135,8 @@ class BlurIG(Method):
         pending: dict[str, np.ndarray] = {}
 
         def blur(rows: np.ndarray, row_sigmas: np.ndarray) -> np.ndarray:
-            k_h = np.stack([gaussian_blur_matrix(height, s) for s in row_sigmas]).astype(x.dtype)
-            k_w = np.stack([gaussian_blur_matrix(width, s) for s in row_sigmas]).astype(x.dtype)
+            k_h = gaussian_blur_matrices(height, row_sigmas).astype(x.dtype)
+            k_w = gaussian_blur_matrices(width, row_sigmas).astype(x.dtype)
             r = len(rows)
             out = k_h @ images[rows].reshape(r, height, n_channels * width)
             out = out.reshape(r, height * n_channels, width) @ k_w.transpose(0, 2, 1)
