@@ -105,7 +105,5 @@ def test_keras_model_copy_is_randomised_and_the_original_untouched():
     assert np.all(result.spearman_abs[-1] < 0.9)
     for before, after in zip(weights, net.get_weights()):
         np.testing.assert_array_equal(before, after)
-    again = sanity.model_randomisation(net, Gradients(), xs, seed=1)
-    np.testing.assert_array_equal(result.spearman, again.spearman)
     same = sanity.model_randomisation(net, lambda m, a, t: np.abs(a), xs)
     np.testing.assert_allclose(same.spearman, 1.0)
