@@ -78,6 +78,8 @@ def run_rows(
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):
+    if np.isfinite(values).all():  # the common case: one pass, no per-row arrays
+        return
     bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad_rows.any():
         row = start + int(np.argmax(bad_rows))

@@ -173,6 +173,9 @@ def integrate_straight_paths(
 
 def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray) -> None:
     """``totals[o] += sum of values whose owner is o``, for sorted owners (runs)."""
+    if owners[0] == owners[-1]:  # one owner in the chunk (always so at batch_size=1)
+        totals[owners[0]] += values.sum(axis=0)
+        return
     boundaries = np.flatnonzero(np.diff(owners)) + 1
     starts = np.concatenate(([0], boundaries))
     stops = np.concatenate((boundaries, [len(owners)]))
