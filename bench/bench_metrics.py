@@ -111,19 +111,19 @@ def insertion_deletion_row(quick: bool) -> dict:
     maps = rng.random((n, 224, 224))  # the map's content does not change the cost
     rows = 2 * n * (steps + 1)
 
+    floor = floor_callable(setup.model, setup.x[:1], rows, FORWARD, int(setup.targets[0]))
+    best = floor.batch_size  # the user's batch_size: the model's best, as for the floor
+
     def both():
         return idl.insertion_deletion_curves(setup.model, setup.x, maps, setup.targets,
                                              steps=steps, insertion_baseline="blurred",
-                                             deletion_baseline="zeros")
+                                             deletion_baseline="zeros", batch_size=best)
 
-    fns = {
-        "salience": both,
-        "floor": floor_callable(setup.model, setup.x[:1], rows, FORWARD, int(setup.targets[0])),
-    }
+    fns = {"salience": both, "floor": floor}
     # 816 EfficientNet rows per call in the full run: 3 interleaved rounds, not 5.
     t = time_interleaved(fns, repeats=QUICK_REPEATS if quick else 3)
     ins, dele = t["salience"].result
-    notes = (f"{rows} forward rows, batch_size=64; mean insertion AUC {ins.auc.mean():.3f}, "
+    notes = (f"{rows} forward rows, batch_size={best}; mean insertion AUC {ins.auc.mean():.3f}, "
              f"deletion AUC {dele.auc.mean():.3f} (random maps)")
     row = make_row("metrics", "insertion + deletion", setup.name,
                    f"{n} images 224px, {steps} steps", t["salience"].best,
