@@ -270,7 +270,7 @@ def _max_rel_diff(ours: np.ndarray, theirs: Any, setup: ModelSetup) -> float | N
 
 
 def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
-            captum_ok: bool = True) -> dict:
+            captum_ok: bool = True, min_sample_s: float = 0.1) -> dict:
     n = len(setup.x)
     rows = n * case.rows_per_image(setup)
     target0 = int(setup.targets[0])
@@ -285,7 +285,7 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
         "floor": floor,
     }
     start = time.perf_counter()
-    t = time_interleaved(fns, repeats=repeats, warmup=warmup)
+    t = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
     print(f"   .. {case.method} [{case.setting}] {setup.name} x{n}: "
           + ", ".join(f"{k} {v.best:.3g}s" for k, v in t.items() if v is not None)
           + f" (took {time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
@@ -342,7 +342,8 @@ def run(quick: bool) -> list[dict]:
     tiny = tiny_setup(32)
     tiny_cases = cases("tiny CNN", quick, occlusion_size=15)
     for case in tiny_cases:
-        rows.append(measure(case, tiny.subset(1), repeats, warmup=True))
+        rows.append(measure(case, tiny.subset(1), repeats, warmup=True,
+                            min_sample_s=0.05 if quick else 0.2))
     _note_pair_default_blur(rows)  # after the single-image rows
     for n in ((32,) if quick else (8, 32)):
         for case in tiny_cases:

@@ -113,7 +113,9 @@ def write(out: Path, rows_by_module: dict, errors: dict, durations: dict, info: 
         "the model's best batch size: what no method can beat) are best-of-k wall times, "
         "timed interleaved so machine load hits all alike, each after one untimed warm-up "
         "call. *reference / salience* > 1 means salience is faster; *salience / floor* "
-        "close to 1 means salience adds almost nothing to the model's own work.",
+        "close to 1 means salience adds almost nothing to the model's own work. On a shared "
+        "machine (see the load average below) differences of about 10% are within noise; "
+        "`make bench` repeats more.",
         "",
         "## Machine",
         "",
