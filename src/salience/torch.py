@@ -180,18 +180,21 @@ class TorchModel(FrameworkModel):
     @contextlib.contextmanager
     def _explaining(self) -> Iterator[None]:
         """Eval mode and frozen parameters for the call; everything restored after."""
-        modes = [(m, m.training) for m in self.module.modules()]
-        flags = [(p, p.requires_grad) for p in self.module.parameters()]
+        # Only what must change is touched (and restored): an eval-mode, frozen
+        # model costs no work per call.
+        training = [m for m in self.module.modules() if m.training]
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
         try:
-            self.module.eval()
-            for p, _ in flags:
+            if training:
+                self.module.eval()
+            for p in trainable:
                 p.requires_grad_(False)
             yield
         finally:
-            for m, mode in modes:
-                m.training = mode
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            for m in training:
+                m.training = True
+            for p in trainable:
+                p.requires_grad_(True)
 
     @contextlib.contextmanager
     def _capture(self, captured: dict[str, torch.Tensor], want_layer: bool) -> Iterator[None]:
