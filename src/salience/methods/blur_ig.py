@@ -134,13 +134,25 @@ class BlurIG(Method):
         totals = np.zeros(images.shape, dtype=np.float64)
         pending: dict[str, np.ndarray] = {}
 
-        def blur(rows: np.ndarray, row_sigmas: np.ndarray) -> np.ndarray:
-            k_h = gaussian_blur_matrices(height, row_sigmas).astype(x.dtype)
-            k_w = gaussian_blur_matrices(width, row_sigmas).astype(x.dtype)
+        def blur_with_rate(rows: np.ndarray, row_sigmas: np.ndarray):
+            """Blurred rows and their forward-difference rate of change in sigma.
+
+            The rate uses B(s+g) - B(s) = (K'h - Kh) X K'w^T + Kh X (K'w - Kw)^T with
+            the kernel differences taken in float64, so float32 rows do not lose
+            the rate to cancellation between two nearly equal blurs."""
+            sharper = row_sigmas + self.grad_step
+            k_h, k_w = (gaussian_blur_matrices(size, row_sigmas) for size in (height, width))
+            k_h2, k_w2 = (gaussian_blur_matrices(size, sharper) for size in (height, width))
+            d_h, d_w = (k_h2 - k_h) / self.grad_step, (k_w2 - k_w) / self.grad_step
+            k_h, k_w, k_w2, d_h, d_w = (m.astype(x.dtype) for m in (k_h, k_w, k_w2, d_h, d_w))
             r = len(rows)
-            out = k_h @ images[rows].reshape(r, height, n_channels * width)
-            out = out.reshape(r, height * n_channels, width) @ k_w.transpose(0, 2, 1)
-            return out.reshape(r, height, n_channels, width)
+            picked = images[rows].reshape(r, height, n_channels * width)
+            along_h = (k_h @ picked).reshape(r, height * n_channels, width)
+            blurred = along_h @ k_w.transpose(0, 2, 1)
+            rate = along_h @ d_w.transpose(0, 2, 1) + (d_h @ picked).reshape(
+                r, height * n_channels, width) @ k_w2.transpose(0, 2, 1)
+            shape = (r, height, n_channels, width)
+            return blurred.reshape(shape), rate.reshape(shape)
 
         def to_model_layout(rows: np.ndarray) -> np.ndarray:
             return from_channels_last(rows.transpose(0, 1, 3, 2), x.ndim, is_last)
@@ -150,10 +162,8 @@ class BlurIG(Method):
             rows, levels = owners[index], index % self.steps
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
-                blurred = blur(rows, sigmas[levels])
-                sharper = blur(rows, sigmas[levels] + self.grad_step)
-            weights = (step_weights[levels] / self.grad_step).astype(x.dtype)
-            pending["weighted"] = (sharper - blurred) * weights[:, None, None, None]
+                blurred, rate = blur_with_rate(rows, sigmas[levels])
+            pending["weighted"] = rate * step_weights[levels].astype(x.dtype)[:, None, None, None]
             return np.ascontiguousarray(to_model_layout(blurred))
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
