@@ -148,8 +148,6 @@ def test_bad_parameters(kwargs, match):
 def test_float32_inputs_keep_the_blur_rate_accurate():
     # The sigma-derivative of the blur is a difference of two nearly equal blurs;
     # float32 rows must not lose it to cancellation (was ~5e-4 relative off).
-    import salience as _salience
-
     rng = np.random.default_rng(3)
     image = rng.random((1, 48, 40, 3))
     weights = rng.normal(size=image.shape[1:])
@@ -159,9 +157,9 @@ def test_float32_inputs_keep_the_blur_rate_accurate():
 
         def __call__(self, x, targets, keys):
             t = np.tanh(weights * np.asarray(x, dtype=np.float64))
-            return {_salience.INPUT_OUTPUT_GRADIENTS: 2 * t * (1 - t**2) * weights}
+            return {salience.INPUT_OUTPUT_GRADIENTS: 2 * t * (1 - t**2) * weights}
 
-    method = _salience.BlurIG(max_sigma=20, steps=30, batch_size=7)
+    method = salience.BlurIG(max_sigma=20, steps=30, batch_size=7)
     exact = method.explain(Tanh(), image)
     single = method.explain(Tanh(), image.astype(np.float32))
     assert single.dtype == np.float32
