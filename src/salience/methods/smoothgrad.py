@@ -89,8 +89,8 @@ class SmoothGrad(Method):
         noisy = np.empty((n, self.nsamples, *shape), dtype=np.result_type(x.dtype, np.float64))
         for i in range(n):
             stdev = self.stdev_spread * (float(np.max(x[i])) - float(np.min(x[i])))
-            for s in range(self.nsamples):
-                noisy[i, s] = x[i] + rng.normal(0, stdev, shape)
+            # One draw of all samples: the same stream as drawing them one by one.
+            noisy[i] = x[i] + rng.normal(0, stdev, (self.nsamples, *shape))
         noisy = noisy.astype(x.dtype, copy=False).reshape(n * self.nsamples, *shape)
         repeated = None if targets is None else np.repeat(targets, self.nsamples, axis=0)
         maps = self.method._explain_copies(model, noisy, repeated, copies * self.nsamples)
