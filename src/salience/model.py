@@ -38,7 +38,6 @@ GUIDED_INPUT_GRADIENTS = "GUIDED_INPUT_GRADIENTS"
 """Input gradient with ReLU backward replaced by the guided rule (Guided Backprop)."""
 
 _FULL_SHAPE_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS)
-_GRADIENT_KEYS = (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS, CONVOLUTION_OUTPUT_GRADIENTS)
 
 _MISSING_KEY_HINTS = {
     GUIDED_INPUT_GRADIENTS: (
@@ -216,7 +215,3 @@ def _one_score_per_row(values: np.ndarray) -> np.ndarray:
         )
     return values.reshape(values.shape[0])
 
-
-def gradient_keys() -> tuple[str, ...]:
-    """Keys whose values are gradients (checked for non-finite values)."""
-    return _GRADIENT_KEYS
