@@ -27,12 +27,12 @@ class Gradients(Method):
     """
 
     name = "Gradients"
+    #: The model output this method returns (Guided Backprop asks for another).
+    key = INPUT_OUTPUT_GRADIENTS
 
     def __init__(self, batch_size: int = 32) -> None:
         self.batch_size = check_batch_size(batch_size)
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        grads = collect_rows(
-            model, x, targets, [INPUT_OUTPUT_GRADIENTS], self.batch_size, self.name
-        )[INPUT_OUTPUT_GRADIENTS]
+        grads = collect_rows(model, x, targets, [self.key], self.batch_size, self.name)[self.key]
         return grads.astype(x.dtype, copy=False)

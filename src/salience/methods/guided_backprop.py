@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..model import GUIDED_INPUT_GRADIENTS, Model
-from ..schedule import check_batch_size
-from .base import Method, collect_rows
+from ..model import GUIDED_INPUT_GRADIENTS
+from .gradients import Gradients
 
 __all__ = ["GuidedBackprop"]
 
 
-class GuidedBackprop(Method):
+class GuidedBackprop(Gradients):
     """The input gradient where every ReLU passes a gradient backwards only if
     both its forward input and the incoming gradient are positive.
 
@@ -36,12 +33,4 @@ class GuidedBackprop(Method):
     """
 
     name = "GuidedBackprop"
-
-    def __init__(self, batch_size: int = 32) -> None:
-        self.batch_size = check_batch_size(batch_size)
-
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        grads = collect_rows(
-            model, x, targets, [GUIDED_INPUT_GRADIENTS], self.batch_size, self.name
-        )[GUIDED_INPUT_GRADIENTS]
-        return grads.astype(x.dtype, copy=False)
+    key = GUIDED_INPUT_GRADIENTS
