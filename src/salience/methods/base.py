@@ -54,15 +54,17 @@ class Method:
     def _check(self, model: Model, x: np.ndarray) -> None:
         """Raise if ``x`` does not suit this method's parameters; never calls the model."""
 
+    # A subclass overrides one of these two.  ``_explain_copies`` is for methods
+    # with per-input parameters (one baseline per input): SmoothGrad hands them a
+    # batch holding ``copies`` consecutive noisy copies of each original input.
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
+        if type(self)._explain_copies is Method._explain_copies:
+            raise NotImplementedError(f"{type(self).__name__} must implement _explain")
+        return self._explain_copies(model, x, targets, 1)
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
-        """``_explain`` of a batch holding ``copies`` consecutive (noisy) copies of each
-        original input, as SmoothGrad builds it.  Methods with per-input parameters
-        (one baseline per input) override this to repeat them."""
         return self._explain(model, x, targets)
 
     def __repr__(self) -> str:

@@ -121,9 +121,6 @@ class IntegratedGradients(Method):
         # The real draws of 'uniform' happen in _explain, from self.seed.
         resolve_baselines(self.baseline, x, np.random.default_rng(0))
 
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        return self._explain_copies(model, x, targets, 1)
-
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:

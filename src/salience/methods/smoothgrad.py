@@ -78,9 +78,6 @@ class SmoothGrad(Method):
     def _check(self, model: Model, x: np.ndarray) -> None:
         self.method._check(model, x)
 
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        return self._explain_copies(model, x, targets, 1)
-
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:

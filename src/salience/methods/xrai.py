@@ -548,9 +548,6 @@ class XRAI(Method):
         self._segments_per_image(len(x), to_channels_last(x[:1], is_last).shape[1:3])
         resolve_baselines(self._baseline_spec(), x, np.random.default_rng(0))
 
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        return self._details(model, x, targets, None, 1).maps
-
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
