@@ -19,7 +19,7 @@ from ..model import (
     GUIDED_INPUT_GRADIENTS,
     INPUT_OUTPUT_GRADIENTS,
 )
-from .base import TF1CoreSaliency, TF1Saliency, _core_method
+from .base import TF1CoreSaliency, _core_method
 
 __all__ = [
     "GradientSaliency",
@@ -195,7 +195,7 @@ class _CoreGuidedBackprop(CoreSaliency):
         return _GuidedBackprop(batch_size=batch_size)
 
 
-class GuidedBackprop(TF1Saliency):
+class GuidedBackprop(GradientSaliency):
     """Guided Backprop on the graph; see :class:`salience.GuidedBackprop`.
 
     The guided gradient ops are added to the graph once, when the object is
@@ -216,15 +216,9 @@ class GuidedBackprop(TF1Saliency):
     All Convolutional Net", 2014. https://arxiv.org/abs/1412.6806
     """
 
+    _core_class = _CoreGuidedBackprop
+    _keys = (GUIDED_INPUT_GRADIENTS,)
+
     def __init__(self, graph: Any, session: Any, y: Any, x: Any,
                  tmp_ckpt_path: str | None = None) -> None:
         super().__init__(graph, session, y, x)
-        self._attach(_CoreGuidedBackprop(), (GUIDED_INPUT_GRADIENTS,))
-
-    @batched
-    def GetMask(self, x_value, feed_dict=None):
-        return self.core_instance.GetMask(x_value, self.call_model_function,
-                                          call_model_args=feed_dict)
-
-    def _smoothing_kwargs(self, kwargs):
-        return {"batch_size": self._default_batch_size(32), **kwargs}
