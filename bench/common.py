@@ -44,7 +44,7 @@ __all__ = [
     "time_call",
     "peak_memory",
     "machine_info",
-    "configure_threads",
+    "configure_process",
     "photos",
     "tiny_cnn",
     "tiny_setup",
@@ -238,13 +238,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def configure_threads(n: int) -> None:
-    """Fix PyTorch's intra-op threads to ``n`` for the whole run.
+def configure_process(n: int) -> None:
+    """Fix PyTorch's intra-op threads to ``n`` and keep freed memory for the whole run.
 
     On a small shared machine, multi-threaded kernels that spin-wait for a
-    descheduled thread were measured 20x slower than one thread; every library
-    runs on the same torch, so the ratios stay comparable.
+    descheduled thread were measured 20x slower than one thread.  The allocator
+    setting is the one the ``salience`` command makes
+    (:func:`salience.runtime.retain_freed_memory`).  Both hold for every
+    library and every floor in the run, so the ratios stay comparable.
     """
+    from salience.runtime import retain_freed_memory
+
+    retain_freed_memory()
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     try:
         import torch
@@ -275,6 +280,9 @@ def machine_info() -> dict[str, str]:
         info["torch threads"] = str(torch.get_num_threads())
     except ImportError:  # pragma: no cover
         pass
+    from salience.runtime import retain_freed_memory
+
+    info["freed memory kept (salience.runtime)"] = str(retain_freed_memory())
     return info
 
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from common import ROW_FIELDS, configure_threads, machine_info  # noqa: E402
+from common import ROW_FIELDS, configure_process, machine_info  # noqa: E402
 
 # Modules whose rows come first in the results file; the rest follow by name.
 ORDER = ("core", "guided_ig_xrai", "adapters", "metrics", "report")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/run.py", *sys.argv[1:]])
 
-    configure_threads(args.threads)
+    configure_process(args.threads)
     info = machine_info()
     rows_by_module: dict[str, list[dict]] = {}
     errors: dict[str, str] = {}

@@ -172,6 +172,9 @@ def run_explain(
     from .io import ImageReadError, LargeImageWarning, find_images, load_image
     from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, write_report
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()  # the command owns its process: keep large blocks for reuse
 
     console = _stderr_console()
     say = (lambda *_a, **_k: None) if quiet else console.print
