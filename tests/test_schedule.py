@@ -177,3 +177,81 @@ def test_non_finite_scores_and_layer_values_are_not_silent(method, key, analytic
     model = NonFiniteScoreAt(analytic, 2)
     with pytest.raises(FloatingPointError, match=rf"{method.name}: .*non-finite {key} .*row 2 "):
         method.explain(model, images, 0)
+
+
+# --- overlap of row building and consuming with the model's work ---------------------
+
+
+def _rows(start, stop):
+    return np.full((stop - start, 2), float(start))
+
+
+def test_next_chunk_is_built_while_the_model_runs():
+    import threading
+
+    second_chunk_started = threading.Event()
+    saw = []
+
+    def make_rows(start, stop):
+        if start == 2:
+            second_chunk_started.set()
+        return _rows(start, stop)
+
+    def model(x, targets, keys):
+        if x[0, 0] == 0:  # chunk 0 waits for chunk 1 to be under construction
+            saw.append(second_chunk_started.wait(timeout=10))
+        return {INPUT_OUTPUT_GRADIENTS: x}
+
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(6, int), make_rows, lambda *a: None,
+             None, 2, "Test")
+    assert saw == [True]
+
+
+def test_consume_sees_chunks_in_order_and_no_thread_is_left_behind():
+    import threading
+
+    before = threading.active_count()
+    order = []
+    run_rows(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: x}, [INPUT_OUTPUT_GRADIENTS],
+             np.zeros(11, int), _rows, lambda a, b, out: order.append((a, b)), None, 3, "Test")
+    assert order == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("where", ["make_rows", "consume", "model"])
+def test_errors_in_any_stage_reach_the_caller(where):
+    import threading
+
+    before = threading.active_count()
+    calls = []
+
+    def make_rows(start, stop):
+        if where == "make_rows" and start == 4:
+            raise KeyError("boom in make_rows")
+        return _rows(start, stop)
+
+    def consume(start, stop, outputs):
+        if where == "consume" and start == 2:
+            raise KeyError("boom in consume")
+
+    def model(x, targets, keys):
+        calls.append(len(x))
+        if where == "model" and x[0, 0] == 4:
+            raise KeyError("boom in model")
+        return {INPUT_OUTPUT_GRADIENTS: x}
+
+    with pytest.raises(KeyError, match=f"boom in {where}"):
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(10, int), make_rows, consume, None,
+                 2, "Test")
+    # The run stops within one chunk of the failure: never all 5 calls.
+    assert len(calls) <= 4
+    assert threading.active_count() == before
+
+
+def test_wrong_output_shape_is_reported_with_overlap():
+    def model(x, targets, keys):
+        return {INPUT_OUTPUT_GRADIENTS: x[:, :1]}
+
+    with pytest.raises(ValueError, match="shape"):
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(6, int), _rows, lambda *a: None,
+                 None, 2, "Test")

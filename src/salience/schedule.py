@@ -11,6 +11,7 @@ summation order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -44,10 +45,18 @@ def run_rows(
 ) -> None:
     """Send every row to the model in chunks of at most ``batch_size`` rows.
 
+    With more than one chunk, a helper thread builds chunk ``k + 1`` and
+    consumes chunk ``k - 1`` while the model runs chunk ``k`` (numpy and the
+    frameworks release the GIL in their kernels), so a method's own array work
+    hides behind the model's.  Each function still runs one call at a time, in
+    chunk order for ``consume``; ``make_rows`` must return a fresh array and
+    keep no state that ``consume`` reads (chunk ``k + 1`` may be built before
+    chunk ``k`` is consumed).
+
     Parameters
     ----------
     model : Model
-        Called once per chunk as ``model(x, targets, keys)``.
+        Called once per chunk as ``model(x, targets, keys)``, from the caller's thread.
     keys : sequence of str
         Outputs requested from the model.
     row_image : int ndarray, shape (n_rows,)
@@ -66,15 +75,39 @@ def run_rows(
     """
     batch_size = check_batch_size(batch_size)
     n_rows = len(row_image)
-    checked_for_finiteness = list(keys)  # a NaN score or activation is no better
-    for start in range(0, n_rows, batch_size):
-        stop = min(start + batch_size, n_rows)
-        x = make_rows(start, stop)
+    chunks = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
+
+    def call(start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
         chunk_targets = None if targets is None else targets[row_image[start:stop]]
-        outputs = check_outputs(model(x, chunk_targets, keys), x.shape, keys)
-        for key in checked_for_finiteness:
+        return model(x, chunk_targets, keys)
+
+    def check_and_consume(start: int, stop: int, shape: tuple, outputs) -> None:
+        outputs = check_outputs(outputs, shape, keys)
+        for key in keys:  # a NaN score or activation is no better than a NaN gradient
             _raise_if_not_finite(outputs[key], key, start, row_image, method)
         consume(start, stop, outputs)
+
+    if len(chunks) <= 1:
+        for start, stop in chunks:
+            x = make_rows(start, stop)
+            check_and_consume(start, stop, x.shape, call(start, stop, x))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salience-rows") as helper:
+        next_rows = helper.submit(make_rows, *chunks[0])
+        consumed = None
+        try:
+            for k, (start, stop) in enumerate(chunks):
+                x = next_rows.result()
+                if k + 1 < len(chunks):
+                    next_rows = helper.submit(make_rows, *chunks[k + 1])
+                outputs = call(start, stop, x)
+                if consumed is not None:
+                    consumed.result()  # errors of the previous chunk surface in order
+                consumed = helper.submit(check_and_consume, start, stop, x.shape, outputs)
+            consumed.result()
+        except BaseException:
+            next_rows.cancel()
+            raise
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):

@@ -132,7 +132,7 @@ class BlurIG(Method):
         step_weights = np.diff(sigmas)
         owners = np.arange(n * self.steps) // self.steps
         totals = np.zeros(images.shape, dtype=np.float64)
-        pending: dict[str, np.ndarray] = {}
+        weighted_rates: dict[int, np.ndarray] = {}  # by chunk start, until consumed
 
         def blur_with_rate(rows: np.ndarray, row_sigmas: np.ndarray):
             """Blurred rows and their forward-difference rate of change in sigma.
@@ -163,13 +163,13 @@ class BlurIG(Method):
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
                 blurred, rate = blur_with_rate(rows, sigmas[levels])
-            pending["weighted"] = rate * step_weights[levels].astype(x.dtype)[:, None, None, None]
+            weighted_rates[start] = rate * step_weights[levels].astype(x.dtype)[:, None, None, None]
             return np.ascontiguousarray(to_model_layout(blurred))
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
             add_by_owner(totals, owners[start:stop],
-                         pending.pop("weighted") * grads.transpose(0, 1, 3, 2))
+                         weighted_rates.pop(start) * grads.transpose(0, 1, 3, 2))
 
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
                  self.batch_size, self.name)
