@@ -132,44 +132,47 @@ class BlurIG(Method):
         step_weights = np.diff(sigmas)
         owners = np.arange(n * self.steps) // self.steps
         totals = np.zeros(images.shape, dtype=np.float64)
-        weighted_rates: dict[int, np.ndarray] = {}  # by chunk start, until consumed
+        # Per chunk, what its consume needs to finish the rate of change (see make_rows).
+        unfinished: dict[int, tuple] = {}
 
-        def blur_with_rate(rows: np.ndarray, row_sigmas: np.ndarray):
-            """Blurred rows and their forward-difference rate of change in sigma.
-
-            The rate uses B(s+g) - B(s) = (K'h - Kh) X K'w^T + Kh X (K'w - Kw)^T with
-            the kernel differences taken in float64, so float32 rows do not lose
-            the rate to cancellation between two nearly equal blurs."""
-            sharper = row_sigmas + self.grad_step
-            k_h, k_w = (gaussian_blur_matrices(size, row_sigmas) for size in (height, width))
-            k_h2, k_w2 = (gaussian_blur_matrices(size, sharper) for size in (height, width))
-            d_h, d_w = (k_h2 - k_h) / self.grad_step, (k_w2 - k_w) / self.grad_step
-            k_h, k_w, k_w2, d_h, d_w = (m.astype(x.dtype) for m in (k_h, k_w, k_w2, d_h, d_w))
-            r = len(rows)
-            picked = images[rows].reshape(r, height, n_channels * width)
-            along_h = (k_h @ picked).reshape(r, height * n_channels, width)
-            blurred = along_h @ k_w.transpose(0, 2, 1)
-            rate = along_h @ d_w.transpose(0, 2, 1) + (d_h @ picked).reshape(
-                r, height * n_channels, width) @ k_w2.transpose(0, 2, 1)
-            shape = (r, height, n_channels, width)
-            return blurred.reshape(shape), rate.reshape(shape)
+        def kernels(size: int, row_sigmas: np.ndarray) -> tuple[np.ndarray, ...]:
+            """Blur matrices at the rows' sigmas and at sigma + grad_step, and their
+            forward difference taken in float64, so float32 rows do not lose the rate
+            to cancellation between two nearly equal blurs."""
+            k = gaussian_blur_matrices(size, row_sigmas)
+            k2 = gaussian_blur_matrices(size, row_sigmas + self.grad_step)
+            return tuple(m.astype(x.dtype) for m in (k, k2, (k2 - k) / self.grad_step))
 
         def to_model_layout(rows: np.ndarray) -> np.ndarray:
             return from_channels_last(rows.transpose(0, 1, 3, 2), x.ndim, is_last)
 
         def make_rows(start: int, stop: int) -> np.ndarray:
+            """The blurred rows B = Kh X Kw^T; the rate of change
+            B(s+g) - B(s) = (K'h - Kh) X K'w^T + Kh X (K'w - Kw)^T is finished by
+            consume, which the scheduler runs while the model works on later rows."""
             index = np.arange(start, stop)
             rows, levels = owners[index], index % self.steps
+            k_h, _, d_h = kernels(height, sigmas[levels])
+            k_w, k_w2, d_w = (k_h, _, d_h) if width == height else kernels(width, sigmas[levels])
+            picked = images[rows].reshape(len(rows), height, n_channels * width)
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
-                blurred, rate = blur_with_rate(rows, sigmas[levels])
-            weighted_rates[start] = rate * step_weights[levels].astype(x.dtype)[:, None, None, None]
-            return np.ascontiguousarray(to_model_layout(blurred))
+                along_h = (k_h @ picked).reshape(len(rows), height * n_channels, width)
+                blurred = along_h @ k_w.transpose(0, 2, 1)
+            unfinished[start] = (picked, along_h, d_h, d_w, k_w2, step_weights[levels])
+            shape = (len(rows), height, n_channels, width)
+            return np.ascontiguousarray(to_model_layout(blurred.reshape(shape)))
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+            picked, along_h, d_h, d_w, k_w2, weights = unfinished.pop(start)
+            with _blas_threads().limit(limits=1, user_api="blas"):
+                rate = along_h @ d_w.transpose(0, 2, 1)
+                rate += (d_h @ picked).reshape(along_h.shape) @ k_w2.transpose(0, 2, 1)
+            rate *= weights.astype(x.dtype)[:, None, None]
             grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
             add_by_owner(totals, owners[start:stop],
-                         weighted_rates.pop(start) * grads.transpose(0, 1, 3, 2))
+                         rate.reshape(grads.shape[0], height, n_channels, width)
+                         * grads.transpose(0, 1, 3, 2))
 
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
                  self.batch_size, self.name)
