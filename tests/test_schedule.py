@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -186,49 +188,64 @@ def _rows(start, stop):
     return np.full((stop - start, 2), float(start))
 
 
-def test_next_chunk_is_built_while_the_model_runs():
-    import threading
+def _slow_rows(start, stop):
+    time.sleep(0.002)  # enough own work for the scheduler to use its helper thread
+    return _rows(start, stop)
 
-    second_chunk_started = threading.Event()
+
+def test_next_chunk_is_built_while_the_model_runs():
+    third_chunk_started = threading.Event()
     saw = []
 
     def make_rows(start, stop):
-        if start == 2:
-            second_chunk_started.set()
-        return _rows(start, stop)
+        if start == 4:
+            third_chunk_started.set()
+        return _slow_rows(start, stop)
 
     def model(x, targets, keys):
-        if x[0, 0] == 0:  # chunk 0 waits for chunk 1 to be under construction
-            saw.append(second_chunk_started.wait(timeout=10))
+        if x[0, 0] == 2:  # chunk 1 waits for chunk 2 to be under construction
+            saw.append(third_chunk_started.wait(timeout=10))
         return {INPUT_OUTPUT_GRADIENTS: x}
 
-    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(6, int), make_rows, lambda *a: None,
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(8, int), make_rows, lambda *a: None,
              None, 2, "Test")
     assert saw == [True]
 
 
-def test_consume_sees_chunks_in_order_and_no_thread_is_left_behind():
-    import threading
+def test_cheap_rows_stay_in_the_callers_thread():
+    threads = set()
 
+    def make_rows(start, stop):
+        threads.add(threading.get_ident())
+        return _rows(start, stop)
+
+    run_rows(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: x}, [INPUT_OUTPUT_GRADIENTS],
+             np.zeros(8, int), make_rows, lambda *a: None, None, 2, "Test")
+    assert threads == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 11])
+@pytest.mark.parametrize("make_rows", [_rows, _slow_rows])
+def test_consume_sees_chunks_in_order_and_no_thread_is_left_behind(make_rows, n_rows):
     before = threading.active_count()
     order = []
     run_rows(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: x}, [INPUT_OUTPUT_GRADIENTS],
-             np.zeros(11, int), _rows, lambda a, b, out: order.append((a, b)), None, 3, "Test")
-    assert order == [(0, 3), (3, 6), (6, 9), (9, 11)]
+             np.zeros(n_rows, int), make_rows, lambda a, b, out: order.append((a, b)), None, 3,
+             "Test")
+    assert order == [(a, min(a + 3, n_rows)) for a in range(0, n_rows, 3)]
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize("slow", [False, True])
 @pytest.mark.parametrize("where", ["make_rows", "consume", "model"])
-def test_errors_in_any_stage_reach_the_caller(where):
-    import threading
-
+def test_errors_in_any_stage_reach_the_caller(where, slow):
     before = threading.active_count()
     calls = []
 
     def make_rows(start, stop):
         if where == "make_rows" and start == 4:
             raise KeyError("boom in make_rows")
-        return _rows(start, stop)
+        return (_slow_rows if slow else _rows)(start, stop)
 
     def consume(start, stop, outputs):
         if where == "consume" and start == 2:
@@ -248,10 +265,11 @@ def test_errors_in_any_stage_reach_the_caller(where):
     assert threading.active_count() == before
 
 
-def test_wrong_output_shape_is_reported_with_overlap():
+@pytest.mark.parametrize("make_rows", [_rows, _slow_rows])
+def test_wrong_output_shape_is_reported(make_rows):
     def model(x, targets, keys):
         return {INPUT_OUTPUT_GRADIENTS: x[:, :1]}
 
     with pytest.raises(ValueError, match="shape"):
-        run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(6, int), _rows, lambda *a: None,
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(6, int), make_rows, lambda *a: None,
                  None, 2, "Test")
