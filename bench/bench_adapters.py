@@ -22,6 +22,8 @@ each deterministic method (identical weights: they must agree).
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -293,7 +295,10 @@ def run(quick: bool) -> list[dict]:
         fns["alone"] = lambda m=alone: m.explain(null, x, targets)
         # Cheap cases get more rounds (best-of-k of ~10 ms calls is noisy on a loaded machine).
         k = max(repeats, 12) if n_rows <= 10 else (repeats if n_rows <= 50 else min(repeats, 3))
+        started = time.perf_counter()
         t = time_interleaved(fns, repeats=k)
+        print(f"   .. {method}: " + ", ".join(f"{name} {v.best * 1e3:.1f} ms" for name, v in t.items())
+              + f" (took {time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
         alone_ms = t["alone"].best * 1e3
         for fw in batch:
             row = make_row(
