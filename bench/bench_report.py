@@ -65,8 +65,9 @@ def run(quick: bool) -> list[dict]:
     setup = lite0_setup(1)
     root = Path(tempfile.mkdtemp(prefix="bench-report-"))
     try:
-        # Warm-up (torch's lazy initialisation, allocator growth), not timed.
-        _explain_once(["gradients"], root, -1)
+        # Warm-up (torch's lazy initialisation, allocator growth, every batch shape
+        # once), not timed, as for every other timed callable of the suite.
+        _explain_once(methods, root, -1)
         totals, floors, summary = [], [], None
         floor_runs: dict[str, object] = {}
         per_method: dict[str, float] = {}  # best floor per method
