@@ -166,3 +166,12 @@ def test_smoothgrad_over_guided_ig_with_per_input_baseline(analytic, images):
                                  stdev_spread=0.0, magnitude=False)
     plain = salience.GuidedIG(steps=5, baseline=baseline).explain(analytic, images, TARGETS)
     np.testing.assert_allclose(smooth.explain(analytic, images, TARGETS), plain, rtol=1e-12)
+
+
+def test_uniform_baseline_follows_the_seed(analytic, images):
+    def run(seed):
+        return salience.GuidedIG(steps=5, baseline="uniform", seed=seed).explain(
+            analytic, images, 0)
+
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.allclose(run(7), run(8))

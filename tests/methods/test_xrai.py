@@ -339,3 +339,15 @@ def test_constant_image_is_one_flat_region():
     result = salience.XRAI().explain_with_details(no_model, x, attributions=smooth_attr(x.shape))
     assert np.isfinite(result.maps).all()
     assert result.n_regions[0] == 1
+
+
+def test_uniform_baseline_follows_the_seed(AnalyticModel):  # noqa: N803 - the class itself
+    x = np.random.default_rng(2).uniform(-1, 1, size=(1, 32, 32, 3))
+    model = AnalyticModel(shape=(32, 32, 3))
+
+    def run(seed):
+        return salience.XRAI(steps=4, baselines=["uniform"], seed=seed).explain_with_details(
+            model, x, 0).attributions
+
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.allclose(run(7), run(8))

@@ -74,6 +74,8 @@ class GuidedIG(Method):
         are averaged.
     batch_size : int
         Largest number of rows per model call.
+    seed : None, int or numpy Generator
+        Randomness for ``baseline='uniform'`` (None: fresh draws every call).
 
     Returns
     -------
@@ -95,8 +97,10 @@ class GuidedIG(Method):
         max_dist: float = 0.02,
         baseline: BaselineSpec = None,
         batch_size: int = 32,
+        seed: Any = None,
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
+        self.seed = seed
         self.fraction = check_unit_interval(fraction, "fraction")
         self.max_dist = check_unit_interval(max_dist, "max_dist")
         self.baseline = baseline
@@ -108,7 +112,7 @@ class GuidedIG(Method):
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
-        baselines = resolve_baselines(self.baseline, x, None, copies)
+        baselines = resolve_baselines(self.baseline, x, self.seed, copies)
         n, n_base = baselines.shape[:2]
         shape = x.shape[1:]
         features = int(np.prod(shape))

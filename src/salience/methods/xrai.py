@@ -501,6 +501,8 @@ class XRAI(Method):
         input, or one list per input).
     batch_size : int
         Largest number of IG rows per model call.
+    seed : None, int or numpy Generator
+        Randomness for ``'uniform'`` baselines (None: fresh draws every call).
 
     Returns
     -------
@@ -524,8 +526,10 @@ class XRAI(Method):
         min_pixel_diff: int = 50,
         segments: Any = None,
         batch_size: int = 32,
+        seed: Any = None,
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
+        self.seed = seed
         if baselines is not None and not isinstance(baselines, (list, tuple)):
             raise TypeError(
                 f"baselines must be None or a list of baselines, got {type(baselines).__name__}"
@@ -598,7 +602,7 @@ class XRAI(Method):
         n, height, width = len(x), *to_channels_last(x[:1], is_last).shape[1:3]
         ig = baselines = None
         if attributions is None:
-            baselines = resolve_baselines(self._baseline_spec(), x, None, copies)
+            baselines = resolve_baselines(self._baseline_spec(), x, self.seed, copies)
             n_base = baselines.shape[1]
             # One schedule for every (input, baseline) pair, kept apart per baseline.
             pairs = np.repeat(x, n_base, axis=0)
