@@ -194,6 +194,19 @@ def test_integrated_gradients_on_the_adapter_is_complete(net, x):
                                atol=1e-3)
 
 
+def test_a_double_precision_module_keeps_float64(net, x):
+    net = net.double()
+    model = st.wrap(net, layer="features.2")
+    x64 = x.astype(np.float64)
+    out = model(x64, np.full(4, 2), [INPUT_OUTPUT_GRADIENTS, CONVOLUTION_LAYER_VALUES,
+                                     CONVOLUTION_OUTPUT_GRADIENTS])
+    assert {v.dtype for v in out.values()} == {np.dtype(np.float64)}
+    xt = torch.tensor(x64, requires_grad=True)
+    expected, = torch.autograd.grad(copy.deepcopy(net).eval()(xt)[:, 2].sum(), xt)
+    np.testing.assert_array_equal(out[INPUT_OUTPUT_GRADIENTS], expected.numpy())
+    assert model.predict(x64).dtype == np.float64
+
+
 # ---------------------------------------------------------------- module untouched
 
 

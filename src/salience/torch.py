@@ -117,7 +117,7 @@ class TorchModel(FrameworkModel):
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         with self._explaining(), torch.no_grad():
-            return self.module(self._tensor(x)).float().cpu().numpy()
+            return _np(self.module(self._tensor(x)))
 
     def _run(self, x, targets, keys):
         want_input = INPUT_OUTPUT_GRADIENTS in keys or GUIDED_INPUT_GRADIENTS in keys
@@ -140,7 +140,7 @@ class TorchModel(FrameworkModel):
         grads = list(grads)
         if want_input:
             g = grads.pop(0)
-            g = _np(g) if g is not None else np.zeros(x.shape, dtype=np.float32)
+            g = _np(g if g is not None else torch.zeros_like(xt))
             out[GUIDED_INPUT_GRADIENTS if guided else INPUT_OUTPUT_GRADIENTS] = g
         if want_layer:
             g = grads.pop(0)
@@ -376,4 +376,9 @@ def _guided_relus(module: nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
+    """As numpy: float64 stays float64 (a double-precision model keeps its precision);
+    half and bfloat16 become float32, which numpy handles everywhere."""
+    t = t.detach()
+    if t.dtype != torch.float64:
+        t = t.float()
+    return t.cpu().numpy()
