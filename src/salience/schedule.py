@@ -56,10 +56,10 @@ def run_rows(
     consumes chunk ``k - 1`` while the model runs chunk ``k`` (numpy and the
     frameworks release the GIL in their kernels), so a method's own array work
     hides behind the model's; cheaper work stays in the caller's thread, where
-    it costs less than handing it over.  Each function still runs one call at a time, in
-    chunk order for ``consume``; ``make_rows`` must return a fresh array and
-    keep no state that ``consume`` reads (chunk ``k + 1`` may be built before
-    chunk ``k`` is consumed).
+    it costs less than handing it over.  Each function still runs one call at
+    a time, in chunk order for ``consume``; ``make_rows`` must return a fresh
+    array and keep no state that ``consume`` reads (chunk ``k + 1`` may be
+    built before chunk ``k`` is consumed).
 
     Parameters
     ----------
@@ -95,31 +95,40 @@ def run_rows(
             _raise_if_not_finite(outputs[key], key, start, row_image, method)
         consume(start, stop, outputs)
 
-    # The first chunk's own work (building, then consuming) decides whether the
-    # helper thread pays; a slow build hands over everything from its consume on.
+    # The first chunk runs here and measures the method's own work per chunk: a
+    # slow build hands everything over from its consume on, else consume decides.
     start, stop = chunks[0]
     began = time.perf_counter()
     x = make_rows(start, stop)
     own_seconds = time.perf_counter() - began
-    if own_seconds < _WORTH_A_THREAD_S or len(chunks) == 1:
-        outputs = call(start, stop, x)
-        began = time.perf_counter()
-        check_and_consume(start, stop, x.shape, outputs)
-        own_seconds += time.perf_counter() - began
-        chunks, x = chunks[1:], None
-        if own_seconds < _WORTH_A_THREAD_S or not chunks:
-            for start, stop in chunks:
-                x = make_rows(start, stop)
-                check_and_consume(start, stop, x.shape, call(start, stop, x))
-            return
+    if own_seconds >= _WORTH_A_THREAD_S and len(chunks) > 1:
+        _run_overlapped(chunks, x, make_rows, call, check_and_consume)
+        return
+    outputs = call(start, stop, x)
+    began = time.perf_counter()
+    check_and_consume(start, stop, x.shape, outputs)
+    own_seconds += time.perf_counter() - began
+    rest = chunks[1:]
+    if own_seconds >= _WORTH_A_THREAD_S and rest:
+        _run_overlapped(rest, None, make_rows, call, check_and_consume)
+        return
+    for start, stop in rest:
+        x = make_rows(start, stop)
+        check_and_consume(start, stop, x.shape, call(start, stop, x))
+
+
+def _run_overlapped(chunks, first_rows, make_rows, call, check_and_consume) -> None:
+    """Run ``chunks`` with building and consuming on one helper thread, the model
+    in this one; ``first_rows`` are the first chunk's rows if already built."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salience-rows") as helper:
-        next_rows = helper.submit(make_rows, *chunks[0]) if x is None else None
-        consumed = None
+        next_rows = None if first_rows is not None else helper.submit(make_rows, *chunks[0])
+        x, consumed = first_rows, None
         try:
             for k, (start, stop) in enumerate(chunks):
                 if next_rows is not None:
                     x = next_rows.result()
-                next_rows = helper.submit(make_rows, *chunks[k + 1]) if k + 1 < len(chunks) else None
+                next_rows = (helper.submit(make_rows, *chunks[k + 1])
+                             if k + 1 < len(chunks) else None)
                 outputs = call(start, stop, x)
                 if consumed is not None:
                     consumed.result()  # errors of the previous chunk surface in order

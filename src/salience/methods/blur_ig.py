@@ -152,8 +152,10 @@ class BlurIG(Method):
             consume, which the scheduler runs while the model works on later rows."""
             index = np.arange(start, stop)
             rows, levels = owners[index], index % self.steps
-            k_h, _, d_h = kernels(height, sigmas[levels])
-            k_w, k_w2, d_w = (k_h, _, d_h) if width == height else kernels(width, sigmas[levels])
+            along_h_kernels = kernels(height, sigmas[levels])
+            k_h, _, d_h = along_h_kernels
+            k_w, k_w2, d_w = (along_h_kernels if width == height
+                              else kernels(width, sigmas[levels]))
             picked = images[rows].reshape(len(rows), height, n_channels * width)
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
