@@ -170,3 +170,13 @@ def test_several_uniform_baselines_are_different_draws(images):
     both = resolve_baselines(["uniform", "uniform"], images, 0)
     assert not np.allclose(both[:, 0], both[:, 1])
     np.testing.assert_array_equal(both, resolve_baselines(["uniform", "uniform"], images, 0))
+
+
+@pytest.mark.parametrize("build", [
+    lambda seed: salience.IntegratedGradients(baseline="uniform", seed=seed),
+    lambda seed: salience.GuidedIG(baseline="uniform", seed=seed),
+    lambda seed: salience.XRAI(baselines=["uniform"], seed=seed),
+])
+def test_bad_seed_is_rejected_when_the_method_is_built(build):
+    with pytest.raises(TypeError, match="seed must be None, an int"):
+        build("abc")

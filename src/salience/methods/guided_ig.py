@@ -12,6 +12,7 @@ from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..schedule import check_batch_size, run_rows
 from .base import Method
 from .integrated_gradients import BaselineSpec, resolve_baselines
+from .smoothgrad import check_seed
 
 __all__ = ["GuidedIG", "check_unit_interval"]
 
@@ -100,7 +101,7 @@ class GuidedIG(Method):
         seed: Any = None,
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.fraction = check_unit_interval(fraction, "fraction")
         self.max_dist = check_unit_interval(max_dist, "max_dist")
         self.baseline = baseline

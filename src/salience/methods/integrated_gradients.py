@@ -11,7 +11,7 @@ from .._validate import check_finite, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..schedule import check_batch_size, run_rows
 from .base import Method
-from .smoothgrad import as_random_state
+from .smoothgrad import as_random_state, check_seed
 
 __all__ = ["IntegratedGradients", "resolve_baselines", "BaselineSpec"]
 
@@ -115,7 +115,7 @@ class IntegratedGradients(Method):
         self.steps = check_positive_int(steps, "steps")
         self.baseline = baseline
         self.batch_size = check_batch_size(batch_size)
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         # The real draws of 'uniform' happen in _explain, from self.seed.

@@ -10,7 +10,7 @@ from .._validate import check_nonnegative, check_positive_int
 from ..model import Model
 from .base import Method
 
-__all__ = ["SmoothGrad", "as_random_state"]
+__all__ = ["SmoothGrad", "as_random_state", "check_seed"]
 
 
 def as_random_state(seed: Any) -> Any:
@@ -23,6 +23,12 @@ def as_random_state(seed: Any) -> Any:
     raise TypeError(
         f"seed must be None, an int, a numpy Generator or RandomState, got {type(seed).__name__}"
     )
+
+
+def check_seed(seed: Any) -> Any:
+    """Validate a ``seed`` argument when a method is built (before any model call)."""
+    as_random_state(seed)
+    return seed
 
 
 class SmoothGrad(Method):
@@ -72,8 +78,7 @@ class SmoothGrad(Method):
         self.nsamples = check_positive_int(nsamples, "nsamples")
         self.stdev_spread = check_nonnegative(stdev_spread, "stdev_spread")
         self.magnitude = bool(magnitude)
-        self.seed = seed
-        as_random_state(seed)  # fail early on a bad seed
+        self.seed = check_seed(seed)
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         self.method._check(model, x)

@@ -24,6 +24,7 @@ from ..model import Model, as_model
 from ..schedule import check_batch_size
 from .base import Method, channels_last, spatial_axes, to_channels_last
 from .integrated_gradients import BaselineSpec, integrate_straight_paths, resolve_baselines
+from .smoothgrad import check_seed
 
 __all__ = [
     "XRAI",
@@ -529,7 +530,7 @@ class XRAI(Method):
         seed: Any = None,
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
-        self.seed = seed
+        self.seed = check_seed(seed)
         if baselines is not None and not isinstance(baselines, (list, tuple)):
             raise TypeError(
                 f"baselines must be None or a list of baselines, got {type(baselines).__name__}"
