@@ -22,7 +22,6 @@ each deterministic method (identical weights: they must agree).
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +37,7 @@ from common import (  # noqa: E402
     floor_callable,
     make_row,
     photos,
+    print_progress,
     time_interleaved,
 )
 
@@ -297,8 +297,7 @@ def run(quick: bool) -> list[dict]:
         k = max(repeats, 12) if n_rows <= 10 else (repeats if n_rows <= 50 else min(repeats, 3))
         started = time.perf_counter()
         t = time_interleaved(fns, repeats=k)
-        print(f"   .. {method}: " + ", ".join(f"{name} {v.best * 1e3:.1f} ms" for name, v in t.items())
-              + f" (took {time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+        print_progress(method, t, started)
         alone_ms = t["alone"].best * 1e3
         for fw in batch:
             row = make_row(

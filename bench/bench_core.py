@@ -20,7 +20,6 @@ relative difference).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from common import (
     lite0_setup,
     make_row,
     pair_args,
+    print_progress,
     reference_core,
     time_interleaved,
     tiny_setup,
@@ -286,9 +286,7 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
     }
     start = time.perf_counter()
     t = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-    print(f"   .. {case.method} [{case.setting}] {setup.name} x{n}: "
-          + ", ".join(f"{k} {v.best:.3g}s" for k, v in t.items() if v is not None)
-          + f" (took {time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+    print_progress(f"{case.method} [{case.setting}] {setup.name} x{n}", t, start)
     notes = [f"{rows} rows, floor batch {floor.batch_size}"]
     if t["reference"] is not None and case.deterministic:
         diff = _max_rel_diff(t["salience"].result, t["reference"].result, setup)

@@ -42,6 +42,7 @@ __all__ = [
     "Timing",
     "time_interleaved",
     "time_call",
+    "print_progress",
     "peak_memory",
     "machine_info",
     "configure_process",
@@ -177,6 +178,13 @@ def time_interleaved(
     return {k: (Timing(times[k], results.get(k)) if k in live else None) for k in fns}
 
 
+def print_progress(label: str, timings: Mapping[str, Timing | None], started: float) -> None:
+    """One stderr line per timed case: best time of each callable and the case's wall time."""
+    print(f"   .. {label}: "
+          + ", ".join(f"{k} {v.best:.3g}s" for k, v in timings.items() if v is not None)
+          + f" (took {time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+
+
 def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: bool = True) -> Timing:
     """Time one callable (warm-up once, then best/median of ``repeats``)."""
     return time_interleaved({"fn": fn}, repeats, warmup)["fn"]
@@ -246,6 +254,9 @@ def _git_commit() -> str:
         return "unknown"
 
 
+_process_settings: dict[str, str] = {}  # what configure_process did, for machine_info
+
+
 def configure_process(n: int) -> None:
     """Fix PyTorch's intra-op threads to ``n`` and keep freed memory for the whole run.
 
@@ -257,7 +268,7 @@ def configure_process(n: int) -> None:
     """
     from salience.runtime import retain_freed_memory
 
-    retain_freed_memory()
+    _process_settings["freed memory kept (salience.runtime)"] = str(retain_freed_memory())
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     try:
         import torch
@@ -288,9 +299,7 @@ def machine_info() -> dict[str, str]:
         info["torch threads"] = str(torch.get_num_threads())
     except ImportError:  # pragma: no cover
         pass
-    from salience.runtime import retain_freed_memory
-
-    info["freed memory kept (salience.runtime)"] = str(retain_freed_memory())
+    info.update(_process_settings)
     return info
 
 
