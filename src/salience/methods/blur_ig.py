@@ -13,9 +13,16 @@ from .._validate import check_nonnegative, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..schedule import check_batch_size, run_rows
 from .base import Method, channels_last, from_channels_last, spatial_axes, to_channels_last
-from .integrated_gradients import add_by_owner
+from .integrated_gradients import add_by_owner, owner_runs
 
-__all__ = ["BlurIG", "blur_sigmas", "gaussian_blur_matrix", "gaussian_blur_matrices"]
+__all__ = [
+    "BlurIG",
+    "blur_sigmas",
+    "gaussian_blur_matrix",
+    "gaussian_blur_matrices",
+    "gaussian_kernels",
+    "toeplitz_stack",
+]
 
 
 @functools.cache
@@ -44,28 +51,49 @@ def gaussian_blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.n
 def gaussian_blur_matrices(size: int, sigmas: np.ndarray, truncate: float = 4.0) -> np.ndarray:
     """:func:`gaussian_blur_matrix` for every sigma at once, shape (len(sigmas), size, size).
 
-    Built with array operations for the whole set (no loop over sigmas); a
-    sigma <= 0 gives the identity.
+    A sigma <= 0 gives the identity.
+    """
+    return toeplitz_stack(gaussian_kernels(size, sigmas, truncate))
+
+
+def gaussian_kernels(size: int, sigmas: np.ndarray, truncate: float = 4.0) -> np.ndarray:
+    """Gaussian weights at offsets ``-(size - 1) .. size - 1``, one row per sigma.
+
+    Each kernel is normalised over its whole radius ``int(truncate * sigma + 0.5)``,
+    as scipy does, even where that radius reaches past the image (those weights
+    only ever meet the zero padding).  A sigma <= 0 gives a unit impulse.
     """
     sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-    out = np.zeros((len(sigmas), size, size))
+    out = np.zeros((len(sigmas), 2 * size - 1))
     sharp = sigmas <= 0
-    out[sharp] = np.eye(size)
+    out[sharp, size - 1] = 1.0
     if sharp.all():
         return out
     s = sigmas[~sharp][:, None]
     radii = (truncate * s + 0.5).astype(np.int64)  # (r, 1), as int(truncate * sigma + 0.5)
-    r_max = int(radii.max())
-    offsets = np.arange(-r_max, r_max + 1)
+    reach = max(int(radii.max()), size - 1)
+    offsets = np.arange(-reach, reach + 1)
     weights = np.exp(-0.5 / (s**2) * offsets.astype(np.float64) ** 2)
     weights[np.abs(offsets)[None, :] > radii] = 0.0
     weights /= weights.sum(axis=1, keepdims=True)
-    delta = np.arange(size)[None, :] - np.arange(size)[:, None]  # column - row
-    inside = np.abs(delta) <= r_max
-    matrices = weights[:, np.clip(delta + r_max, 0, 2 * r_max)]
-    matrices[:, ~inside] = 0.0
-    out[~sharp] = matrices
+    out[~sharp] = weights[:, reach - (size - 1) : reach + size]
     return out
+
+
+def toeplitz_stack(kernels: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Matrices ``M[k, i, j] = kernels[k, j - i + size - 1]`` from (m, 2 * size - 1) kernels.
+
+    A blur matrix is constant along its diagonals, so it is a strided view of its
+    kernel; only the contiguous copy BLAS needs is paid for.
+    """
+    kernels = np.ascontiguousarray(kernels)
+    m, size = len(kernels), (kernels.shape[1] + 1) // 2
+    step = kernels.strides[1]
+    # Start at the centre tap: down a row is one tap back, right a column one ahead.
+    windows = np.lib.stride_tricks.as_strided(
+        kernels[:, size - 1 :], shape=(m, size, size), strides=(kernels.strides[0], -step, step)
+    )
+    return np.ascontiguousarray(windows, dtype=dtype)
 
 
 class BlurIG(Method):
@@ -128,52 +156,60 @@ class BlurIG(Method):
         # product per row, with no transposes in between.
         images = to_channels_last(x, is_last).transpose(0, 1, 3, 2)
         n, height, n_channels, width = images.shape
+        flat_images = images.reshape(n, height, n_channels * width)
         sigmas = blur_sigmas(self.max_sigma, self.steps, self.sqrt)
-        step_weights = np.diff(sigmas)
+        step_weights = np.diff(sigmas).astype(x.dtype)
         owners = np.arange(n * self.steps) // self.steps
         totals = np.zeros(images.shape, dtype=np.float64)
+        # Kernels of every path point, along H and along W: at sigma, at
+        # sigma + grad_step, and their forward difference taken in float64, so
+        # float32 rows do not lose the rate to cancellation between two nearly
+        # equal blurs.  Gaussian blur matrices are symmetric: no transposes below.
+        along = {}
+        for size in {height, width}:
+            k = gaussian_kernels(size, sigmas[:-1])
+            k2 = gaussian_kernels(size, sigmas[:-1] + self.grad_step)
+            along[size] = (k, k2, (k2 - k) / self.grad_step)
         # Per chunk, what its consume needs to finish the rate of change (see make_rows).
         unfinished: dict[int, tuple] = {}
 
-        def kernels(size: int, row_sigmas: np.ndarray) -> tuple[np.ndarray, ...]:
-            """Blur matrices at the rows' sigmas and at sigma + grad_step, and their
-            forward difference taken in float64, so float32 rows do not lose the rate
-            to cancellation between two nearly equal blurs."""
-            k = gaussian_blur_matrices(size, row_sigmas)
-            k2 = gaussian_blur_matrices(size, row_sigmas + self.grad_step)
-            return tuple(m.astype(x.dtype) for m in (k, k2, (k2 - k) / self.grad_step))
+        def matrices(size: int, levels: np.ndarray, which: int) -> np.ndarray:
+            return toeplitz_stack(along[size][which][levels], x.dtype)
+
+        def blur_along_h(mats: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            """``mats[r] @ image of row r``; rows of one image share a single GEMM."""
+            out = np.empty((len(rows), height, n_channels * width), dtype=x.dtype)
+            for a, b in owner_runs(rows):
+                out[a:b] = (mats[a:b].reshape(-1, height) @ flat_images[rows[a]]).reshape(
+                    b - a, height, -1)
+            return out.reshape(len(rows), height * n_channels, width)
 
         def to_model_layout(rows: np.ndarray) -> np.ndarray:
             return from_channels_last(rows.transpose(0, 1, 3, 2), x.ndim, is_last)
 
         def make_rows(start: int, stop: int) -> np.ndarray:
-            """The blurred rows B = Kh X Kw^T; the rate of change
-            B(s+g) - B(s) = (K'h - Kh) X K'w^T + Kh X (K'w - Kw)^T is finished by
+            """The blurred rows B = Kh X Kw; the rate of change
+            B(s+g) - B(s) = (K'h - Kh) X K'w + Kh X (K'w - Kw) is finished by
             consume, which the scheduler runs while the model works on later rows."""
             index = np.arange(start, stop)
             rows, levels = owners[index], index % self.steps
-            along_h_kernels = kernels(height, sigmas[levels])
-            k_h, _, d_h = along_h_kernels
-            k_w, k_w2, d_w = (along_h_kernels if width == height
-                              else kernels(width, sigmas[levels]))
-            picked = images[rows].reshape(len(rows), height, n_channels * width)
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
-                along_h = (k_h @ picked).reshape(len(rows), height * n_channels, width)
-                blurred = along_h @ k_w.transpose(0, 2, 1)
-            unfinished[start] = (picked, along_h, d_h, d_w, k_w2, step_weights[levels])
+                along_h = blur_along_h(matrices(height, levels, 0), rows)
+                blurred = along_h @ matrices(width, levels, 0)
+            unfinished[start] = (rows, levels, along_h)
             shape = (len(rows), height, n_channels, width)
             return np.ascontiguousarray(to_model_layout(blurred.reshape(shape)))
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-            picked, along_h, d_h, d_w, k_w2, weights = unfinished.pop(start)
+            rows, levels, along_h = unfinished.pop(start)
             with _blas_threads().limit(limits=1, user_api="blas"):
-                rate = along_h @ d_w.transpose(0, 2, 1)
-                rate += (d_h @ picked).reshape(along_h.shape) @ k_w2.transpose(0, 2, 1)
-            rate *= weights.astype(x.dtype)[:, None, None]
+                rate = along_h @ matrices(width, levels, 2)
+                rate += blur_along_h(matrices(height, levels, 2), rows) @ matrices(width, levels, 1)
+            rate *= step_weights[levels][:, None, None]
             grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
-            add_by_owner(totals, owners[start:stop],
-                         rate.reshape(grads.shape[0], height, n_channels, width)
+            add_by_owner(totals, rows,
+                         rate.reshape(len(rows), height, n_channels, width)
                          * grads.transpose(0, 1, 3, 2))
 
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,

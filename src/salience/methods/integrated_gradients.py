@@ -168,13 +168,15 @@ def integrate_straight_paths(
     return maps.astype(x.dtype)
 
 
+def owner_runs(owners: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of equal values in sorted ``owners``."""
+    if owners[0] == owners[-1]:  # one owner in the chunk (always so at batch_size=1)
+        return [(0, len(owners))]
+    boundaries = np.flatnonzero(np.diff(owners)) + 1
+    return list(zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(owners)]))
+
+
 def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray) -> None:
     """``totals[o] += sum of values whose owner is o``, for sorted owners (runs)."""
-    if owners[0] == owners[-1]:  # one owner in the chunk (always so at batch_size=1)
-        totals[owners[0]] += values.sum(axis=0)
-        return
-    boundaries = np.flatnonzero(np.diff(owners)) + 1
-    starts = np.concatenate(([0], boundaries))
-    stops = np.concatenate((boundaries, [len(owners)]))
-    for a, b in zip(starts, stops):
+    for a, b in owner_runs(owners):
         totals[owners[a]] += values[a:b].sum(axis=0)
