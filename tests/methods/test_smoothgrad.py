@@ -127,3 +127,17 @@ def test_smoothgrad_over_ig_with_one_baseline_per_input(nested, linear, images):
         assert np.corrcoef(maps.ravel(), ((images - per_row) * linear.V[[0, 1, 2]]).ravel())[
             0, 1
         ] > 0.9
+
+
+def test_float32_noise_is_drawn_in_float32_at_each_inputs_scale():
+    from salience.methods.smoothgrad import draw_noise
+
+    x = np.stack([np.linspace(0, 1, 4096), np.linspace(-10, 30, 4096)]).astype(np.float32)
+    x = x.reshape(2, 64, 64)
+    noisy = draw_noise(np.random.default_rng(3), x, 8, 0.1)
+    assert noisy.dtype == np.float32 and noisy.shape == (16, 64, 64)
+    noise = noisy.reshape(2, 8, 64, 64) - x[:, None]
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3)), [0.1 * 1, 0.1 * 40], rtol=0.02)
+    np.testing.assert_allclose(noise.mean(axis=(1, 2, 3)), 0, atol=0.02 * 4)
+    np.testing.assert_array_equal(noisy, draw_noise(np.random.default_rng(3), x, 8, 0.1))
+    assert not np.array_equal(noisy, draw_noise(np.random.default_rng(4), x, 8, 0.1))

@@ -10,7 +10,7 @@ from .._validate import check_nonnegative, check_positive_int
 from ..model import Model
 from .base import Method
 
-__all__ = ["SmoothGrad", "as_random_state", "check_seed"]
+__all__ = ["SmoothGrad", "as_random_state", "check_seed", "draw_noise"]
 
 
 def as_random_state(seed: Any) -> Any:
@@ -87,16 +87,36 @@ class SmoothGrad(Method):
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
         rng = as_random_state(self.seed)
-        n, shape = len(x), x.shape[1:]
-        noisy = np.empty((n, self.nsamples, *shape), dtype=np.result_type(x.dtype, np.float64))
-        for i in range(n):
-            stdev = self.stdev_spread * (float(np.max(x[i])) - float(np.min(x[i])))
-            # One draw of all samples: the same stream as drawing them one by one.
-            noisy[i] = x[i] + rng.normal(0, stdev, (self.nsamples, *shape))
-        noisy = noisy.astype(x.dtype, copy=False).reshape(n * self.nsamples, *shape)
+        n = len(x)
+        noisy = draw_noise(rng, x, self.nsamples, self.stdev_spread)
         repeated = None if targets is None else np.repeat(targets, self.nsamples, axis=0)
         maps = self.method._explain_copies(model, noisy, repeated, copies * self.nsamples)
-        maps = maps.reshape(n, self.nsamples, *maps.shape[1:]).astype(np.float64)
+        maps = maps.reshape(n, self.nsamples, *maps.shape[1:])
         if self.magnitude:
-            maps = maps * maps
-        return maps.mean(axis=1).astype(x.dtype)
+            maps = np.square(maps)
+        return maps.mean(axis=1, dtype=np.float64).astype(x.dtype)
+
+
+def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> np.ndarray:
+    """``nsamples`` noisy copies of each input, shape (n * nsamples, *x.shape[1:]).
+
+    The noise of input ``i`` has standard deviation ``stdev_spread * (max - min)``
+    of that input.  A legacy ``RandomState`` draws float64 normals input by input
+    (PAIR's stream, so ``np.random.seed`` reproduces PAIR); a ``Generator`` draws
+    straight into the output in the input's precision and scales in place (no
+    float64 temporaries for float32 images).
+    """
+    n, shape = len(x), x.shape[1:]
+    spans = x.reshape(n, -1).max(axis=1).astype(np.float64) - x.reshape(n, -1).min(axis=1)
+    if isinstance(rng, np.random.RandomState):
+        noisy = np.empty((n, nsamples, *shape), dtype=np.result_type(x.dtype, np.float64))
+        for i in range(n):
+            # One draw of all samples: the same stream as drawing them one by one.
+            noisy[i] = x[i] + rng.normal(0, stdev_spread * spans[i], (nsamples, *shape))
+        return noisy.astype(x.dtype, copy=False).reshape(n * nsamples, *shape)
+    noisy = np.empty((n, nsamples, *shape), dtype=x.dtype)  # float32 or float64
+    rng.standard_normal(dtype=x.dtype, out=noisy)
+    for i in range(n):
+        noisy[i] *= x.dtype.type(stdev_spread * spans[i])
+        noisy[i] += x[i]
+    return noisy.reshape(n * nsamples, *shape)
