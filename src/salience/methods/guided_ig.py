@@ -17,6 +17,8 @@ from .smoothgrad import check_seed
 __all__ = ["GuidedIG", "check_unit_interval"]
 
 _CLOSE = 1e-9  # relative and absolute tolerance for "the step's L1 target is reached"
+# Features x rows advanced together: bounds each float64 work array to 32 MiB.
+_GROUP_ELEMENTS = 1 << 22
 
 
 def check_unit_interval(value: Any, name: str) -> float:
@@ -159,87 +161,110 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
             grads["g"] = np.empty((m, features), dtype=np.result_type(g.dtype, np.float32))
         grads["g"][start:stop] = g
 
+    # Rows advance together in groups small enough to bound the work arrays.
+    group = max(1, _GROUP_ELEMENTS // features)
     buffers = None
     for step in range(steps):
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
                  batch_size, method)
         g = grads["g"]
+        if buffers is None:
+            buffers = _Buffers(min(group, m), features, g.dtype)
         alpha = (step + 1.0) / steps
         a_min = max(alpha - max_dist, 0.0)
         a_max = min(alpha + max_dist, 1.0)
         l1_target = l1_total * (1 - (step + 1) / steps)
-        if buffers is None:
-            buffers = _Buffers(features, g.dtype)
-        before = buffers.before
-        for row in range(m):
-            np.copyto(before, t[row])
-            np.abs(g[row], out=buffers.abs_grad)
-            _advance(t[row], weights[row], l1_total[row], buffers.abs_grad, l1_target[row],
-                     a_min, a_max, k, buffers)
-            np.subtract(t[row], before, out=before)
-            before *= g[row]
-            accumulated[row] += before
+        for a in range(0, m, group):
+            rows = slice(a, min(a + group, m))
+            before = buffers.before[: rows.stop - a]
+            np.copyto(before, t[rows])
+            np.abs(g[rows], out=buffers.abs_grad[: rows.stop - a])
+            _advance(t[rows], weights[rows], l1_total[rows], buffers.abs_grad[: rows.stop - a],
+                     l1_target[rows], a_min, a_max, k, buffers)
+            np.subtract(t[rows], before, out=before)
+            before *= g[rows]
+            accumulated[rows] += before
     return accumulated * diffs
 
 
 class _Buffers:
-    """Work arrays of one row, allocated once per call (fresh large arrays cost page
-    faults on every allocation, which dominates at this size)."""
+    """Work arrays (rows x features), allocated once per call: fresh large arrays
+    cost page faults on every allocation, which dominates at this size."""
 
-    def __init__(self, features: int, grad_dtype: np.dtype) -> None:
-        self.free = np.empty(features, dtype=bool)
-        self.selected = np.empty(features, dtype=bool)
-        self.ranked = np.empty(features, dtype=grad_dtype)
-        self.abs_grad = np.empty(features, dtype=grad_dtype)
-        self.room = np.empty(features, dtype=np.float64)
-        self.before = np.empty(features, dtype=np.float64)
+    def __init__(self, rows: int, features: int, grad_dtype: np.dtype) -> None:
+        self.free = np.empty((rows, features), dtype=bool)
+        self.selected = np.empty((rows, features), dtype=bool)
+        self.ranked = np.empty((rows, features), dtype=grad_dtype)
+        self.abs_grad = np.empty((rows, features), dtype=grad_dtype)
+        self.room = np.empty((rows, features), dtype=np.float64)
+        self.before = np.empty((rows, features), dtype=np.float64)
 
 
 def _advance(t, weights, l1_weights, abs_grad, l1_target, a_min, a_max, k, buf):
-    """One path step of one row, in place on ``t`` (1-D, per feature).
+    """One path step of every row, in place on ``t`` (rows x features).
 
-    Repeats (at most once per feature) until the L1 distance to the input is
-    ``l1_target``: features trailing ``a_min`` catch up; then the ``k``-th
+    A row repeats (at most once per feature) until its L1 distance to the input
+    is ``l1_target``: features trailing ``a_min`` catch up; then the ``k``-th
     smallest absolute gradient among features not yet at ``a_max`` (those
     count as +inf) selects the features to move towards ``a_max``: all the
     way if that is not enough, else by the fraction ``gamma`` that meets the
     target.  A row that cannot move (every feature at its limit) or is already
-    past the target ends the step.
+    past the target ends its step.  Rows iterate in lockstep, each seeing only
+    its own values, so the result is that of one row at a time.
     """
     np.maximum(t, a_min, out=t)
-    features = len(t)
-    free, selected, ranked, room = buf.free, buf.selected, buf.ranked, buf.room
+    features = t.shape[1]
+    active = np.arange(len(t))
     for _ in range(features + 2):
-        l1_now = l1_weights - float(np.einsum("i,i->", weights, t))
-        if abs(l1_target - l1_now) <= max(_CLOSE * max(abs(l1_target), abs(l1_now)), _CLOSE):
-            return
-        np.less(t, a_max, out=free)
+        every = len(active) == len(t)  # views while every row moves, copies after
+        tt = t if every else t[active]
+        w, g = (weights, abs_grad) if every else (weights[active], abs_grad[active])
+        target, n = l1_target[active], len(active)
+        free, selected, ranked, room = (b[:n] for b in
+                                        (buf.free, buf.selected, buf.ranked, buf.room))
+        l1_now = l1_weights[active] - _row_dots(w, tt)
+        close = np.abs(target - l1_now) <= np.maximum(
+            _CLOSE * np.maximum(np.abs(target), np.abs(l1_now)), _CLOSE)
+        np.less(tt, a_max, out=free)
         # ranked = |grad|, or +inf at the limit: 1 / 1 - 1 = 0 and 1 / 0 - 1 = inf
         # (arithmetic instead of a masked copy, which numpy does element by element).
         np.copyto(ranked, free)
         with np.errstate(divide="ignore"):
             np.reciprocal(ranked, out=ranked)
         ranked -= 1
-        ranked += abs_grad
-        ranked.partition(k)
-        np.less_equal(abs_grad, ranked[k], out=selected)
+        ranked += g
+        ranked.partition(k, axis=1)
+        np.less_equal(g, ranked[:, k : k + 1], out=selected)
         selected &= free
-        np.subtract(a_max, t, out=room)
+        np.subtract(a_max, tt, out=room)
         room *= selected
-        l1_selected = float(np.einsum("i,i->", weights, room))
-        if l1_selected <= 0:
+        l1_selected = _row_dots(w, room)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gamma = (l1_now - target) / l1_selected
+        moves = ~close & (l1_selected > 0) & (gamma > 0)
+        partial = moves & (gamma <= 1.0)
+        if partial.any():  # move by gamma; other rows add exactly zero
+            room *= np.where(partial, gamma, 0.0)[:, None]
+            tt += room
+        full = moves & ~partial
+        # Rows that need more: selected features to a_max exactly; t is in [0, 1],
+        # so max(t, 0) = t elsewhere.
+        if full.all():
+            np.multiply(selected, a_max, out=room)
+            np.maximum(tt, room, out=tt)
+        elif full.any():
+            tt[full] = np.maximum(tt[full], selected[full] * a_max)
+        if not every:
+            t[active] = tt
+        active = active[full]
+        if not len(active):
             return
-        gamma = (l1_now - l1_target) / l1_selected
-        if gamma <= 0:
-            return
-        if gamma <= 1.0:
-            room *= gamma
-            t += room
-            return
-        # selected features to a_max exactly; t is in [0, 1], so max(t, 0) = t elsewhere
-        np.multiply(selected, a_max, out=room)
-        np.maximum(t, room, out=t)
     raise RuntimeError(
         f"GuidedIG: a path step did not converge within {features + 2} iterations; this "
         "indicates non-finite or inconsistent values"
     )
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of ``a`` with the same row of ``b`` (BLAS, not einsum)."""
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
