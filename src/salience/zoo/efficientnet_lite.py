@@ -412,7 +412,9 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
     Batch norm (inference mode, running statistics) is folded into the
     preceding convolution, so every convolution has a bias and no separate
     normalisation runs; this changes the numbers only by float32 rounding
-    (relative ~1e-6 on the logits).  Convolutions pad symmetrically by
+    (relative ~1e-6 on the logits).  Depthwise convolutions are written as sums
+    of shifted slices, which XLA's CPU backend runs far faster than grouped
+    convolutions.  Convolutions pad symmetrically by
     ``k // 2`` as torch does; 1x1 convolutions are matrix products.  Dropout
     is omitted (inference only).
 
@@ -475,7 +477,7 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
     params = jax.tree.map(jnp.asarray, params_np)
     dimensions = ("NHWC", "HWIO", "NHWC")
 
-    def spatial_conv(x, p, stride, groups=1):
+    def spatial_conv(x, p, stride):
         pad = p["w"].shape[0] // 2
         y = jax.lax.conv_general_dilated(
             x,
@@ -483,8 +485,29 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
             window_strides=(stride, stride),
             padding=((pad, pad), (pad, pad)),
             dimension_numbers=dimensions,
-            feature_group_count=groups,
         )
+        return y + p["b"]
+
+    def depthwise_conv(x, p, stride):
+        # A sum of k * k shifted, strided slices times per-channel weights: XLA's CPU
+        # backend runs this ~25x faster than a grouped convolution (measured on
+        # 56x56x144, 5x5), with the same numbers up to float32 rounding.
+        w = p["w"]  # (k, k, 1, channels)
+        k = w.shape[0]
+        pad = k // 2
+        n, height, width, channels = x.shape
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+        y = 0.0
+        for a in range(k):
+            for b in range(k):
+                window = jax.lax.slice(
+                    xp,
+                    (0, a, b, 0),
+                    (n, a + (out_h - 1) * stride + 1, b + (out_w - 1) * stride + 1, channels),
+                    (1, stride, stride, 1),
+                )
+                y = y + window * w[a, b, 0]
         return y + p["b"]
 
     def pointwise(x, p):
@@ -494,7 +517,7 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
         h = jax.nn.relu6(spatial_conv(x, params["stem"], 2))
         for (_kernel, stride, residual), p in zip(specs, params["blocks"]):
             y = jax.nn.relu6(pointwise(h, p["expand"])) if "expand" in p else h
-            y = jax.nn.relu6(spatial_conv(y, p["depthwise"], stride, groups=y.shape[-1]))
+            y = jax.nn.relu6(depthwise_conv(y, p["depthwise"], stride))
             y = pointwise(y, p["project"])
             h = y + h if residual else y
         return jax.nn.relu6(pointwise(h, params["head"]))
