@@ -85,6 +85,32 @@ def test_felzenszwalb_masks_are_full_image_dilated_labels():
         np.testing.assert_array_equal(np.flatnonzero(full), np.sort(masks.pixel_ids(i)))
 
 
+def test_caller_runs_the_scales_no_worker_started_each_exactly_once(monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import salience.methods.xrai as xrai_module
+
+    image = np.random.default_rng(5).random((48, 40, 3))
+    expected = felzenszwalb_masks(image)  # serial, no executor
+    ran, original = [], xrai_module._one_scale
+
+    def recording(small, scale, shape, maps):
+        ran.append((scale, threading.get_ident()))
+        return original(small, scale, shape, maps)
+
+    monkeypatch.setattr(xrai_module, "_one_scale", recording)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        jobs = xrai_module._submit_segmentation(image, pool)
+        parts = [job() for job in reversed(jobs)][::-1]
+    got = xrai_module.SegmentMasks.concatenate(parts)
+    assert sorted(s for s, _ in ran) == sorted(xrai_module.FELZENSZWALB_SCALES)
+    assert threading.get_ident() in {ident for _, ident in ran}
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+    for a, b in zip(got.crops, expected.crops):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------ ranking
 
 
@@ -351,3 +377,4 @@ def test_uniform_baseline_follows_the_seed(AnalyticModel):  # noqa: N803 - the c
 
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.allclose(run(7), run(8))
+
