@@ -17,8 +17,11 @@ from .smoothgrad import check_seed
 __all__ = ["GuidedIG", "check_unit_interval"]
 
 _CLOSE = 1e-9  # relative and absolute tolerance for "the step's L1 target is reached"
-# Features x rows advanced together: bounds each float64 work array to 32 MiB.
-_GROUP_ELEMENTS = 1 << 22
+# Features x rows advanced together.  Small images share one loop (numpy's
+# per-call cost dominates them); a 224 px image goes alone, so its float64 work
+# arrays stay in cache instead of evicting the model's weights between steps
+# (8 such rows at once were measured 15% slower on EfficientNet-Lite0).
+_GROUP_ELEMENTS = 1 << 17
 
 
 def check_unit_interval(value: Any, name: str) -> float:
