@@ -31,6 +31,7 @@ from common import (
     QUICK_REPEATS,
     ModelSetup,
     floor_callable,
+    judge,
     lite0_setup,
     make_row,
     pair_args,
@@ -304,17 +305,7 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
         floor_s=t["floor"].best, notes="; ".join(notes),
     )
     goal = case.target.get(setup.name)
-    if goal and n == 1:
-        row["target"] = goal
-        if "vs reference" in goal:
-            need = float(goal.split()[1].rstrip("x"))
-            row["measured"] = f"{row['vs_reference']:.2f}x faster"
-            row["met"] = row["vs_reference"] >= need
-        else:
-            need = float(goal.split()[1].rstrip("x"))
-            row["measured"] = f"{row['vs_floor']:.2f}x floor"
-            row["met"] = row["vs_floor"] <= need
-    return row
+    return judge(row, goal) if goal and n == 1 else row
 
 
 def _note_pair_default_blur(rows: list[dict]) -> None:

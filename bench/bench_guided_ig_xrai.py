@@ -20,6 +20,7 @@ from common import (
     QUICK_REPEATS,
     ModelSetup,
     floor_callable,
+    judge,
     lite0_setup,
     make_row,
     pair_args,
@@ -56,28 +57,19 @@ def _rel_diff(ours: np.ndarray, theirs: np.ndarray) -> float | None:
     return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
 
 
-def _target(row: dict, goal: str) -> dict:
-    """Attach a target like '>= 5x vs reference' or '<= 1.25x floor' and whether it is met."""
-    row["target"] = goal
-    need = float(goal.split()[1].rstrip("x"))
-    if "vs reference" in goal:
-        row["measured"] = f"{row['vs_reference']:.2f}x faster"
-        row["met"] = row["vs_reference"] >= need
-    else:
-        row["measured"] = f"{row['vs_floor']:.2f}x floor"
-        row["met"] = row["vs_floor"] <= need
-    return row
-
-
 def _guided_ig_vs_reference(setup: ModelSetup, steps: int, repeats: int, goal: str | None):
     n = len(setup.x)
     method = salience.GuidedIG(steps=steps, batch_size=max(n, 1))
     floor = floor_callable(setup.model, setup.x[:1], n * steps, GRAD, int(setup.targets[0]))
+    # Each step holds one row per image: the floor the lockstep walk can reach.
+    lockstep = floor_callable(setup.model, setup.x[:1], n * steps, GRAD,
+                              int(setup.targets[0]), batch_size=n)
     t = time_interleaved({
         "salience": lambda: method.explain(setup.model, setup.x, setup.targets),
         "reference": _reference_loop(setup, lambda ref, x, f, a: ref.GuidedIG().GetMask(
             x, f, a, x_steps=steps, fraction=0.25, max_dist=0.02)),
         "floor": floor,
+        "lockstep floor": lockstep if lockstep.batch_size != floor.batch_size else None,
     }, repeats=repeats)
     ours = t["salience"].result.transpose(0, 2, 3, 1)
     diff = _rel_diff(ours, t["reference"].result)
@@ -86,7 +78,10 @@ def _guided_ig_vs_reference(setup: ModelSetup, steps: int, repeats: int, goal: s
                    t["salience"].best, reference_s=t["reference"].best, floor_s=t["floor"].best,
                    notes=f"{n * steps} rows, floor batch {floor.batch_size}; max rel. diff vs "
                          f"reference {diff:.1e}")
-    return _target(row, goal) if goal else row
+    if t["lockstep floor"] is not None:
+        row["notes"] += f"; floor at batch {n} (lockstep) {t['lockstep floor'].best * 1e3:.1f} ms"
+    bound = t["lockstep floor"].best if t["lockstep floor"] is not None else None
+    return judge(row, goal, bound_floor_s=bound) if goal else row
 
 
 def _xrai_vs_reference(setup: ModelSetup, algorithm: str, steps: int, repeats: int,
@@ -110,7 +105,7 @@ def _xrai_vs_reference(setup: ModelSetup, algorithm: str, steps: int, repeats: i
                    t["salience"].best, reference_s=t["reference"].best, floor_s=t["floor"].best,
                    notes=f"{rows} rows, floor batch {floor.batch_size}; max rel. diff vs "
                          f"reference {diff:.1e}")
-    return _target(row, goal) if goal else row
+    return judge(row, goal) if goal else row
 
 
 def _vs_floor(setup: ModelSetup, name: str, method: Any, rows: int, setting: str, repeats: int,
@@ -124,7 +119,7 @@ def _vs_floor(setup: ModelSetup, name: str, method: Any, rows: int, setting: str
     row = make_row(AREA, name, setup.name, setting, t["salience"].best,
                    reference_s=t["reference"].best if t["reference"] else None,
                    floor_s=t["floor"].best, notes=f"{rows} rows, floor batch {floor.batch_size}")
-    return _target(row, goal)
+    return judge(row, goal)
 
 
 def _xrai_scaling(sizes, steps: int, repeats: int) -> list[dict]:

@@ -22,6 +22,7 @@ from common import (
     FULL_REPEATS,
     QUICK_REPEATS,
     floor_callable,
+    judge,
     lite0_setup,
     make_row,
     photos,
@@ -36,14 +37,6 @@ from salience.zoo.efficientnet_lite import preprocess_lite0
 THRESHOLDS = [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75]
 QUICK_THRESHOLDS = [0.01, 0.05, 0.21, 0.5]
 FORWARD = [OUTPUT_LAYER_VALUES]
-
-
-def _target(row: dict, goal: str) -> dict:
-    need = float(goal.split()[1].rstrip("x"))
-    row["target"] = goal
-    row["measured"] = f"{row['vs_floor']:.2f}x floor"
-    row["met"] = row["vs_floor"] <= need
-    return row
 
 
 def _gradient_map(setup) -> np.ndarray:
@@ -101,7 +94,7 @@ def pic_row(quick: bool) -> dict:
     row = make_row("metrics", "PIC (SIC) curve", setup.name,
                    f"1 image 224px, {len(thresholds)} thresholds", t["salience"].best,
                    reference_s=t["reference"].best, floor_s=t["floor"].best, notes=notes)
-    return _target(row, "<= 1.2x floor")
+    return judge(row, "<= 1.2x floor")
 
 
 def insertion_deletion_row(quick: bool) -> dict:
@@ -128,7 +121,7 @@ def insertion_deletion_row(quick: bool) -> dict:
     row = make_row("metrics", "insertion + deletion", setup.name,
                    f"{n} images 224px, {steps} steps", t["salience"].best,
                    floor_s=t["floor"].best, notes=notes)
-    return _target(row, "<= 1.2x floor")
+    return judge(row, "<= 1.2x floor")
 
 
 def run(quick: bool) -> list[dict]:

@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "ROW_FIELDS",
     "make_row",
+    "judge",
     "Timing",
     "time_interleaved",
     "time_call",
@@ -112,6 +113,31 @@ def make_row(
         "vs_floor": ratio(salience_s, floor_s),
         "notes": notes,
     }
+
+
+def judge(row: dict[str, Any], goal: str, bound_floor_s: float | None = None) -> dict[str, Any]:
+    """Attach a target such as ``'>= 5x vs reference'`` or ``'<= 1.10x floor'`` to a row
+    and whether it is met.
+
+    For a target against the reference, the notes also give the best ratio the
+    model allows, reference / floor (no method can beat its floor);
+    ``bound_floor_s`` replaces the row's floor there when the method cannot use
+    the floor's batch size (lockstep Guided IG).
+    """
+    need = float(goal.split()[1].rstrip("x"))
+    row["target"] = goal
+    if "vs reference" in goal:
+        row["measured"] = f"{row['vs_reference']:.2f}x faster"
+        row["met"] = row["vs_reference"] >= need
+        floor_s = bound_floor_s or row["floor_s"]
+        if row["reference_s"] and floor_s:
+            row["notes"] += (f"; best possible here (reference / floor"
+                             f"{' at the lockstep batch' if bound_floor_s else ''}): "
+                             f"{row['reference_s'] / floor_s:.2f}x")
+    else:
+        row["measured"] = f"{row['vs_floor']:.2f}x floor"
+        row["met"] = row["vs_floor"] <= need
+    return row
 
 
 # --------------------------------------------------------------------------- timing
@@ -412,7 +438,7 @@ def tiny_setup(n: int = 1, size: int = TINY_SIZE) -> ModelSetup:
     return ModelSetup("tiny CNN", tiny_cnn(), TINY_LAYER, x)
 
 
-LITE0_LAYER = "_conv_head"
+LITE0_LAYER = "_head_activation"
 
 
 @functools.lru_cache(maxsize=1)
