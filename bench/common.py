@@ -119,10 +119,10 @@ def judge(row: dict[str, Any], goal: str, bound_floor_s: float | None = None) ->
     """Attach a target such as ``'>= 5x vs reference'`` or ``'<= 1.10x floor'`` to a row
     and whether it is met.
 
-    For a target against the reference, the notes also give the best ratio the
-    model allows, reference / floor (no method can beat its floor);
-    ``bound_floor_s`` replaces the row's floor there when the method cannot use
-    the floor's batch size (lockstep Guided IG).
+    For a target against the reference, the notes also give reference / floor:
+    the ratio a method with no work of its own would reach on the floor's rows
+    (copies of one input); ``bound_floor_s`` replaces the row's floor there when
+    the method cannot use the floor's batch size (lockstep Guided IG).
     """
     need = float(goal.split()[1].rstrip("x"))
     row["target"] = goal
@@ -131,8 +131,8 @@ def judge(row: dict[str, Any], goal: str, bound_floor_s: float | None = None) ->
         row["met"] = row["vs_reference"] >= need
         floor_s = bound_floor_s or row["floor_s"]
         if row["reference_s"] and floor_s:
-            row["notes"] += (f"; best possible here (reference / floor"
-                             f"{' at the lockstep batch' if bound_floor_s else ''}): "
+            row["notes"] += (f"; reference / floor{' at the lockstep batch' if bound_floor_s else ''}"
+                             f" (a method with no work of its own): "
                              f"{row['reference_s'] / floor_s:.2f}x")
     else:
         row["measured"] = f"{row['vs_floor']:.2f}x floor"
