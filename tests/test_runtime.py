@@ -33,3 +33,14 @@ def test_cli_keeps_freed_memory(monkeypatch, tmp_path):
         cli.run_explain([tmp_path / "missing.png"], methods="no-such-method", out=tmp_path / "r",
                         quiet=True)
     assert calls == [1]
+
+
+def test_usable_cores_follows_the_affinity(monkeypatch):
+    import os
+
+    from salience import runtime
+
+    assert 1 <= runtime.usable_cores() <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+        assert runtime.usable_cores() == 1

@@ -378,3 +378,24 @@ def test_uniform_baseline_follows_the_seed(AnalyticModel):  # noqa: N803 - the c
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.allclose(run(7), run(8))
 
+
+
+def test_a_failing_model_drops_the_queued_segmentation(monkeypatch):
+    import salience.methods.xrai as xrai_module
+
+    ran, original = [], xrai_module._one_scale
+
+    def counting(small, scale, shape, maps):
+        ran.append(scale)
+        return original(small, scale, shape, maps)
+
+    def broken(x, targets, keys):
+        raise RuntimeError("model failed")
+
+    monkeypatch.setattr(xrai_module, "_one_scale", counting)
+    monkeypatch.setattr(xrai_module.runtime, "usable_cores", lambda: 2)  # one segmentation worker
+    images = np.random.default_rng(6).random((4, 64, 64, 3))
+    with pytest.raises(RuntimeError, match="model failed"):
+        salience.XRAI(steps=2).explain(broken, images, targets=0)
+    # 4 images x 6 scales were queued; the one worker finished at most what it had started.
+    assert len(ran) < 4 * len(xrai_module.FELZENSZWALB_SCALES)

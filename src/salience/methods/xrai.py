@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .. import runtime
 from .._validate import (
     as_float_batch,
     check_finite,
@@ -598,7 +598,7 @@ class XRAI(Method):
         segments = self._segments_per_image(n, (height, width))
         # One core is left to the model while IG runs (more threads than cores
         # was measured 25% slower); this thread takes unstarted scales after it.
-        workers = max(1, min(len(FELZENSZWALB_SCALES) * n, (os.cpu_count() or 1) - 1))
+        workers = max(1, min(len(FELZENSZWALB_SCALES) * n, runtime.usable_cores() - 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             jobs = None
             if segments is None:
@@ -606,7 +606,13 @@ class XRAI(Method):
                 # worker threads while the model computes IG.
                 source = images[..., 0] if x.ndim == 3 else images
                 jobs = [_submit_segmentation(source[i], pool) for i in range(n)]
-            return self._rank(model, x, targets, attributions, is_last, segments, jobs, copies)
+            try:
+                return self._rank(model, x, targets, attributions, is_last, segments, jobs,
+                                  copies)
+            except BaseException:
+                # A failing model: drop the queued scales instead of finishing them first.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     def _rank(self, model, x, targets, attributions, is_last, segments, jobs, copies):
         n, height, width = len(x), *to_channels_last(x[:1], is_last).shape[1:3]

@@ -33,7 +33,6 @@ import contextlib
 import functools
 import io
 import numbers
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -42,6 +41,7 @@ import numpy as np
 from scipy import interpolate
 from scipy.spatial import Delaunay  # noqa: F401 - loads scipy's LAPACK before _blas() looks
 
+from .. import runtime
 from .._validate import check_finite, check_positive_int
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
 from ..schedule import check_batch_size, run_rows
@@ -565,7 +565,7 @@ def _predict(model, n: int, get_image: Callable[[int], np.ndarray], batch_size: 
 @contextlib.contextmanager
 def _image_pool(n_jobs: int | None) -> Iterator[ThreadPoolExecutor | None]:
     """Worker threads for the image work (griddata and WebP release the GIL)."""
-    workers = min(4, os.cpu_count() or 1) if n_jobs is None else n_jobs
+    workers = min(4, runtime.usable_cores()) if n_jobs is None else n_jobs
     if workers <= 1:
         yield None
         return
