@@ -80,6 +80,33 @@ def test_equals_the_sum_written_out(sqrt, batch_size, analytic, images):
         )
 
 
+
+class _ChannelsFirst:
+    """A channels-last model seen through (n, C, H, W) inputs and gradients."""
+
+    channels_last = False
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, x, targets, keys):
+        out = dict(self.inner(np.moveaxis(x, 1, -1), targets, keys))
+        key = salience.INPUT_OUTPUT_GRADIENTS
+        out[key] = np.moveaxis(out[key], -1, 1)
+        return out
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_non_square_images_equal_the_sum_written_out(channels_last, model_classes):
+    # H and W get different blur matrices: an image taller than wide, in both layouts.
+    analytic = model_classes[0](shape=(9, 6, 3))
+    image = np.random.default_rng(4).normal(size=(9, 6, 3))
+    model, x = (analytic, image[None]) if channels_last else (
+        _ChannelsFirst(analytic), np.moveaxis(image, -1, 0)[None])
+    maps = salience.BlurIG(max_sigma=5, steps=8, batch_size=3).explain(model, x, 1)
+    got = maps[0] if channels_last else np.moveaxis(maps[0], 0, -1)
+    np.testing.assert_allclose(got, _by_hand(analytic, image, 1, 5, 8), rtol=1e-9, atol=1e-12)
+
 def test_path_runs_from_blurred_to_sharp(images):
     seen = []
 

@@ -176,6 +176,8 @@ class BlurIG(Method):
         def matrices(size: int, levels: np.ndarray, which: int) -> np.ndarray:
             return toeplitz_stack(along[size][which][levels], x.dtype)
 
+        square = width == height  # then H and W share every matrix
+
         def blur_along_h(mats: np.ndarray, rows: np.ndarray) -> np.ndarray:
             """``mats[r] @ image of row r``; rows of one image share a single GEMM."""
             out = np.empty((len(rows), height, n_channels * width), dtype=x.dtype)
@@ -193,19 +195,24 @@ class BlurIG(Method):
             consume, which the scheduler runs while the model works on later rows."""
             index = np.arange(start, stop)
             rows, levels = owners[index], index % self.steps
+            k_h = matrices(height, levels, 0)
+            k_w = k_h if square else matrices(width, levels, 0)
             # Many small products: one BLAS thread avoids spin-wait contention.
             with _blas_threads().limit(limits=1, user_api="blas"):
-                along_h = blur_along_h(matrices(height, levels, 0), rows)
-                blurred = along_h @ matrices(width, levels, 0)
+                along_h = blur_along_h(k_h, rows)
+                blurred = along_h @ k_w
             unfinished[start] = (rows, levels, along_h)
             shape = (len(rows), height, n_channels, width)
             return np.ascontiguousarray(to_model_layout(blurred.reshape(shape)))
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             rows, levels, along_h = unfinished.pop(start)
+            d_h = matrices(height, levels, 2)
+            d_w = d_h if square else matrices(width, levels, 2)
+            k_w2 = matrices(width, levels, 1)
             with _blas_threads().limit(limits=1, user_api="blas"):
-                rate = along_h @ matrices(width, levels, 2)
-                rate += blur_along_h(matrices(height, levels, 2), rows) @ matrices(width, levels, 1)
+                rate = along_h @ d_w
+                rate += blur_along_h(d_h, rows) @ k_w2
             rate *= step_weights[levels][:, None, None]
             grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
             add_by_owner(totals, rows,
