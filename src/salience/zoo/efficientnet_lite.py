@@ -69,8 +69,10 @@ def efficientnet_lite0(num_classes: int = 1000):
         return nn.BatchNorm2d(channels, momentum=0.01, eps=LITE0_BN_EPS)
 
     class MBConv(nn.Module):
-        def __init__(self, kernel, stride, expand, inp, out):
+        def __init__(self, block):
             super().__init__()
+            kernel, stride, expand, inp, out = (block.kernel, block.stride, block.expand,
+                                                block.inp, block.out)
             mid = inp * expand
             self.expand = expand != 1
             if self.expand:
@@ -82,7 +84,7 @@ def efficientnet_lite0(num_classes: int = 1000):
             self._bn1 = bn(mid)
             self._project_conv = nn.Conv2d(mid, out, 1, bias=False)
             self._bn2 = bn(out)
-            self.residual = stride == 1 and inp == out
+            self.residual = block.residual
             self.act = nn.ReLU6()
 
         def forward(self, x):
@@ -96,14 +98,8 @@ def efficientnet_lite0(num_classes: int = 1000):
             super().__init__()
             self._conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
             self._bn0 = bn(32)
-            blocks = []
-            for kernel, stride, expand, inp, out, repeats in _LITE0_STAGES:
-                for r in range(repeats):
-                    blocks.append(
-                        MBConv(kernel, stride if r == 0 else 1, expand, inp if r == 0 else out, out)
-                    )
-            self._blocks = nn.Sequential(*blocks)
-            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._blocks = nn.Sequential(*(MBConv(block) for block in _lite0_blocks()))
+            self._conv_head = nn.Conv2d(_HEAD_INPUT, 1280, 1, bias=False)
             self._bn1 = bn(1280)
             self.act = nn.ReLU6()
             # A module of its own (no weights), so Grad-CAM can name the head's
@@ -213,14 +209,34 @@ def lite0_state_dict_arrays(state_dict: Any = None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _lite0_blocks() -> Iterator[tuple[int, str, int, int, int, int, int]]:
-    """``(torch index, keras name, kernel, stride, expansion, in, out)`` per MBConv block."""
+class _Block(NamedTuple):
+    """One MBConv block of EfficientNet-Lite0, as every port builds it."""
+
+    index: int  # position in the torch model's ``_blocks``
+    name: str  # Keras layer prefix, as in keras.applications (block1a, block2a, ...)
+    kernel: int
+    stride: int
+    expand: int
+    inp: int
+    out: int
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.inp == self.out
+
+
+def _lite0_blocks() -> Iterator[_Block]:
+    """The 16 MBConv blocks of :data:`_LITE0_STAGES`, in order."""
     index = 0
     for stage, (kernel, stride, expand, inp, out, repeats) in enumerate(_LITE0_STAGES, 1):
         for r in range(repeats):
-            name = f"block{stage}{chr(ord('a') + r)}"
-            yield index, name, kernel, stride if r == 0 else 1, expand, inp if r == 0 else out, out
+            yield _Block(index, f"block{stage}{chr(ord('a') + r)}", kernel,
+                         stride if r == 0 else 1, expand, inp if r == 0 else out, out)
             index += 1
+
+
+#: Channels into the head's 1x1 convolution: the last block's output.
+_HEAD_INPUT = _LITE0_STAGES[-1][4]
 
 
 def _arrays(weights: Any) -> dict[str, np.ndarray]:
@@ -337,7 +353,8 @@ def efficientnet_lite0_keras(
     inputs = keras.Input(tuple(input_shape), name="image")
     h = conv(inputs, 32, 3, 2, "stem_conv", "_conv_stem", 3)
     h = relu6(bn(h, 32, "stem_bn", "_bn0"), "stem_activation")
-    for index, name, kernel, stride, expand, inp, out in _lite0_blocks():
+    for block in _lite0_blocks():
+        index, name, kernel, stride, expand, inp, out = block
         t = f"_blocks.{index}"
         mid = inp * expand
         x = h
@@ -348,9 +365,9 @@ def efficientnet_lite0_keras(
         x = relu6(bn(x, mid, f"{name}_bn", f"{t}._bn1"), f"{name}_activation")
         x = conv(x, out, 1, 1, f"{name}_project_conv", f"{t}._project_conv", mid)
         x = bn(x, out, f"{name}_project_bn", f"{t}._bn2")
-        h = layers.Add(name=f"{name}_add")([x, h]) if stride == 1 and inp == out else x
+        h = layers.Add(name=f"{name}_add")([x, h]) if block.residual else x
     head_channels = int(arrays["_conv_head.weight"].shape[0])
-    h = conv(h, head_channels, 1, 1, "top_conv", "_conv_head", 320)
+    h = conv(h, head_channels, 1, 1, "top_conv", "_conv_head", _HEAD_INPUT)
     h = relu6(bn(h, head_channels, "top_bn", "_bn1"), "top_activation")
     h = layers.GlobalAveragePooling2D(name="avg_pool")(h)
     h = layers.Dropout(0.2, name="top_dropout")(h)
@@ -458,9 +475,9 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
     arrays = _arrays(weights)
     num_classes = int(arrays["_fc.weight"].shape[0])
     head_channels = int(arrays["_conv_head.weight"].shape[0])
-    specs = []  # (kernel, stride, residual) per block, static
+    specs = list(_lite0_blocks())  # static structure; params hold only arrays
     blocks = []
-    for index, _name, kernel, stride, expand, inp, out in _lite0_blocks():
+    for index, _name, kernel, _stride, expand, inp, out in specs:
         t = f"_blocks.{index}"
         mid = inp * expand
         block = {}
@@ -471,11 +488,10 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
         )
         block["project"] = _folded(arrays, f"{t}._project_conv", f"{t}._bn2", (out, mid, 1, 1))
         blocks.append(block)
-        specs.append((kernel, stride, stride == 1 and inp == out))
     params_np = {
         "stem": _folded(arrays, "_conv_stem", "_bn0", (32, 3, 3, 3)),
         "blocks": blocks,
-        "head": _folded(arrays, "_conv_head", "_bn1", (head_channels, 320, 1, 1)),
+        "head": _folded(arrays, "_conv_head", "_bn1", (head_channels, _HEAD_INPUT, 1, 1)),
         "fc": {
             "w": np.ascontiguousarray(_get(arrays, "_fc.weight", (num_classes, head_channels)).T),
             "b": _get(arrays, "_fc.bias", (num_classes,)),
@@ -522,11 +538,11 @@ def efficientnet_lite0_jax(weights: Any = None) -> EfficientNetLite0Jax:
 
     def features(params, x):
         h = jax.nn.relu6(spatial_conv(x, params["stem"], 2))
-        for (_kernel, stride, residual), p in zip(specs, params["blocks"]):
+        for spec, p in zip(specs, params["blocks"]):
             y = jax.nn.relu6(pointwise(h, p["expand"])) if "expand" in p else h
-            y = jax.nn.relu6(depthwise_conv(y, p["depthwise"], stride))
+            y = jax.nn.relu6(depthwise_conv(y, p["depthwise"], spec.stride))
             y = pointwise(y, p["project"])
-            h = y + h if residual else y
+            h = y + h if spec.residual else y
         return jax.nn.relu6(pointwise(h, params["head"]))
 
     def head(params, h):
