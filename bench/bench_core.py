@@ -30,6 +30,7 @@ from common import (
     FULL_REPEATS,
     QUICK_REPEATS,
     ModelSetup,
+    floor_batch_size,
     floor_callable,
     judge,
     lite0_setup,
@@ -68,6 +69,9 @@ class Case:
     deterministic: bool = True
     batch: int | None = None  # None: the floor's best batch size
     target: dict[str, str] = field(default_factory=dict)  # model name -> ">= 8x" / "<= 1.10x"
+    # The method sends at most one row per image per model call (Guided IG's lockstep
+    # walk), so its floor is at that batch size at most.
+    lockstep: bool = False
 
 
 # ---------------------------------------------------------------- Captum
@@ -228,7 +232,7 @@ def cases(model_name: str, quick: bool, occlusion_size: int) -> list[Case]:
             lambda s: steps, lambda b: _guided_ig(steps, b),
             lambda ref, x, f, a, b: ref.GuidedIG().GetMask(
                 x, f, a, x_steps=steps, x_baseline=None, fraction=0.25, max_dist=0.02),
-            None, target=floor_target))
+            None, target=floor_target, lockstep=True))
     return out
 
 
@@ -275,7 +279,10 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
     n = len(setup.x)
     rows = n * case.rows_per_image(setup)
     target0 = int(setup.targets[0])
-    floor = floor_callable(setup.model, setup.x[:1], rows, case.keys, target0)
+    most = n if case.lockstep else rows
+    best = floor_batch_size(setup.model, setup.x[:1], case.keys, target0, max_rows=max(rows, 1))
+    floor = floor_callable(setup.model, setup.x[:1], rows, case.keys, target0,
+                           batch_size=min(best, most))
     b = case.batch or floor.batch_size
     method = case.salience(b)
     fns: dict[str, Any] = {
@@ -288,7 +295,8 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
     start = time.perf_counter()
     t = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
     print_progress(f"{case.method} [{case.setting}] {setup.name} x{n}", t, start)
-    notes = [f"{rows} rows, floor batch {floor.batch_size}"]
+    notes = [f"{rows} rows, floor batch {floor.batch_size}"
+             + (" (lockstep: one row per image per call)" if case.lockstep else "")]
     if t["reference"] is not None and case.deterministic:
         diff = _max_rel_diff(t["salience"].result, t["reference"].result, setup)
         if diff is not None:
