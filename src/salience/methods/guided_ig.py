@@ -179,11 +179,11 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
         l1_target = l1_total * (1 - (step + 1) / steps)
         for a in range(0, m, group):
             rows = slice(a, min(a + group, m))
-            before = buffers.before[: rows.stop - a]
+            before, abs_grad = (b[: rows.stop - a] for b in (buffers.before, buffers.abs_grad))
             np.copyto(before, t[rows])
-            np.abs(g[rows], out=buffers.abs_grad[: rows.stop - a])
-            _advance(t[rows], weights[rows], l1_total[rows], buffers.abs_grad[: rows.stop - a],
-                     l1_target[rows], a_min, a_max, k, buffers)
+            np.abs(g[rows], out=abs_grad)
+            _advance(t[rows], weights[rows], l1_total[rows], abs_grad, l1_target[rows],
+                     a_min, a_max, k, buffers)
             np.subtract(t[rows], before, out=before)
             before *= g[rows]
             accumulated[rows] += before
