@@ -73,6 +73,17 @@ def test_guided_ig_larger_input(pair_gig, model_classes):
                  pair_gig.GetMask(x, call, x_steps=60), rtol=1e-5)
 
 
+def test_guided_ig_long_rows(pair_gig, model_classes):
+    # 112 x 112 x 3 features: each step's k-th |gradient| comes from a sample of the row
+    # (salience.methods.guided_ig._kth_smallest), which must leave PAIR's numbers unchanged.
+    shape = (112, 112, 3)
+    model = model_classes[0](shape=shape, seed=6)
+    x = smooth_image(shape, seed=1)
+    call = model.call_model_function(1)
+    assert_close(ours.GuidedIG().GetMask(x, call, x_steps=25),
+                 pair_gig.GetMask(x, call, x_steps=25), rtol=1e-5)
+
+
 def test_guided_ig_input_equal_to_baseline(pair_gig, analytic, images):
     call = analytic.call_model_function(0)
     expected = pair_gig.GetMask(images[0], call, x_baseline=images[0])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 import salience
+import salience.methods.guided_ig as G
 from salience.model import INPUT_OUTPUT_GRADIENTS
 
 TARGETS = np.array([0, 1, 2])
@@ -175,3 +178,67 @@ def test_uniform_baseline_follows_the_seed(analytic, images):
 
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.allclose(run(7), run(8))
+
+
+# ------------------------------------------------ long rows: sampled selection, two halves
+
+def _long_row_values(rng, features, kind):
+    values = np.abs(rng.standard_normal(features)).astype(np.float32)
+    if kind == "ties":
+        values = np.round(values, 1)
+    elif kind == "limits":  # features at their limit rank as +inf
+        values[rng.random(features) < 0.6] = np.inf
+    elif kind == "misleading sample":  # every sampled position holds the minimum
+        values[:: features // G._SAMPLE] = 0.0
+    return values
+
+
+@pytest.mark.parametrize("kind", ["plain", "ties", "limits", "misleading sample"])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.25, 0.5, 0.99, 1.0])
+def test_kth_smallest_is_numpys_partition(kind, fraction):
+    rng = np.random.default_rng(len(kind))
+    features = G._SAMPLED_SELECT_MIN + 123
+    values = np.stack([_long_row_values(rng, features, kind) for _ in range(3)])
+    k = int(np.floor((features - 1) * fraction))
+    kept = values.copy()
+    below, window = np.empty(values.shape, bool), np.empty(features, bool)
+    kth = G._kth_smallest(values, k, below, window)
+    np.testing.assert_array_equal(kth[:, 0], np.partition(kept, k, axis=1)[:, k])
+    np.testing.assert_array_equal(values, kept)  # the ranking is left for the caller
+
+
+def test_long_rows_walk_in_two_halves_with_the_same_maps(model_classes, monkeypatch):
+    # 3 rows of 160 x 160 x 3 exceed one group each: two halves alternate with the
+    # model, the selection of one on a helper thread while the model runs the other.
+    shape = (160, 160, 3)
+    model = model_classes[0](shape=shape, seed=2)
+    x = np.random.default_rng(1).normal(size=(3, *shape))
+    targets = np.array([0, 1, 2])
+    method = salience.GuidedIG(steps=6, batch_size=8)
+    selecting, advance = set(), G._advance
+    monkeypatch.setattr(G, "_advance", lambda *a: (
+        selecting.add(threading.current_thread() is threading.main_thread()), advance(*a)))
+    batch = method.explain(model, x, targets)
+    assert selecting == {False}  # every selection ran beside the model
+    assert model.calls == 6 * 2  # each step: one call per half
+    assert model.rows == 6 * 3
+    for i in range(3):
+        single = method.explain(model, x[i : i + 1], targets[i : i + 1])
+        np.testing.assert_allclose(batch[i], single[0], rtol=1e-12, atol=1e-15)
+    gap = model.score(x, targets) - model.score(np.zeros_like(x), targets)
+    np.testing.assert_allclose(batch.reshape(3, -1).sum(axis=1), gap, rtol=0.1)
+
+
+def test_error_in_the_second_half_surfaces_and_stops_the_walk():
+    shape = (160, 160, 3)
+    calls = []
+
+    def failing(x, targets, keys):
+        calls.append(len(x))
+        if len(calls) == 4:  # step 1, second half
+            raise RuntimeError("model failed")
+        return {INPUT_OUTPUT_GRADIENTS: np.cos(x)}
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        salience.GuidedIG(steps=50).explain(failing, np.ones((2, *shape)), [0, 1])
+    assert len(calls) == 4
