@@ -236,8 +236,46 @@ def test_consume_sees_chunks_in_order_and_no_thread_is_left_behind(make_rows, n_
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize("n_rows", [1, 3, 11])
+@pytest.mark.parametrize("make_rows", [_rows, _slow_rows])
+def test_prepare_runs_once_per_chunk_between_its_build_and_its_consume(make_rows, n_rows):
+    events = []
+
+    def build(start, stop):
+        events.append(("build", start))
+        return make_rows(start, stop)
+
+    run_rows(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: x}, [INPUT_OUTPUT_GRADIENTS],
+             np.zeros(n_rows, int), build, lambda a, b, out: events.append(("consume", a)),
+             None, 3, "Test", prepare=lambda a, b: events.append(("prepare", a)))
+    starts = list(range(0, n_rows, 3))
+    for stage in ("build", "prepare", "consume"):
+        assert [a for s, a in events if s == stage] == starts
+    for a in starts:
+        assert events.index(("build", a)) < events.index(("prepare", a)) < events.index(
+            ("consume", a))
+
+
+def test_prepare_of_a_single_chunk_runs_during_its_model_call():
+    model_running, prepared = threading.Event(), threading.Event()
+    saw = []
+
+    def model(x, targets, keys):
+        model_running.set()
+        prepared.wait(timeout=10)
+        return {INPUT_OUTPUT_GRADIENTS: x}
+
+    def prepare(start, stop):
+        saw.append(model_running.wait(timeout=2))  # False if run before the model call
+        prepared.set()
+
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(4, int), _slow_rows, lambda *a: None,
+             None, 8, "Test", prepare=prepare)
+    assert saw == [True]
+
+
 @pytest.mark.parametrize("slow", [False, True])
-@pytest.mark.parametrize("where", ["make_rows", "consume", "model"])
+@pytest.mark.parametrize("where", ["make_rows", "prepare", "consume", "model"])
 def test_errors_in_any_stage_reach_the_caller(where, slow):
     before = threading.active_count()
     calls = []
@@ -246,6 +284,10 @@ def test_errors_in_any_stage_reach_the_caller(where, slow):
         if where == "make_rows" and start == 4:
             raise KeyError("boom in make_rows")
         return (_slow_rows if slow else _rows)(start, stop)
+
+    def prepare(start, stop):
+        if where == "prepare" and start == 4:
+            raise KeyError("boom in prepare")
 
     def consume(start, stop, outputs):
         if where == "consume" and start == 2:
@@ -259,7 +301,7 @@ def test_errors_in_any_stage_reach_the_caller(where, slow):
 
     with pytest.raises(KeyError, match=f"boom in {where}"):
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(10, int), make_rows, consume, None,
-                 2, "Test")
+                 2, "Test", prepare=prepare)
     # The run stops within one chunk of the failure: never all 5 calls.
     assert len(calls) <= 4
     assert threading.active_count() == before

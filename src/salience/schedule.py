@@ -48,18 +48,20 @@ def run_rows(
     targets: np.ndarray | None,
     batch_size: int,
     method: str,
+    prepare: Callable[[int, int], None] | None = None,
 ) -> None:
     """Send every row to the model in chunks of at most ``batch_size`` rows.
 
     When building (or building and consuming) the first chunk took at least
-    ``_WORTH_A_THREAD_S``, a helper thread then builds chunk ``k + 1`` and
-    consumes chunk ``k - 1`` while the model runs chunk ``k`` (numpy and the
-    frameworks release the GIL in their kernels), so a method's own array work
-    hides behind the model's; cheaper work stays in the caller's thread, where
-    it costs less than handing it over.  Each function still runs one call at
-    a time, in chunk order for ``consume``; ``make_rows`` must return a fresh
-    array and keep no state that ``consume`` reads (chunk ``k + 1`` may be
-    built before chunk ``k`` is consumed).
+    ``_WORTH_A_THREAD_S``, a helper thread then builds chunk ``k + 1``,
+    prepares chunk ``k`` and consumes chunk ``k - 1`` while the model runs
+    chunk ``k`` (numpy and the frameworks release the GIL in their kernels),
+    so a method's own array work hides behind the model's; cheaper work stays
+    in the caller's thread, where it costs less than handing it over.  Each
+    function still runs one call at a time, in chunk order for ``prepare`` and
+    ``consume``; ``make_rows`` must return a fresh array and keep no state that
+    ``consume`` reads (chunk ``k + 1`` may be built before chunk ``k`` is
+    consumed), and state is handed on by chunk start.
 
     Parameters
     ----------
@@ -80,6 +82,11 @@ def run_rows(
         Largest number of rows per model call.
     method : str
         Method name used in error messages.
+    prepare : callable, optional
+        ``prepare(start, stop)``: the part of a chunk's own work that needs no
+        model output (it runs after ``make_rows`` and before ``consume`` of the
+        same chunk).  On the helper thread it runs during that chunk's model
+        call, so it hides even when all rows fit in one call.
     """
     batch_size = check_batch_size(batch_size)
     n_rows = len(row_image)
@@ -95,48 +102,61 @@ def run_rows(
             _raise_if_not_finite(outputs[key], key, start, row_image, method)
         consume(start, stop, outputs)
 
+    def prepare_and_call(start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
+        if prepare is not None:
+            prepare(start, stop)
+        return call(start, stop, x)
+
     # The first chunk runs here and measures the method's own work per chunk: a
     # slow build hands everything over from its consume on, else consume decides.
     start, stop = chunks[0]
     began = time.perf_counter()
     x = make_rows(start, stop)
     own_seconds = time.perf_counter() - began
-    if own_seconds >= _WORTH_A_THREAD_S and len(chunks) > 1:
-        _run_overlapped(chunks, x, make_rows, call, check_and_consume)
+    if own_seconds >= _WORTH_A_THREAD_S and (len(chunks) > 1 or prepare is not None):
+        _run_overlapped(chunks, x, make_rows, prepare, call, check_and_consume)
         return
-    outputs = call(start, stop, x)
+    outputs = prepare_and_call(start, stop, x)
     began = time.perf_counter()
     check_and_consume(start, stop, x.shape, outputs)
     own_seconds += time.perf_counter() - began
     rest = chunks[1:]
     if own_seconds >= _WORTH_A_THREAD_S and rest:
-        _run_overlapped(rest, None, make_rows, call, check_and_consume)
+        _run_overlapped(rest, None, make_rows, prepare, call, check_and_consume)
         return
     for start, stop in rest:
         x = make_rows(start, stop)
-        check_and_consume(start, stop, x.shape, call(start, stop, x))
+        check_and_consume(start, stop, x.shape, prepare_and_call(start, stop, x))
 
 
-def _run_overlapped(chunks, first_rows, make_rows, call, check_and_consume) -> None:
-    """Run ``chunks`` with building and consuming on one helper thread, the model
-    in this one; ``first_rows`` are the first chunk's rows if already built."""
+def _run_overlapped(chunks, first_rows, make_rows, prepare, call, check_and_consume) -> None:
+    """Run ``chunks`` with building, preparing and consuming on one helper thread,
+    the model in this one; ``first_rows`` are the first chunk's rows if already built."""
+
+    def finish(prepared, start, stop, shape, outputs) -> None:
+        if prepared is not None:
+            prepared.result()  # done (the helper runs jobs in order); raises its error
+        check_and_consume(start, stop, shape, outputs)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salience-rows") as helper:
         next_rows = None if first_rows is not None else helper.submit(make_rows, *chunks[0])
-        x, consumed = first_rows, None
+        x, consumed, prepared = first_rows, None, None
         try:
             for k, (start, stop) in enumerate(chunks):
                 if next_rows is not None:
                     x = next_rows.result()
+                prepared = helper.submit(prepare, start, stop) if prepare is not None else None
                 next_rows = (helper.submit(make_rows, *chunks[k + 1])
                              if k + 1 < len(chunks) else None)
                 outputs = call(start, stop, x)
                 if consumed is not None:
                     consumed.result()  # errors of the previous chunk surface in order
-                consumed = helper.submit(check_and_consume, start, stop, x.shape, outputs)
+                consumed = helper.submit(finish, prepared, start, stop, x.shape, outputs)
             consumed.result()
         except BaseException:
-            if next_rows is not None:
-                next_rows.cancel()
+            for job in (next_rows, prepared):
+                if job is not None:
+                    job.cancel()
             raise
 
 

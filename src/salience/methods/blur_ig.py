@@ -170,8 +170,10 @@ class BlurIG(Method):
             k = gaussian_kernels(size, sigmas[:-1])
             k2 = gaussian_kernels(size, sigmas[:-1] + self.grad_step)
             along[size] = (k, k2, (k2 - k) / self.grad_step)
-        # Per chunk, what its consume needs to finish the rate of change (see make_rows).
-        unfinished: dict[int, tuple] = {}
+        # Per chunk start: the rows' first blur pass (for prepare), then their rate of
+        # change (for consume).
+        along_h_of: dict[int, tuple] = {}
+        rate_of: dict[int, tuple] = {}
 
         def matrices(size: int, levels: np.ndarray, which: int) -> np.ndarray:
             return toeplitz_stack(along[size][which][levels], x.dtype)
@@ -190,9 +192,7 @@ class BlurIG(Method):
             return from_channels_last(rows.transpose(0, 1, 3, 2), x.ndim, is_last)
 
         def make_rows(start: int, stop: int) -> np.ndarray:
-            """The blurred rows B = Kh X Kw; the rate of change
-            B(s+g) - B(s) = (K'h - Kh) X K'w + Kh X (K'w - Kw) is finished by
-            consume, which the scheduler runs while the model works on later rows."""
+            """The blurred rows B = Kh X Kw (the model's input)."""
             index = np.arange(start, stop)
             rows, levels = owners[index], index % self.steps
             k_h = matrices(height, levels, 0)
@@ -201,12 +201,14 @@ class BlurIG(Method):
             with _blas_threads().limit(limits=1, user_api="blas"):
                 along_h = blur_along_h(k_h, rows)
                 blurred = along_h @ k_w
-            unfinished[start] = (rows, levels, along_h)
+            along_h_of[start] = (rows, levels, along_h)
             shape = (len(rows), height, n_channels, width)
             return np.ascontiguousarray(to_model_layout(blurred.reshape(shape)))
 
-        def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-            rows, levels, along_h = unfinished.pop(start)
+        def prepare(start: int, stop: int) -> None:
+            """The rate of change B(s+g) - B(s) = (K'h - Kh) X K'w + Kh X (K'w - Kw),
+            which needs no gradient: the scheduler runs it while the model works."""
+            rows, levels, along_h = along_h_of.pop(start)
             d_h = matrices(height, levels, 2)
             d_w = d_h if square else matrices(width, levels, 2)
             k_w2 = matrices(width, levels, 1)
@@ -214,11 +216,15 @@ class BlurIG(Method):
                 rate = along_h @ d_w
                 rate += blur_along_h(d_h, rows) @ k_w2
             rate *= step_weights[levels][:, None, None]
+            rate_of[start] = (rows, rate)
+
+        def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+            rows, rate = rate_of.pop(start)
             grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
             add_by_owner(totals, rows,
                          rate.reshape(len(rows), height, n_channels, width)
                          * grads.transpose(0, 1, 3, 2))
 
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
-                 self.batch_size, self.name)
+                 self.batch_size, self.name, prepare=prepare)
         return to_model_layout(-totals).astype(x.dtype)
