@@ -19,10 +19,10 @@ a chain of single-row calls, so it runs in lockstep on a batch, as the Guided IG
 benchmark of PyTorch does, and its floor is at that batch of 8 rows, the most a
 step can hold.  The light CNN runs in the full run only.
 
-TensorFlow and XLA run with their default intra-op thread pools (all cores;
-XLA's cannot be pinned on this jaxlib), unlike PyTorch, which the runner pins to
-one thread: a method's own numpy work therefore cannot hide on a free core here,
-and its share of the model's time shows in full.
+TensorFlow and XLA run on one intra-op thread each, as PyTorch does (the
+runner's ``--threads``; ``common.configure_process``), for the floor and for the
+methods alike: the other core is free for a method's own numpy work, which the
+row scheduler runs beside the model.
 
 The floor here is stricter than the one of the PyTorch benchmark: it is
 hand-written framework code *without the adapter* - a ``tf.function`` around a

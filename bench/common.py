@@ -284,24 +284,55 @@ _process_settings: dict[str, str] = {}  # what configure_process did, for machin
 
 
 def configure_process(n: int) -> None:
-    """Fix PyTorch's intra-op threads to ``n`` and keep freed memory for the whole run.
+    """Give PyTorch, TensorFlow and XLA ``n`` intra-op threads each, and keep freed
+    memory for the whole run.
 
     On a small shared machine, multi-threaded kernels that spin-wait for a
-    descheduled thread were measured 20x slower than one thread.  The allocator
-    setting is the one the ``salience`` command makes
-    (:func:`salience.runtime.retain_freed_memory`).  Both hold for every
+    descheduled thread were measured 20x slower than one thread.  With one
+    framework thread on this 2-core machine the other core is free for a
+    method's own numpy work (blurring, noise, path selection), which the row
+    scheduler runs beside the model, as it would beside an accelerator.  The
+    allocator setting is the one the ``salience`` command makes
+    (:func:`salience.runtime.retain_freed_memory`).  All of it holds for every
     library and every floor in the run, so the ratios stay comparable.
+
+    TensorFlow reads its thread counts from the environment when it starts.
+    This jaxlib ignores XLA's thread flags, so XLA's CPU backend is started
+    here, while this thread may run on the first ``n`` usable cores only: its
+    pool threads keep that affinity, and this thread gets every core back.
     """
     from salience.runtime import retain_freed_memory
 
     _process_settings["freed memory kept (salience.runtime)"] = str(retain_freed_memory())
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(var, str(n))
+    _process_settings["TensorFlow threads (intra-op, inter-op)"] = ", ".join(
+        os.environ[v] for v in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"))
     try:
         import torch
 
         torch.set_num_threads(n)
     except ImportError:  # pragma: no cover
         pass
+    _process_settings["XLA cores"] = _start_xla_on(n)
+
+
+def _start_xla_on(n: int) -> str:
+    """Start XLA's CPU backend with its threads confined to ``n`` cores (see above)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cores:  # pragma: no cover - not Linux
+        return "all (no CPU affinity on this OS)"
+    try:
+        os.sched_setaffinity(0, cores[:n])
+        try:
+            import jax
+
+            jax.devices()  # creates the backend and its thread pool
+        finally:
+            os.sched_setaffinity(0, cores)
+    except ImportError:  # pragma: no cover
+        return "- (no jax)"
+    return ", ".join(map(str, cores[:n]))
 
 
 def machine_info() -> dict[str, str]:
