@@ -274,6 +274,18 @@ def test_prepare_of_a_single_chunk_runs_during_its_model_call():
     assert saw == [True]
 
 
+def test_slow_prepare_alone_hands_later_chunks_to_the_helper():
+    threads = []
+
+    def prepare(start, stop):
+        threads.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.002)
+
+    run_rows(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: x}, [INPUT_OUTPUT_GRADIENTS],
+             np.zeros(8, int), _rows, lambda *a: None, None, 2, "Test", prepare=prepare)
+    assert threads == [True, False, False, False]  # the first chunk measures, in this thread
+
+
 @pytest.mark.parametrize("slow", [False, True])
 @pytest.mark.parametrize("where", ["make_rows", "prepare", "consume", "model"])
 def test_errors_in_any_stage_reach_the_caller(where, slow):

@@ -108,7 +108,7 @@ def run_rows(
         return call(start, stop, x)
 
     # The first chunk runs here and measures the method's own work per chunk: a
-    # slow build hands everything over from its consume on, else consume decides.
+    # slow build hands everything over, else its prepare and consume count too.
     start, stop = chunks[0]
     began = time.perf_counter()
     x = make_rows(start, stop)
@@ -116,7 +116,11 @@ def run_rows(
     if own_seconds >= _WORTH_A_THREAD_S and (len(chunks) > 1 or prepare is not None):
         _run_overlapped(chunks, x, make_rows, prepare, call, check_and_consume)
         return
-    outputs = prepare_and_call(start, stop, x)
+    if prepare is not None:
+        began = time.perf_counter()
+        prepare(start, stop)
+        own_seconds += time.perf_counter() - began
+    outputs = call(start, stop, x)
     began = time.perf_counter()
     check_and_consume(start, stop, x.shape, outputs)
     own_seconds += time.perf_counter() - began
