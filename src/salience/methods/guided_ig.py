@@ -26,6 +26,7 @@ _GROUP_ELEMENTS = 1 << 17
 # Rows at least this long find their k-th |gradient| from a sample of _SAMPLE values.
 _SAMPLED_SELECT_MIN = 1 << 15
 _SAMPLE = 4096
+_MARGIN = 4.0 * np.sqrt(_SAMPLE * 0.25) + 2  # 4 sigma of a sample quantile's position
 
 
 def check_unit_interval(value: Any, name: str) -> float:
@@ -160,7 +161,10 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
     t = np.where(weights == 0, 1.0, 0.0)
     accumulated = np.zeros((m, features), dtype=np.float64)
     k = int(np.floor((features - 1) * fraction))  # numpy's 'lower' quantile index
-    grads: dict[str, np.ndarray] = {}
+    # Rows advance together in groups small enough to bound the work arrays.
+    group = max(1, _GROUP_ELEMENTS // features)
+    groups = [slice(a, min(a + group, m)) for a in range(0, m, group)]
+    work: dict[str, Any] = {}  # the gradients and the selection's buffers, from the first call
 
     def make_rows(start: int, stop: int) -> np.ndarray:
         points = starts[start:stop] + diffs[start:stop] * t[start:stop]
@@ -168,14 +172,10 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         g = outputs[INPUT_OUTPUT_GRADIENTS].reshape(stop - start, features)
-        if "g" not in grads:
-            grads["g"] = np.empty((m, features), dtype=np.result_type(g.dtype, np.float32))
-        grads["g"][start:stop] = g
-
-    # Rows advance together in groups small enough to bound the work arrays.
-    group = max(1, _GROUP_ELEMENTS // features)
-    groups = [slice(a, min(a + group, m)) for a in range(0, m, group)]
-    buffers = _Buffers(min(group, m), features)
+        if "g" not in work:  # the first chunk: the gradients' precision is known now
+            work["g"] = np.empty((m, features), dtype=np.result_type(g.dtype, np.float32))
+            work["buffers"] = _Buffers(min(group, m), features, work["g"].dtype)
+        work["g"][start:stop] = g
 
     def gradients(part: list[slice]) -> None:
         first = part[0].start
@@ -185,13 +185,13 @@ def _guided_paths(model, dtype, shape, starts, diffs, owners, targets, steps, fr
                  targets, batch_size, method)
 
     def advance(part: list[slice], step: int) -> None:
-        g = grads["g"]
+        g, buffers = work["g"], work["buffers"]
         alpha = (step + 1.0) / steps
         a_min = max(alpha - max_dist, 0.0)
         a_max = min(alpha + max_dist, 1.0)
         for rows in part:
             n = rows.stop - rows.start
-            before, abs_grad = buffers.before[:n], buffers.abs_grad(g.dtype)[:n]
+            before, abs_grad = buffers.before[:n], buffers.abs_grad[:n]
             np.copyto(before, t[rows])
             np.abs(g[rows], out=abs_grad)
             l1_target = l1_total[rows] * (1 - (step + 1) / steps)
@@ -228,22 +228,14 @@ class _Buffers:
     """Work arrays (rows x features), allocated once per call: fresh large arrays
     cost page faults on every allocation, which dominates at this size."""
 
-    def __init__(self, rows: int, features: int) -> None:
-        self.shape = (rows, features)
-        self.free = np.empty(self.shape, dtype=bool)
-        self.selected = np.empty(self.shape, dtype=bool)
-        self.room = np.empty(self.shape, dtype=np.float64)
-        self.before = np.empty(self.shape, dtype=np.float64)
+    def __init__(self, rows: int, features: int, grad_dtype: np.dtype) -> None:
+        self.free = np.empty((rows, features), dtype=bool)
+        self.selected = np.empty((rows, features), dtype=bool)
+        self.ranked = np.empty((rows, features), dtype=grad_dtype)
+        self.abs_grad = np.empty((rows, features), dtype=grad_dtype)
+        self.room = np.empty((rows, features), dtype=np.float64)
+        self.before = np.empty((rows, features), dtype=np.float64)
         self.window = np.empty(features, dtype=bool)
-        self.ranked = self._abs_grad = None
-
-    def abs_grad(self, grad_dtype: np.dtype) -> np.ndarray:
-        """|gradient| in the gradients' precision (known from the first model call);
-        ``ranked`` is allocated alongside, in the same precision."""
-        if self._abs_grad is None:
-            self._abs_grad = np.empty(self.shape, dtype=grad_dtype)
-            self.ranked = np.empty(self.shape, dtype=grad_dtype)
-        return self._abs_grad
 
 
 def _advance(t, weights, l1_weights, abs_grad, l1_target, a_min, a_max, k, buf):
@@ -320,20 +312,20 @@ def _kth_smallest(values: np.ndarray, k: int, below: np.ndarray, window: np.ndar
     few in ``[lo, hi]`` are partitioned.  When the bracket misses (a sample
     unlike its row) the row is partitioned whole, so the result is always
     ``np.partition(row, k)[k]``.  ``below`` (rows x features, bool) and
-    ``window`` (features, bool) are scratch; ``values`` is left as it was.
+    ``window`` (features, bool) are scratch; long rows of ``values`` are left
+    as they were, short ones are partitioned in place.
     """
     n, features = values.shape
     if features < _SAMPLED_SELECT_MIN:
         values.partition(k, axis=1)
         return values[:, k : k + 1]
     stride = features // _SAMPLE
-    margin = 4.0 * np.sqrt(_SAMPLE * 0.25) + 2  # 4 sigma of a sample quantile's position
     kth = np.empty((n, 1), dtype=values.dtype)
     for r in range(n):
         row, lt = values[r], below[r]
         sample = row[::stride].copy()
         at = k / features * len(sample)
-        ends = [max(int(at - margin), 0), min(int(at + margin), len(sample) - 1)]
+        ends = [max(int(at - _MARGIN), 0), min(int(at + _MARGIN), len(sample) - 1)]
         sample.partition(ends)
         lo, hi = sample[ends]
         np.less(row, lo, out=lt)
