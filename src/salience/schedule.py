@@ -102,11 +102,6 @@ def run_rows(
             _raise_if_not_finite(outputs[key], key, start, row_image, method)
         consume(start, stop, outputs)
 
-    def prepare_and_call(start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
-        if prepare is not None:
-            prepare(start, stop)
-        return call(start, stop, x)
-
     # The first chunk runs here and measures the method's own work per chunk: a
     # slow build hands everything over, else its prepare and consume count too.
     start, stop = chunks[0]
@@ -130,7 +125,9 @@ def run_rows(
         return
     for start, stop in rest:
         x = make_rows(start, stop)
-        check_and_consume(start, stop, x.shape, prepare_and_call(start, stop, x))
+        if prepare is not None:
+            prepare(start, stop)
+        check_and_consume(start, stop, x.shape, call(start, stop, x))
 
 
 def _run_overlapped(chunks, first_rows, make_rows, prepare, call, check_and_consume) -> None:
