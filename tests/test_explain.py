@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import salience
-from salience.explain import Explanation, available_methods, resolve_methods, softmax
+from salience.explain import Explanation, available_methods, resolve_methods
 from salience.methods import GradCAM, Gradients, IntegratedGradients
 
 torch = pytest.importorskip("torch")
@@ -151,13 +151,6 @@ def test_aliases_and_registry():
     resolved = resolve_methods(["IG", "Grad-CAM", "vanilla"], batch_size=7)
     assert list(resolved) == ["integrated_gradients", "gradcam", "gradients"]
     assert all(m.batch_size == 7 for m in resolved.values())
-
-
-def test_softmax_is_stable_and_keeps_probabilities():
-    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
-    probs = np.array([[0.2, 0.8]])
-    np.testing.assert_array_equal(softmax(probs), probs)
 
 
 def test_model_without_predict_has_no_probabilities(model_classes, images):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import salience
 from salience.model import INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES
-from salience.schedule import check_batch_size, run_rows
+from salience.schedule import run_rows
 
 
 class Recorder:
@@ -61,16 +61,23 @@ def test_no_targets_passes_none():
     assert model.chunks == [(2, None), (1, None)]
 
 
+def _run_with_batch_size(batch_size):
+    model = Recorder()
+    run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(3, int), lambda a, b: np.ones((b - a, 2)),
+             lambda *a: None, None, batch_size, "Test")
+    return model
+
+
 @pytest.mark.parametrize("bad", [0, -1])
 def test_batch_size_must_be_positive(bad):
     with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {bad}"):
-        check_batch_size(bad)
+        _run_with_batch_size(bad)
 
 
 @pytest.mark.parametrize("bad", [1.5, "4", True, None])
 def test_batch_size_must_be_an_int(bad):
     with pytest.raises(TypeError, match="batch_size must be a positive int"):
-        check_batch_size(bad)
+        _run_with_batch_size(bad)
 
 
 def _methods(batch_size):

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_float_batch, check_positive_int, resolve_targets
+from .checks import as_float_batch, check_positive_int, resolve_targets
 from .methods.base import Method
 from .model import as_model
+from .numeric import to_probabilities
 
 __all__ = [
     "Explanation",
@@ -228,18 +229,6 @@ class _Counting:
         return getattr(self._model, name)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax; rows that already are probabilities are returned unchanged."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2:
-        return logits
-    if (logits >= 0).all() and np.allclose(logits.sum(axis=1), 1, atol=1e-4):
-        return logits
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def _as_salience_model(model: Any) -> Any:
     try:
         import torch
@@ -316,7 +305,7 @@ def explain(
         explained = resolve_targets(model, x, targets)
     result = Explanation(
         logits=logits,
-        probabilities=None if logits is None else softmax(logits),
+        probabilities=None if logits is None else to_probabilities(logits),
         targets=explained,
     )
     result.seconds["predict"] = time.perf_counter() - start

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._adapter import FrameworkModel, score_rule_error
+from .checks import check_positive_int
 from .model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -52,7 +53,6 @@ from .model import (
     INPUT_OUTPUT_GRADIENTS,
     OUTPUT_LAYER_VALUES,
 )
-from .schedule import check_batch_size
 
 __all__ = ["wrap", "JaxModel"]
 
@@ -173,7 +173,7 @@ class JaxModel(FrameworkModel):
         self._params = jax.tree.map(_to_device, params)
         self.target_fn = target_fn
         self.channels_last = bool(channels_last)
-        self.predict_batch_size = check_batch_size(batch_size)
+        self.predict_batch_size = check_positive_int(batch_size, "batch_size")
         self.expected_channels = None if channels is None else int(channels)
         self.has_layer = layer_fn is not None
         self.max_compiled_sizes = int(max_compiled_sizes)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ._adapter import FrameworkModel, score_rule_error
+from .checks import check_positive_int
 from .model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -31,7 +32,6 @@ from .model import (
     INPUT_OUTPUT_GRADIENTS,
     OUTPUT_LAYER_VALUES,
 )
-from .schedule import check_batch_size
 
 __all__ = ["wrap", "KerasModel", "find_layer", "guided_relus"]
 
@@ -166,7 +166,7 @@ class KerasModel(FrameworkModel):
         self.target_fn = target_fn
         self.jit_compile = bool(jit_compile)
         self.channels_last = bool(channels_last)
-        self.predict_batch_size = check_batch_size(batch_size)
+        self.predict_batch_size = check_positive_int(batch_size, "batch_size")
         self.trace_count = 0
         inputs = self._model_inputs()
         self.layer = None if layer is None else find_layer(model, layer)

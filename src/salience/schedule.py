@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .checks import check_positive_int
 from .model import Model, check_outputs
 
-__all__ = ["run_rows", "check_batch_size", "NonFiniteOutputError"]
+__all__ = ["run_rows", "NonFiniteOutputError"]
 
 # Own work per chunk (building + consuming rows) above which a helper thread pays:
 # handing a chunk to it and back costs about 0.1 ms; measured on the tiny CNN,
@@ -28,15 +29,6 @@ _WORTH_A_THREAD_S = 0.5e-3
 
 class NonFiniteOutputError(FloatingPointError, ValueError):
     """The model returned NaN or inf (a FloatingPointError, and a ValueError about its output)."""
-
-
-def check_batch_size(batch_size: int) -> int:
-    """Validate a ``batch_size`` argument and return it as an int."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    return int(batch_size)
 
 
 def run_rows(
@@ -88,7 +80,7 @@ def run_rows(
         same chunk).  On the helper thread it runs during that chunk's model
         call, so it hides even when all rows fit in one call.
     """
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_positive_int(batch_size, "batch_size")
     n_rows = len(row_image)
     chunks = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
 

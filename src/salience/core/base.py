@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_nonnegative, check_positive_int
+from ..checks import check_nonnegative, check_positive_int
 from ..methods.base import Method
 from ..methods.smoothgrad import SmoothGrad
 from ..model import (

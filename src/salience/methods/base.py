@@ -1,4 +1,4 @@
-"""The base class of all batch-first methods and the layout helpers they share."""
+"""The base class of all batch-first methods, and the one-row-per-input schedule."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import as_float_batch, resolve_targets
+from ..checks import as_float_batch, check_positive_int, resolve_targets
 from ..model import Model, as_model
-from ..schedule import check_batch_size, run_rows
+from ..schedule import run_rows
 
-__all__ = ["Method", "collect_rows", "channels_last", "spatial_axes", "to_channels_last"]
+__all__ = ["Method", "collect_rows"]
 
 
 class Method:
@@ -81,7 +81,7 @@ def collect_rows(
     method: str,
 ) -> dict[str, np.ndarray]:
     """One row per input: return each requested output stacked over the batch."""
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_positive_int(batch_size, "batch_size")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
@@ -99,42 +99,3 @@ def collect_rows(
         method,
     )
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def channels_last(model: Model) -> bool:
-    """The model's layout; PAIR callbacks and plain callables are channels last."""
-    return bool(getattr(model, "channels_last", True))
-
-
-def spatial_axes(input_ndim: int, is_channels_last: bool) -> tuple[int, int]:
-    """Axes of height and width within one input (no batch axis).
-
-    A 2-D input is (H, W); a 3-D input is (H, W, C) or (C, H, W).
-    """
-    if input_ndim == 2:
-        return (0, 1)
-    if input_ndim == 3:
-        return (0, 1) if is_channels_last else (1, 2)
-    raise ValueError(
-        f"this method needs images shaped (H, W), (H, W, C) or (C, H, W); got inputs with "
-        f"{input_ndim} dimensions per item"
-    )
-
-
-def to_channels_last(batch: np.ndarray, is_channels_last: bool) -> np.ndarray:
-    """View a batch of images as (n, H, W, C) (a 2-D image gets C = 1)."""
-    if batch.ndim == 3:
-        return batch[..., None]
-    if batch.ndim == 4:
-        return batch if is_channels_last else np.moveaxis(batch, 1, -1)
-    raise ValueError(
-        f"expected a batch of images (n, H, W), (n, H, W, C) or (n, C, H, W), got shape "
-        f"{batch.shape}"
-    )
-
-
-def from_channels_last(batch: np.ndarray, like_ndim: int, is_channels_last: bool) -> np.ndarray:
-    """Inverse of :func:`to_channels_last`; ``like_ndim`` is the original batch's ndim."""
-    if like_ndim == 3:
-        return batch[..., 0]
-    return batch if is_channels_last else np.moveaxis(batch, -1, 1)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from .._validate import check_nonnegative, check_positive_int
+from ..arrays import channels_last, from_channels_last, spatial_axes, to_channels_last
+from ..checks import check_nonnegative, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
-from ..schedule import check_batch_size, run_rows
-from .base import Method, channels_last, from_channels_last, spatial_axes, to_channels_last
-from .integrated_gradients import add_by_owner, owner_runs
+from ..numeric import add_by_owner, one_blas_thread, owner_runs
+from ..schedule import run_rows
+from .base import Method
 
 __all__ = [
     "BlurIG",
@@ -23,13 +22,6 @@ __all__ = [
     "gaussian_kernels",
     "toeplitz_stack",
 ]
-
-
-@functools.cache
-def _blas_threads() -> ThreadpoolController:
-    # Finding the loaded BLAS libraries scans the process's memory map (about
-    # 3 ms); do it once, not on every model chunk.
-    return ThreadpoolController()
 
 
 def blur_sigmas(max_sigma: float, steps: int, sqrt: bool) -> np.ndarray:
@@ -144,7 +136,7 @@ class BlurIG(Method):
         if self.grad_step == 0:
             raise ValueError("grad_step must be > 0, got 0")
         self.sqrt = bool(sqrt)
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         spatial_axes(x.ndim - 1, channels_last(model))
@@ -198,7 +190,7 @@ class BlurIG(Method):
             k_h = matrices(height, levels, 0)
             k_w = k_h if square else matrices(width, levels, 0)
             # Many small products: one BLAS thread avoids spin-wait contention.
-            with _blas_threads().limit(limits=1, user_api="blas"):
+            with one_blas_thread():
                 along_h = blur_along_h(k_h, rows)
                 blurred = along_h @ k_w
             along_h_of[start] = (rows, levels, along_h)
@@ -212,7 +204,7 @@ class BlurIG(Method):
             d_h = matrices(height, levels, 2)
             d_w = d_h if square else matrices(width, levels, 2)
             k_w2 = matrices(width, levels, 1)
-            with _blas_threads().limit(limits=1, user_api="blas"):
+            with one_blas_thread():
                 rate = along_h @ d_w
                 rate += blur_along_h(d_h, rows) @ k_w2
             rate *= step_weights[levels][:, None, None]

@@ -7,9 +7,10 @@ import functools
 import numpy as np
 from skimage.transform import resize as skimage_resize
 
+from ..arrays import channels_last, spatial_axes
+from ..checks import check_positive_int
 from ..model import CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS, Model
-from ..schedule import check_batch_size
-from .base import Method, channels_last, collect_rows, spatial_axes
+from .base import Method, collect_rows
 
 __all__ = ["GradCAM"]
 
@@ -47,7 +48,7 @@ class GradCAM(Method):
         self.broadcast = bool(broadcast)
         if self.broadcast and not self.resize:
             raise ValueError("broadcast=True needs resize=True (maps must have the input's size)")
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         spatial_axes(x.ndim - 1, channels_last(model))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
-from ..schedule import check_batch_size
 from .base import Method, collect_rows
 
 __all__ = ["Gradients"]
@@ -31,7 +31,7 @@ class Gradients(Method):
     key = INPUT_OUTPUT_GRADIENTS
 
     def __init__(self, batch_size: int = 32) -> None:
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         grads = collect_rows(model, x, targets, [self.key], self.batch_size, self.name)[self.key]

@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_positive_int
+from ..checks import check_fraction, check_positive_int, check_seed
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
-from ..schedule import check_batch_size, run_rows
+from ..numeric import row_dots
+from ..schedule import run_rows
 from .base import Method
 from .integrated_gradients import BaselineSpec, resolve_baselines
-from .smoothgrad import check_seed
 
-__all__ = ["GuidedIG", "check_unit_interval"]
+__all__ = ["GuidedIG"]
 
 _CLOSE = 1e-9  # relative and absolute tolerance for "the step's L1 target is reached"
 # Features x rows advanced together.  Small images share one loop (numpy's
@@ -27,15 +27,6 @@ _GROUP_ELEMENTS = 1 << 17
 _SAMPLED_SELECT_MIN = 1 << 15
 _SAMPLE = 4096
 _MARGIN = 4.0 * np.sqrt(_SAMPLE * 0.25) + 2  # 4 sigma of a sample quantile's position
-
-
-def check_unit_interval(value: Any, name: str) -> float:
-    """Validate a real number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
 
 
 class GuidedIG(Method):
@@ -116,10 +107,10 @@ class GuidedIG(Method):
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
         self.seed = check_seed(seed)
-        self.fraction = check_unit_interval(fraction, "fraction")
-        self.max_dist = check_unit_interval(max_dist, "max_dist")
+        self.fraction = check_fraction(fraction, "fraction")
+        self.max_dist = check_fraction(max_dist, "max_dist")
         self.baseline = baseline
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         resolve_baselines(self.baseline, x, np.random.default_rng(0))
@@ -260,7 +251,7 @@ def _advance(t, weights, l1_weights, abs_grad, l1_target, a_min, a_max, k, buf):
         target, n = l1_target[active], len(active)
         free, selected, ranked, room = (b[:n] for b in
                                         (buf.free, buf.selected, buf.ranked, buf.room))
-        l1_now = l1_weights[active] - _row_dots(w, tt)
+        l1_now = l1_weights[active] - row_dots(w, tt)
         close = np.abs(target - l1_now) <= np.maximum(
             _CLOSE * np.maximum(np.abs(target), np.abs(l1_now)), _CLOSE)
         np.less(tt, a_max, out=free)
@@ -276,7 +267,7 @@ def _advance(t, weights, l1_weights, abs_grad, l1_target, a_min, a_max, k, buf):
         selected &= free
         np.subtract(a_max, tt, out=room)
         room *= selected
-        l1_selected = _row_dots(w, room)
+        l1_selected = row_dots(w, room)
         with np.errstate(divide="ignore", invalid="ignore"):
             gamma = (l1_now - target) / l1_selected
         moves = ~close & (l1_selected > 0) & (gamma > 0)
@@ -340,7 +331,3 @@ def _kth_smallest(values: np.ndarray, k: int, below: np.ndarray, window: np.ndar
             kth[r] = np.partition(row, k)[k]
     return kth
 
-
-def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot product of each row of ``a`` with the same row of ``b`` (BLAS, not einsum)."""
-    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_finite, check_positive_int
+from ..arrays import to_numpy
+from ..checks import check_finite, check_positive_int, check_seed
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
-from ..schedule import check_batch_size, run_rows
+from ..numeric import add_by_owner, as_random_state
+from ..schedule import run_rows
 from .base import Method
-from .smoothgrad import as_random_state, check_seed
 
 __all__ = ["IntegratedGradients", "resolve_baselines", "BaselineSpec"]
 
@@ -56,9 +57,7 @@ def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.nda
         )
     if callable(spec):
         spec = spec(x)
-    if hasattr(spec, "detach") and hasattr(spec, "cpu"):
-        spec = spec.detach().cpu().numpy()
-    arr = np.asarray(spec)
+    arr = to_numpy(spec)
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"baseline must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(x.dtype)
@@ -114,7 +113,7 @@ class IntegratedGradients(Method):
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
         self.baseline = baseline
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = check_seed(seed)
 
     def _check(self, model: Model, x: np.ndarray) -> None:
@@ -167,16 +166,3 @@ def integrate_straight_paths(
     maps = (grad_sums * flat_diff / steps).reshape(n, n_base, *x.shape[1:]).mean(axis=1)
     return maps.astype(x.dtype)
 
-
-def owner_runs(owners: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each run of equal values in sorted ``owners``."""
-    if owners[0] == owners[-1]:  # one owner in the chunk (always so at batch_size=1)
-        return [(0, len(owners))]
-    boundaries = np.flatnonzero(np.diff(owners)) + 1
-    return list(zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(owners)]))
-
-
-def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray) -> None:
-    """``totals[o] += sum of values whose owner is o``, for sorted owners (runs)."""
-    for a, b in owner_runs(owners):
-        totals[owners[a]] += values[a:b].sum(axis=0)

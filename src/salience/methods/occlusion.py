@@ -6,10 +6,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._validate import check_positive_int
+from ..arrays import channels_last, from_channels_last, spatial_axes, to_channels_last
+from ..checks import check_positive_int
 from ..model import OUTPUT_LAYER_VALUES, Model
-from ..schedule import check_batch_size, run_rows
-from .base import Method, channels_last, from_channels_last, spatial_axes, to_channels_last
+from ..schedule import run_rows
+from .base import Method
 
 __all__ = ["Occlusion"]
 
@@ -50,7 +51,7 @@ class Occlusion(Method):
         if not np.isfinite(self.value):
             raise ValueError(f"value must be finite, got {value}")
         self.stride = check_positive_int(stride, "stride")
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         h_axis, w_axis = spatial_axes(x.ndim - 1, channels_last(model))

@@ -6,29 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_nonnegative, check_positive_int
+from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
+from ..numeric import as_random_state
 from .base import Method
 
-__all__ = ["SmoothGrad", "as_random_state", "check_seed", "draw_noise"]
-
-
-def as_random_state(seed: Any) -> Any:
-    """An object with ``.normal`` / ``.uniform``: a Generator from an int or None,
-    or the given ``numpy.random.Generator`` / ``RandomState`` itself."""
-    if isinstance(seed, (np.random.Generator, np.random.RandomState)):
-        return seed
-    if seed is None or isinstance(seed, (int, np.integer)):
-        return np.random.default_rng(seed)
-    raise TypeError(
-        f"seed must be None, an int, a numpy Generator or RandomState, got {type(seed).__name__}"
-    )
-
-
-def check_seed(seed: Any) -> Any:
-    """Validate a ``seed`` argument when a method is built (before any model call)."""
-    as_random_state(seed)
-    return seed
+__all__ = ["SmoothGrad", "draw_noise"]
 
 
 class SmoothGrad(Method):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,18 +13,19 @@ import numpy as np
 from scipy import ndimage
 
 from .. import runtime
-from .._validate import (
+from ..arrays import channels_last, spatial_axes, to_channels_last, to_numpy
+from ..checks import (
     as_float_batch,
     check_finite,
     check_nonnegative,
+    check_nonnegative_int,
     check_positive_int,
+    check_seed,
     resolve_targets,
 )
 from ..model import Model, as_model
-from ..schedule import check_batch_size
-from .base import Method, channels_last, spatial_axes, to_channels_last
+from .base import Method
 from .integrated_gradients import BaselineSpec, integrate_straight_paths, resolve_baselines
-from .smoothgrad import check_seed
 
 __all__ = [
     "XRAI",
@@ -547,12 +547,9 @@ class XRAI(Method):
             raise ValueError(f"algorithm must be 'full' or 'fast', got {algorithm!r}")
         self.algorithm = algorithm
         self.area_threshold = check_nonnegative(area_threshold, "area_threshold")
-        if isinstance(min_pixel_diff, bool) or not isinstance(min_pixel_diff, numbers.Integral) \
-                or min_pixel_diff < 0:
-            raise ValueError(f"min_pixel_diff must be an int >= 0, got {min_pixel_diff!r}")
-        self.min_pixel_diff = int(min_pixel_diff)
+        self.min_pixel_diff = check_nonnegative_int(min_pixel_diff, "min_pixel_diff")
         self.segments = segments
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         is_last = channels_last(model)
@@ -662,9 +659,7 @@ class XRAI(Method):
 
 
 def _as_attribution(attributions: Any, shape: tuple[int, ...]) -> np.ndarray:
-    if hasattr(attributions, "detach") and hasattr(attributions, "cpu"):
-        attributions = attributions.detach().cpu().numpy()
-    arr = np.asarray(attributions)
+    arr = to_numpy(attributions)
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"attributions must be a real numeric array, got dtype {arr.dtype}")
     if arr.shape != tuple(shape):

@@ -1,15 +1,15 @@
-"""Argument checks shared by the metrics: maps, masks, fractions."""
+"""Conversion of the metrics' inputs: batches of maps and of masks."""
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
-from .._validate import check_finite
+from ..arrays import to_numpy
+from ..checks import check_finite
 
-__all__ = ["as_map_batch", "as_mask_batch", "check_fraction", "normalise01"]
+__all__ = ["as_map_batch", "as_mask_batch"]
 
 
 def as_map_batch(
@@ -23,9 +23,7 @@ def as_map_batch(
     raise a ValueError naming the first bad index.  With ``size=(H, W)`` the
     spatial size must match.
     """
-    if hasattr(saliency, "detach") and hasattr(saliency, "cpu"):
-        saliency = saliency.detach().cpu().numpy()
-    arr = np.asarray(saliency)
+    arr = to_numpy(saliency)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim == 4:
@@ -49,9 +47,7 @@ def as_map_batch(
 
 def as_mask_batch(masks: Any, shape: tuple[int, ...], name: str = "masks") -> np.ndarray:
     """Return boolean masks of exactly ``shape`` ``(n, H, W)``; every mask must be non-empty."""
-    if hasattr(masks, "detach") and hasattr(masks, "cpu"):
-        masks = masks.detach().cpu().numpy()
-    arr = np.asarray(masks)
+    arr = to_numpy(masks)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a boolean or 0/1 array, got dtype {arr.dtype}")
     if arr.shape != tuple(shape):
@@ -72,23 +68,3 @@ def as_mask_batch(masks: Any, shape: tuple[int, ...], name: str = "masks") -> np
         )
     return arr
 
-
-def check_fraction(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """A real number in (0, 1] (or [0, 1] with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
-    value = float(value)
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (np.isfinite(value) and low_ok and value <= 1):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
-
-
-def normalise01(maps: np.ndarray) -> np.ndarray:
-    """Scale each map of a batch to [0, 1] (a constant map becomes all zeros)."""
-    flat = maps.reshape(len(maps), -1)
-    low = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - low
-    out = np.divide(flat - low, span, out=np.zeros_like(flat, dtype=np.float64), where=span > 0)
-    return out.reshape(maps.shape)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .._validate import check_nonnegative
-from ._checks import as_map_batch, as_mask_batch, check_fraction
+from ..checks import check_fraction, check_nonnegative
+from ._checks import as_map_batch, as_mask_batch
 
 __all__ = ["pointing_game", "energy_pointing_game", "top_k_iou", "agreement_table"]
 
@@ -138,7 +138,7 @@ def top_k_iou(
     Zhang et al. "Top-down Neural Attention by Excitation Backprop", ECCV 2016.
     https://arxiv.org/abs/1608.00507
     """
-    k = check_fraction(k, "k")
+    k = check_fraction(k, "k", allow_zero=False)
     maps, masks = _inputs(saliency, masks, channels_last)
     n = len(maps)
     flat = maps.reshape(n, -1)

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .._validate import as_float_batch, check_nonnegative, check_positive_int, resolve_targets
-from ..methods.base import channels_last, spatial_axes
+from ..arrays import channels_last, spatial_axes
+from ..checks import as_float_batch, check_nonnegative, check_positive_int, resolve_targets
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
-from ..schedule import check_batch_size, run_rows
+from ..numeric import to_probabilities, trapezoid
+from ..schedule import run_rows
 from ._checks import as_map_batch
-from .pic import softmax, trapezoid
 
 __all__ = ["CurveResult", "insertion", "deletion", "insertion_deletion_curves", "make_baseline"]
 
@@ -213,7 +213,7 @@ class _SoftmaxScores:
         self.model = model
 
     def __call__(self, x, targets, keys) -> Mapping[str, np.ndarray]:
-        probs = softmax(np.asarray(self.model.predict(x), dtype=np.float64))
+        probs = to_probabilities(self.model.predict(x))
         if targets is None:
             return {OUTPUT_LAYER_VALUES: probs.max(axis=1)}
         targets = np.asarray(targets)
@@ -229,7 +229,7 @@ def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size
     model = as_model(model)
     x = as_float_batch(x)
     steps = check_positive_int(steps, "steps")
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_positive_int(batch_size, "batch_size")
     blur_sigma = check_nonnegative(blur_sigma, "blur_sigma")
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")

@@ -30,7 +30,6 @@ Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,12 +38,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import interpolate
-from scipy.spatial import Delaunay  # noqa: F401 - loads scipy's LAPACK before _blas() looks
 
 from .. import runtime
-from .._validate import check_finite, check_positive_int
+from ..arrays import to_numpy
+from ..checks import check_finite, check_positive_int
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
-from ..schedule import check_batch_size, run_rows
+from ..numeric import one_blas_thread, to_probabilities, trapezoid
+from ..schedule import run_rows
 
 __all__ = [
     "ComputePicMetricError",
@@ -56,17 +56,7 @@ __all__ = [
     "compute_pic_metric",
     "aggregate_individual_pic_results",
     "pred_func_from_model",
-    "softmax",
-    "trapezoid",
 ]
-
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
-
-
-def trapezoid(y: Any, x: Any) -> float:
-    """Area under the curve ``y(x)`` by the trapezoidal rule, on any numpy version."""
-    return float(_trapezoid(np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)))
-
 
 class ComputePicMetricError(Exception):
     """The image cannot be evaluated (see :func:`compute_pic_metric`); skip it."""
@@ -135,27 +125,9 @@ def create_blurred_image(
     _check_pixel_mask(pixel_mask, full_img.shape[:2], "pixel_mask")
     if method not in ("linear", "nearest"):
         raise ValueError(f"method must be 'linear' or 'nearest', got {method!r}")
-    with _one_blas_thread():
+    with one_blas_thread():
         return _blur(full_img, pixel_mask, method)
 
-
-@functools.cache
-def _blas():
-    """The BLAS/LAPACK libraries of the process, found once (scanning them takes ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """Single-threaded BLAS for the interpolation.
-
-    griddata computes one tiny (2 x 2) LAPACK factorisation per triangle; with
-    a multi-threaded OpenBLAS each of them wakes and syncs the BLAS threads,
-    which makes the interpolation up to 100x slower on a busy machine.  One
-    thread computes the very same numbers.
-    """
-    return _blas().limit(limits=1, user_api="blas")
 
 
 def _blur(full_img: np.ndarray, pixel_mask: np.ndarray, method: str = "linear") -> np.ndarray:
@@ -330,12 +302,12 @@ def compute_pic_metric(
         raise TypeError(f"pred_func must be callable, got {type(pred_func).__name__}")
     thresholds = _check_thresholds(saliency_thresholds)
     num_data_points = check_positive_int(num_data_points, "num_data_points")
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_positive_int(batch_size, "batch_size")
     if n_jobs is not None:
         n_jobs = check_positive_int(n_jobs, "n_jobs")
     model = _PredFuncModel(pred_func)
 
-    with _one_blas_thread():
+    with one_blas_thread():
         original_entropy = _webp_size(img)
         fully_blurred = _blur(img, random_mask)
         blurred_entropy = _webp_size(fully_blurred)
@@ -485,16 +457,9 @@ def pred_func_from_model(
             )
         if kind == "aic":
             return (np.argmax(logits, axis=1) == target).astype(np.float64)
-        return softmax(logits)[:, target]
+        return to_probabilities(logits)[:, target]
 
     return pred_func
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(n, k)`` logits, computed stably."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _PredFuncModel:
@@ -505,9 +470,7 @@ class _PredFuncModel:
 
     def __call__(self, x, targets, keys) -> Mapping[str, Any]:
         values = self.pred_func(x)
-        if hasattr(values, "detach") and hasattr(values, "cpu"):
-            values = values.detach().cpu().numpy()
-        return {OUTPUT_LAYER_VALUES: np.asarray(values)}
+        return {OUTPUT_LAYER_VALUES: to_numpy(values)}
 
 
 def _thresholded(img, saliency_map, random_mask, thresholds, model, batch_size, n_jobs):

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .._validate import as_float_batch
-from ._checks import as_map_batch, normalise01
+from ..checks import as_float_batch, resolve_targets
+from ..numeric import normalise01
+from ._checks import as_map_batch
 
 __all__ = ["SanityResult", "model_randomisation", "randomisable_layers", "rank_correlation",
            "ssim"]
@@ -134,7 +135,6 @@ def model_randomisation(
     Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim. "Sanity Checks for
     Saliency Maps", NeurIPS 2018. https://arxiv.org/abs/1810.03292
     """
-    from .._validate import resolve_targets
 
     backend = _backend(model)
     explain = _explain_function(method)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_nonnegative, check_positive_int
+from ..checks import check_nonnegative, check_positive_int
 from ..core.base import CoreSaliency
 from ..model import INPUT_OUTPUT_GRADIENTS
 from ._model import TF1Model

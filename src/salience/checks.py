@@ -1,4 +1,9 @@
-"""Argument checks shared by all methods: raised before the model is called."""
+"""Every argument check of the library, in one place.
+
+Each raises a ``TypeError`` or ``ValueError`` that names the argument, what was
+seen and what was expected; methods and adapters call them before the model
+is, so bad input never reaches a model call.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import to_numpy, working_dtype
+from .numeric import as_random_state
+
 __all__ = [
     "as_float_batch",
     "check_finite",
-    "check_positive_int",
+    "check_fraction",
     "check_nonnegative",
+    "check_nonnegative_int",
+    "check_positive_int",
+    "check_seed",
     "resolve_targets",
-    "working_dtype",
 ]
-
-
-def working_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64; everything else (uint8, int, float16) becomes float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def as_float_batch(x: Any, name: str = "x") -> np.ndarray:
@@ -28,9 +33,7 @@ def as_float_batch(x: Any, name: str = "x") -> np.ndarray:
     Integer and half-precision inputs become float32 before any arithmetic, so
     uint8 images cannot wrap around.
     """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    arr = to_numpy(x)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
     ):
@@ -71,6 +74,15 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_nonnegative_int(value: Any, name: str) -> int:
+    """Validate an int >= 0 (min_pixel_diff, counts that may be zero)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return int(value)
+
+
 def check_nonnegative(value: Any, name: str) -> float:
     """Validate a finite real number >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -78,6 +90,25 @@ def check_nonnegative(value: Any, name: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+def check_fraction(value: Any, name: str, *, allow_zero: bool = True) -> float:
+    """Validate a real number in [0, 1] (in (0, 1] when ``allow_zero`` is false)."""
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r}")
+    value = float(value)
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (np.isfinite(value) and low_ok and value <= 1):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def check_seed(seed: Any) -> Any:
+    """Validate a ``seed`` argument when a method is built (before any model call):
+    None, an int, a numpy ``Generator`` or ``RandomState``."""
+    as_random_state(seed)
+    return seed
 
 
 def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | None:
@@ -97,9 +128,7 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
         raise TypeError(f"targets must be an int, ints or one-hot rows, got {targets!r}")
     if isinstance(targets, numbers.Integral):
         return np.full(n, int(targets), dtype=np.int64)
-    if hasattr(targets, "detach") and hasattr(targets, "cpu"):
-        targets = targets.detach().cpu().numpy()
-    arr = np.asarray(targets)
+    arr = to_numpy(targets)
     if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
         return np.full(n, int(arr), dtype=np.int64)
     if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.number):

@@ -1,0 +1,115 @@
+"""Numeric helpers shared across methods and metrics.
+
+Probabilities from model outputs, sums by owner over sorted rows, row-wise dot
+products, areas under curves, random number sources, and single-threaded BLAS
+for code that makes many small BLAS calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "add_by_owner",
+    "as_random_state",
+    "normalise01",
+    "one_blas_thread",
+    "owner_runs",
+    "row_dots",
+    "to_probabilities",
+    "trapezoid",
+]
+
+
+def to_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(n, k)`` model outputs, computed stably in float64.
+
+    Rows that already are probability distributions (non-negative, summing to
+    1) are kept as they are, so a model ending in a softmax is not squashed a
+    second time.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim != 2:
+        raise ValueError(f"expected model outputs shaped (n, n_outputs), got {outputs.shape}")
+    if (outputs >= 0).all() and np.allclose(outputs.sum(axis=1), 1, atol=1e-4):
+        return outputs
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def owner_runs(owners: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of equal values in sorted ``owners``."""
+    if owners[0] == owners[-1]:  # one owner in the chunk (always so at batch_size=1)
+        return [(0, len(owners))]
+    boundaries = np.flatnonzero(np.diff(owners)) + 1
+    return list(zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(owners)]))
+
+
+def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray) -> None:
+    """``totals[o] += sum of values whose owner is o``, for sorted owners (runs)."""
+    for a, b in owner_runs(owners):
+        totals[owners[a]] += values[a:b].sum(axis=0)
+
+
+def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of ``a`` with the same row of ``b`` (BLAS, not einsum)."""
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+
+
+def trapezoid(y: Any, x: Any) -> float:
+    """Area under the curve ``y(x)`` by the trapezoidal rule, on any numpy version."""
+    return float(_trapezoid(np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)))
+
+
+def normalise01(maps: np.ndarray) -> np.ndarray:
+    """Scale each map of a batch to [0, 1] (a constant map becomes all zeros)."""
+    flat = maps.reshape(len(maps), -1)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    out = np.divide(flat - low, span, out=np.zeros_like(flat, dtype=np.float64), where=span > 0)
+    return out.reshape(maps.shape)
+
+
+def as_random_state(seed: Any) -> Any:
+    """An object with ``.normal`` / ``.uniform``: a Generator from an int or None,
+    or the given ``numpy.random.Generator`` / ``RandomState`` itself."""
+    if isinstance(seed, (np.random.Generator, np.random.RandomState)):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return np.random.default_rng(seed)
+    raise TypeError(
+        f"seed must be None, an int, a numpy Generator or RandomState, got {type(seed).__name__}"
+    )
+
+
+@functools.cache
+def _blas_libraries() -> Any:
+    # Finding the loaded BLAS libraries scans the process's memory map (a few
+    # ms), so it is done once.  scipy's LAPACK is loaded first, so that it is
+    # among the libraries found.
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with single-threaded BLAS.
+
+    For code that makes many small BLAS calls (blur matrices, per-triangle
+    LAPACK factorisations): a multi-threaded OpenBLAS wakes and synchronises
+    its threads for each of them, which is slower than one thread and contends
+    with the model's own threads.  The numbers are the same.
+    """
+    with _blas_libraries().limit(limits=1, user_api="blas"):
+        yield

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from salience.numeric import (
+    add_by_owner,
+    as_random_state,
+    normalise01,
+    owner_runs,
+    row_dots,
+    to_probabilities,
+    trapezoid,
+)
+
+
+def test_to_probabilities_is_stable_and_keeps_probabilities():
+    p = to_probabilities(np.array([[1000.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+    probs = np.array([[0.2, 0.8]])
+    np.testing.assert_array_equal(to_probabilities(probs), probs)
+
+
+def test_to_probabilities_rejects_other_shapes():
+    with pytest.raises(ValueError, match=r"\(n, n_outputs\)"):
+        to_probabilities(np.zeros(3))
+
+
+def test_owner_runs_and_add_by_owner():
+    owners = np.array([0, 0, 2, 2, 2, 5])
+    assert owner_runs(owners) == [(0, 2), (2, 5), (5, 6)]
+    totals = np.zeros(6)
+    add_by_owner(totals, owners, np.arange(6.0))
+    np.testing.assert_array_equal(totals, [1, 0, 9, 0, 0, 5])
+
+
+def test_row_dots_equals_einsum():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))
+    np.testing.assert_allclose(row_dots(a, b), np.einsum("ij,ij->i", a, b))
+
+
+def test_trapezoid_and_normalise01():
+    assert trapezoid([0, 1], [0, 1]) == pytest.approx(0.5)
+    out = normalise01(np.array([[1.0, 3.0], [2.0, 2.0]]))
+    np.testing.assert_array_equal(out, [[0, 1], [0, 0]])
+
+
+def test_as_random_state():
+    g = np.random.default_rng(1)
+    assert as_random_state(g) is g
+    np.testing.assert_array_equal(as_random_state(3).normal(size=3),
+                                  np.random.default_rng(3).normal(size=3))
+    for bad in ("x", 1.5, True):
+        with pytest.raises(TypeError, match="seed must be None, an int"):
+            as_random_state(bad)
