@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import FULL_REPEATS, QUICK_REPEATS, floor_callable, lite0_setup, make_row
 
-from salience.explain import available_methods
+from salience import registry
 from salience.model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -40,10 +40,10 @@ def _keys(method: str) -> list[str]:
 
 
 def _methods(quick: bool) -> list[str]:
-    known = available_methods()
     if quick:
         return ["gradients", "integrated_gradients", "gradcam"]
-    return [name for name, spec in known.items() if spec.gradient] + ["gradcam"]
+    gradient = [e.name for e in registry.METHODS.values() if e.family == "gradient"]
+    return gradient + ["gradcam"]
 
 
 def _explain_once(methods: list[str], root: Path, k: int) -> tuple[float, dict]:

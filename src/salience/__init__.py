@@ -7,7 +7,6 @@ Quick start::
     maps = salience.IntegratedGradients(steps=50).explain(model, images, targets=None)
 """
 
-from .explain import Explanation, explain
 from .methods import (
     XRAI,
     BlurIG,
@@ -30,6 +29,7 @@ from .model import (
     CallbackModel,
     Model,
 )
+from .runner import Explanation, explain
 
 __version__ = "0.1.0"
 
@@ -59,7 +59,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Framework adapters import their framework only when first used.
-    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics"):
+    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

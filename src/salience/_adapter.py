@@ -14,9 +14,18 @@ from .model import (
     GUIDED_INPUT_GRADIENTS,
     INPUT_OUTPUT_GRADIENTS,
     OUTPUT_LAYER_VALUES,
+    Model,
+    as_model,
+    native_framework,
 )
 
-__all__ = ["FrameworkModel", "KNOWN_KEYS", "LAYER_KEYS", "targets_from_call_model_args"]
+__all__ = [
+    "FrameworkModel",
+    "KNOWN_KEYS",
+    "LAYER_KEYS",
+    "targets_from_call_model_args",
+    "wrap_native",
+]
 
 KNOWN_KEYS = (
     INPUT_OUTPUT_GRADIENTS,
@@ -163,3 +172,24 @@ def score_rule_error(output_shape: tuple[int, ...]) -> ValueError:
         "target_fn=lambda outputs, targets: ... to wrap() to reduce each row to one score "
         "(for example the mean logit of a segmentation class over a region)"
     )
+
+
+def wrap_native(model: Any) -> Model:
+    """A salience Model for ``model``.
+
+    A Model is returned as it is; a PyTorch module or a Keras model is wrapped
+    by its adapter with its last 2-D convolution as the Grad-CAM layer (the
+    framework is imported only then).  Anything else gets
+    :func:`salience.model.as_model`'s error.
+    """
+    framework = native_framework(model)
+    if framework == "torch":
+        from . import torch as torch_adapter
+
+        return torch_adapter.wrap(model, layer=torch_adapter.last_conv_layer(model))
+    if framework in ("keras", "tf_keras", "tensorflow"):
+        from . import keras as keras_adapter
+
+        if keras_adapter.is_keras_model(model):
+            return keras_adapter.wrap(model, layer=keras_adapter.last_conv_layer(model))
+    return as_model(model)

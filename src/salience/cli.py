@@ -19,7 +19,6 @@ __all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
-DEFAULT_METHODS = ("gradients", "smoothgrad", "integrated_gradients", "xrai", "gradcam")
 
 app = typer.Typer(
     add_completion=False,
@@ -71,28 +70,28 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 
 def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
-    from .explain import available_methods, canonical_method_name
+    from . import registry
 
-    known = available_methods()
     if text is None:
-        names = [m for m in DEFAULT_METHODS if m in known]
+        names = list(registry.DEFAULT_METHODS)
         if has_layer is False:
-            names = [m for m in names if not known[m].needs_layer]
+            names = [m for m in names if not registry.get(m).needs_layer]
         return names
     names = []
     for raw in text.split(","):
         if not raw.strip():
             continue
-        name = canonical_method_name(raw)
-        if name == "all":
-            names += [m for m in known if m not in names]
+        if raw.strip().lower() == "all":
+            names += [m for m in registry.names() if m not in names]
             continue
-        if name not in known:
-            raise CliError(f"unknown method {raw.strip()!r}; valid methods: {', '.join(known)}")
+        try:
+            name = registry.canonical_name(raw)
+        except registry.UnknownMethodError as err:
+            raise CliError(str(err)) from None
         if name not in names:
             names.append(name)
     if not names:
-        raise CliError(f"--methods is empty; valid methods: {', '.join(known)}")
+        raise CliError(f"--methods is empty; valid methods: {', '.join(registry.names())}")
     return names
 
 
@@ -168,10 +167,11 @@ def run_explain(
 
     Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
     """
-    from .explain import available_methods, explain
+    from . import registry
     from .io import ImageReadError, LargeImageWarning, find_images, load_image
     from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, write_report
+    from .runner import explain
     from .runtime import retain_freed_memory
 
     retain_freed_memory()  # the command owns its process: keep large blocks for reuse
@@ -181,8 +181,6 @@ def run_explain(
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
     _method_names(methods)  # unknown names fail before any work
-    if metrics:
-        _metrics_module()  # fail early when metrics are unavailable
     check_output_dir(out, overwrite)
     files = find_images(images) if images else None
     if files is not None and not files:
@@ -196,8 +194,7 @@ def run_explain(
                                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                       channels=channels)
     names = _method_names(methods, loaded.has_layer)
-    known = available_methods()
-    layerless = [m for m in names if known[m].needs_layer and not loaded.has_layer]
+    layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
     if layerless:
         raise CliError(
             f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
@@ -241,8 +238,8 @@ def run_explain(
                     "normalisation": f"{prep.preset}: (x*{scale:.4g} - {_rounded(mean_v)}) / "
                                      f"{_rounded(std_v)}"},
         labels=loaded.labels,
-        regions=[m for m in result.maps if m in known and known[m].regions],
-        descriptions={m: known[m].description for m in names if m in known},
+        regions=[m for m in result.maps if registry.get(m).regions],
+        descriptions={m: registry.get(m).description for m in names},
         skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
         settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
                   "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
@@ -280,25 +277,10 @@ def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet,
                        errors="collect")
 
 
-def _metrics_module():
-    try:
-        from . import metrics as metrics_module
-    except ImportError as err:
-        raise CliError(f"--metrics needs salience.metrics, which cannot be imported ({err})") from err
-    missing = [f for f in ("compute_pic_metric", "insertion_deletion_curves")
-               if not hasattr(metrics_module, f)]
-    if missing:
-        raise CliError(
-            "--metrics needs salience.metrics with insertion/deletion AUC and SIC/AIC; this "
-            f"installation lacks {', '.join(missing)}"
-        )
-    return metrics_module
-
-
 def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
-    from .explain import evaluate_maps
+    from .metrics import evaluate_maps
 
-    values = evaluate_maps(model, x, [e.display for e in entries], result,
+    values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
                            lambda batch: prep.model_input(list(batch)), batch_size=batch_size)
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
@@ -332,7 +314,7 @@ def explain_command(
         "arbitrary code: only for files you trust).")] = False,
     methods: Annotated[str | None, typer.Option(
         "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
-        f"Default: {','.join(DEFAULT_METHODS)} (those available).")] = None,
+        "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")] = None,
     target: Annotated[str | None, typer.Option(
         "--target", "-t", help="Class to explain for every image: index or label name. "
         "Default: each image's top class.")] = None,
@@ -379,11 +361,11 @@ def explain_command(
 @app.command("methods")
 def methods_command() -> None:
     """List the saliency methods this installation has."""
-    from .explain import available_methods
+    from . import registry
 
-    for spec in available_methods().values():
-        extra = " (needs a convolutional layer)" if spec.needs_layer else ""
-        typer.echo(f"{spec.name:22s} {spec.description}{extra}")
+    for entry in registry.METHODS.values():
+        extra = " (needs a convolutional layer)" if entry.needs_layer else ""
+        typer.echo(f"{entry.name:22s} {entry.description}{extra}")
 
 
 @app.command("models")

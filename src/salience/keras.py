@@ -33,7 +33,7 @@ from .model import (
     OUTPUT_LAYER_VALUES,
 )
 
-__all__ = ["wrap", "KerasModel", "find_layer", "guided_relus"]
+__all__ = ["wrap", "KerasModel", "find_layer", "guided_relus", "is_keras_model", "last_conv_layer"]
 
 TargetFn = Callable[[Any, "tf.Tensor | None"], "tf.Tensor"]
 
@@ -123,9 +123,18 @@ def find_layer(model: Any, layer: Any) -> Any:
     raise TypeError(f"layer must be a Keras layer or a layer name, got {type(layer).__name__}")
 
 
-def _is_keras_model(model: Any) -> bool:
+def is_keras_model(model: Any) -> bool:
+    """Whether ``model`` is a Keras 3 or tf.keras model (an object with layers)."""
     modules = [cls.__module__ for cls in type(model).__mro__]
     return any(m.startswith(("keras.", "tf_keras.")) for m in modules) and hasattr(model, "layers")
+
+
+def last_conv_layer(model: Any) -> str | None:
+    """Name of the model's last layer with a 4-D output whose class is a convolution
+    (Grad-CAM's usual layer), among the outer model's layers; None if there is none."""
+    convs = [layer.name for layer in getattr(model, "layers", [])
+             if "Conv" in type(layer).__name__ and len(layer.output.shape) == 4]
+    return convs[-1] if convs else None
 
 
 def _functional_class(model: Any) -> Any:
@@ -156,7 +165,7 @@ class KerasModel(FrameworkModel):
 
     def __init__(self, model, layer=None, *, target_fn=None, jit_compile=False,
                  batch_size=64, channels_last=True):
-        if not _is_keras_model(model):
+        if not is_keras_model(model):
             raise TypeError(
                 "model must be a Keras model (keras.Model or tf.keras.Model), got "
                 f"{type(model).__name__}")

@@ -250,13 +250,10 @@ def _first_conv_channels(module) -> int | None:
 
 
 def _wrap_torch(module, name, layer, device, channels_last, auto_layer=True) -> LoadedModel:
-    from torch import nn
-
     from . import torch as storch
 
     if layer is None and auto_layer:
-        convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
-        layer = convs[-1] if convs else None
+        layer = storch.last_conv_layer(module)
     model = storch.wrap(module, layer=layer, device=device, channels_last=bool(channels_last))
     channels = model.expected_channels or _first_conv_channels(module) or 3
     return LoadedModel(
@@ -340,9 +337,7 @@ def _load_keras(path: Path, layer: str | None, trust_model: bool) -> LoadedModel
             f"{path}: expected one image input (n, H, W, C) with a fixed size, got {shape}"
         )
     if layer is None:
-        convs = [lay.name for lay in getattr(model, "layers", [])
-                 if "Conv" in type(lay).__name__ and len(lay.output.shape) == 4]
-        layer = convs[-1] if convs else None
+        layer = skeras.last_conv_layer(model)
     wrapped = skeras.wrap(model, layer=layer)
     return LoadedModel(
         model=wrapped,

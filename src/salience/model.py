@@ -22,6 +22,7 @@ __all__ = [
     "Model",
     "CallbackModel",
     "as_model",
+    "native_framework",
     "check_outputs",
 ]
 
@@ -145,16 +146,25 @@ _ADAPTER_FOR = {
 }
 
 
-def as_model(model: Any) -> Model:
-    """Return ``model`` if it follows the protocol; raise a clear error if not."""
+def native_framework(model: Any) -> str | None:
+    """The framework a native model object belongs to (``'torch'``, ``'keras'``, ...),
+    read from its classes' modules without importing any framework; None otherwise."""
     for cls in type(model).__mro__:
         framework = cls.__module__.split(".")[0]
         if framework in _ADAPTER_FOR:
-            raise TypeError(
-                f"model must be a salience Model, got a {framework} model "
-                f"({type(model).__name__}); wrap it first: model = "
-                f"{_ADAPTER_FOR[framework]}(your_model, ...)"
-            )
+            return framework
+    return None
+
+
+def as_model(model: Any) -> Model:
+    """Return ``model`` if it follows the protocol; raise a clear error if not."""
+    framework = native_framework(model)
+    if framework is not None:
+        raise TypeError(
+            f"model must be a salience Model, got a {framework} model "
+            f"({type(model).__name__}); wrap it first: model = "
+            f"{_ADAPTER_FOR[framework]}(your_model, ...)"
+        )
     if callable(model):
         return model
     raise TypeError(

@@ -25,7 +25,7 @@ from .model import (
     OUTPUT_LAYER_VALUES,
 )
 
-__all__ = ["wrap", "TorchModel", "find_layer"]
+__all__ = ["wrap", "TorchModel", "find_layer", "last_conv_layer"]
 
 # Spatial torch layers whose 4-D outputs are always (n, C, h, w).
 _NCHW_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.MaxPool2d,
@@ -85,6 +85,12 @@ def find_layer(module: nn.Module, layer: nn.Module | str) -> nn.Module:
         shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
         raise ValueError(f"the model has no layer named {layer!r}; available layers: {shown}")
     raise TypeError(f"layer must be an nn.Module or a dotted name, got {type(layer).__name__}")
+
+
+def last_conv_layer(module: nn.Module) -> str | None:
+    """Dotted name of the module's last ``Conv2d`` (Grad-CAM's usual layer), or None."""
+    convs = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None
 
 
 class TorchModel(FrameworkModel):

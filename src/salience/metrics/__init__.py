@@ -6,10 +6,12 @@
 - :mod:`~salience.metrics.sanity`: model-randomisation sanity check;
 - :mod:`~salience.metrics.agreement`: pointing game, energy pointing game and
   top-k IoU against expert masks;
-- :mod:`~salience.metrics.plots`: matplotlib figures of all of these.
+- :mod:`~salience.metrics.plots`: matplotlib figures of all of these;
+- :mod:`~salience.metrics.evaluate`: the per-image values the report shows.
 """
 
 from .agreement import agreement_table, energy_pointing_game, pointing_game, top_k_iou
+from .evaluate import PIC_THRESHOLDS, evaluate_maps
 from .insertion_deletion import CurveResult, deletion, insertion, insertion_deletion_curves
 from .pic import (
     AggregateMetricResult,
@@ -47,4 +49,6 @@ __all__ = [
     "agreement_table",
     "plot_curves",
     "plot_sanity",
+    "evaluate_maps",
+    "PIC_THRESHOLDS",
 ]
