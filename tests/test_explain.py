@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import salience
-from salience.runner import Explanation, resolve_methods
 from salience.methods import GradCAM, Gradients, IntegratedGradients
+from salience.runner import Explanation, resolve_methods
 
 torch = pytest.importorskip("torch")
 
