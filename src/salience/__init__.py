@@ -7,6 +7,7 @@ Quick start::
     maps = salience.IntegratedGradients(steps=50).explain(model, images, targets=None)
 """
 
+from ._version import __version__ as __version__
 from .methods import (
     XRAI,
     BlurIG,
@@ -30,8 +31,6 @@ from .model import (
     Model,
 )
 from .runner import Explanation, explain
-
-__version__ = "0.1.0"
 
 __all__ = [
     "explain",

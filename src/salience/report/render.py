@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import visualize
+from .._version import __version__
 
 __all__ = [
     "ImageEntry",
@@ -193,8 +194,6 @@ def write_report(
     top_k : int
         Predictions listed per image.
     """
-    import salience
-
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -203,7 +202,7 @@ def write_report(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
             settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
-            version=salience.__version__,
+            version=__version__,
         )
         _make_readable(tmp)
         _install(tmp, out, overwrite)
