@@ -339,3 +339,11 @@ def test_keras_model_file(workdir):
     x = prep.model_input([prep.display(load_image(workdir / "imgs" / "a.png"))])
     expected = salience.Gradients().explain(salience.keras.wrap(net), x)
     np.testing.assert_allclose(maps["a__gradients"], expected[0], rtol=1e-5, atol=1e-8)
+
+
+def test_no_command_prints_help_and_starts_no_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run()
+    assert result.exit_code == 0
+    assert "explain" in result.output and "methods" in result.output
+    assert list(tmp_path.iterdir()) == []  # no report was started

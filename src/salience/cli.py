@@ -1,8 +1,9 @@
 """The ``salience`` command: ``salience explain`` turns images and a model into an HTML report.
 
-Run ``salience explain --help`` for the options.  With no arguments it explains
-scikit-image's sample photos with the built-in EfficientNet-Lite0 (ImageNet)
-and writes ``salience-report/index.html``.
+Run ``salience --help`` for the commands and ``salience explain --help`` for the
+options.  ``salience explain`` with no image explains scikit-image's sample
+photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
+``salience-report/index.html``.
 """
 
 from __future__ import annotations
@@ -291,9 +292,9 @@ def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
 
 @app.callback(invoke_without_command=True)
 def _root(ctx: typer.Context) -> None:
-    """Explain image models with saliency maps.  With no command: ``salience explain``."""
-    if ctx.invoked_subcommand is None:
-        explain_command()
+    """Explain image models with saliency maps."""
+    if ctx.invoked_subcommand is None:  # no command: say what there is, start no work
+        typer.echo(ctx.get_help())
 
 
 @app.command("explain")
