@@ -138,10 +138,65 @@ def test_overwrite_never_replaces_a_foreign_directory(workdir):
     mine = workdir / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
+    # a summary.json written by salience does not make the folder salience's (issue 18)
+    (mine / "summary.json").write_text(json.dumps({"generator": "salience"}))
     result = run(*base_args(workdir, out="mine"), "--methods", "gradients", "--overwrite")
-    assert result.exit_code == 2 and "not a salience report" in result.stderr
+    assert result.exit_code == 2 and "not a salience output" in result.stderr
     assert (mine / "thesis.tex").read_text() == "precious"
-    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.json", "thesis.tex"]
+
+
+@pytest.mark.parametrize("added", ["notes.txt", "mydata/"])
+def test_overwrite_keeps_what_the_user_added_to_a_report(workdir, added):
+    assert run(*base_args(workdir), "--methods", "gradients").exit_code == 0
+    out = workdir / "out"
+    if added.endswith("/"):
+        (out / added).mkdir()
+        (out / added / "table.csv").write_text("precious")
+    else:
+        (out / added).write_text("precious")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    result = run(*base_args(workdir), "--methods", "gradcam", "--overwrite")
+    assert result.exit_code == 2 and f"holds '{added}'" in result.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from salience import visualize
+    from salience.cli import app
+
+    def killed(path, image):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    visualize.save_png = killed
+    app(sys.argv[1:])
+    """
+)
+
+
+def test_temporary_of_a_killed_run_is_removed_by_the_next_run(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), str(workdir)]))
+    args = [str(a) for a in base_args(workdir)] + ["--methods", "gradients"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args], env=env,
+                            cwd=workdir, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    [stale] = [p.name for p in workdir.iterdir() if p.name.startswith(".out.tmp-")]
+    mine = workdir / ".out.tmp-mine"  # the user's own folder with a similar name
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    result = run(*base_args(workdir), "--methods", "gradients")
+    assert result.exit_code == 0, result.output
+    assert not (workdir / stale).exists()
+    assert (mine / "keep.txt").read_text() == "precious"
 
 
 def test_failed_render_leaves_nothing_behind(workdir, monkeypatch):
