@@ -394,3 +394,35 @@ def test_keras_model_file(workdir):
     x = prep.model_input([prep.display(load_image(workdir / "imgs" / "a.png"))])
     expected = salience.Gradients().explain(salience.keras.wrap(net), x)
     np.testing.assert_allclose(maps["a__gradients"], expected[0], rtol=1e-5, atol=1e-8)
+
+
+def test_a_report_inside_the_input_folder_is_never_read_back(workdir):
+    out = workdir / "imgs" / "report"
+    args = ["explain", workdir / "imgs", "--model", workdir / "tiny.pt", "--arch",
+            "salience_cli_tiny_arch:tiny", "--size", "16", "--methods", "gradients", "-o", out]
+    assert run(*args).exit_code == 0
+    again = run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [im["name"] for im in summary["images"]] == ["a.png", "b gray.jpg"]  # not 2 + PNGs
+    assert again.stderr.count("not reading images from salience output folder") == 1
+    assert any("salience output folder" in w for w in summary["warnings"])
+
+
+def test_links_leading_outside_the_input_folder_need_follow_symlinks(workdir):
+    private = workdir / "private"
+    private.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(private / "secret.png")
+    (workdir / "imgs" / "secret.png").symlink_to(private / "secret.png")
+    args = [*base_args(workdir), "--methods", "gradients"]
+    skipped = run(*args)
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped 1 symbolic link(s) leading outside" in skipped.stderr
+    names = [im["name"] for im in json.loads((workdir / "out" / "summary.json").read_text())[
+        "images"]]
+    assert names == ["a.png", "b gray.jpg"]
+    followed = run(*args, "--overwrite", "--follow-symlinks")
+    assert followed.exit_code == 0, followed.output
+    names = [im["name"] for im in json.loads((workdir / "out" / "summary.json").read_text())[
+        "images"]]
+    assert names == ["a.png", "b gray.jpg", "secret.png"]

@@ -162,13 +162,14 @@ def run_explain(
     labels: str | None = None,
     cmap: str = "inferno",
     quiet: bool = False,
+    follow_symlinks: bool = False,
 ) -> Path:
     """Everything ``salience explain`` does; returns the path of ``index.html``.
 
     Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
     """
     from . import registry
-    from .io import ImageReadError, LargeImageWarning, find_images, load_image
+    from .io import ImageReadError, LargeImageWarning, load_image, search_images
     from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, write_report
     from .runner import explain
@@ -182,9 +183,16 @@ def run_explain(
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
-    files = find_images(images) if images else None
-    if files is not None and not files:
-        raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
+    warned: list[str] = []
+    files = None
+    if images:
+        search = search_images(images, exclude=[out], follow_symlinks=follow_symlinks)
+        for note in search.notes:
+            warned.append(note)
+            say(f"[yellow]note:[/yellow] {note}", markup=True)
+        files = search.files
+        if not files:
+            raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
 
     loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
                         channels_last=channels_last)
@@ -201,7 +209,7 @@ def run_explain(
             "module name) with a state_dict/pickled model, or drop it from --methods"
         )
 
-    entries, skipped, warned = [], [], []
+    entries, skipped = [], []
     sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
                else _sample_images())
     for name, source, item in sources:
@@ -343,6 +351,9 @@ def explain_command(
         help="Class names: 'imagenet' or a text file with one name per line.")] = None,
     cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
+        "them, and search linked folders (default: skip them with a note).")] = False,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
@@ -351,7 +362,7 @@ def explain_command(
             methods=methods, target=target, out=out, batch_size=batch_size, metrics=metrics,
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
-            labels=labels, cmap=cmap, quiet=quiet,
+            labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
         )
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))

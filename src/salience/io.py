@@ -9,6 +9,7 @@ images replicated) and normalisation ``(x * scale - mean) / std``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -18,12 +19,14 @@ import numpy as np
 
 __all__ = [
     "ImageReadError",
+    "ImageSearch",
     "LargeImageWarning",
     "PRESETS",
     "Preprocessing",
     "find_images",
     "image_suffixes",
     "load_image",
+    "search_images",
 ]
 
 #: Normalisation presets: name -> (scale, mean, std) applied as ``(x * scale - mean) / std``
@@ -56,12 +59,39 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of image files.
+@dataclass
+class ImageSearch:
+    """What :func:`search_images` found.
+
+    Attributes
+    ----------
+    files : list of Path
+        Image files to read, in order.
+    notes : list of str
+        One line per kind of thing left out (salience outputs, links leading
+        outside a folder), for the user.
+    """
+
+    files: list[Path]
+    notes: list[str]
+
+
+def search_images(
+    paths: Iterable[str | Path],
+    *,
+    exclude: Iterable[str | Path] = (),
+    follow_symlinks: bool = False,
+) -> ImageSearch:
+    """Expand files and folders into image files, leaving out what must not be read.
 
     Folders are searched recursively for files whose ending Pillow knows;
     files given explicitly are kept whatever their ending (a wrong one is
-    reported when the file is read).
+    reported when the file is read).  Never read: anything inside ``exclude``
+    (the output directory) or inside a directory salience wrote or is writing
+    (see :func:`salience.outdir.is_salience_output`), so a report is never
+    explained as input.  Symbolic links found in a folder are read only when
+    they stay inside it, unless ``follow_symlinks`` (then linked folders are
+    searched too, each real folder once).
 
     Raises
     ------
@@ -69,18 +99,104 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         A path does not exist.
     """
     suffixes = image_suffixes()
+    excluded = [_real(p) for p in exclude]
     found: list[Path] = []
+    outputs: list[Path] = []
+    links: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-            )
+        if not (path.exists() or path.is_symlink()):
+            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
+        owner = _output_holding(_real(path), excluded)
+        if owner is not None:
+            outputs.append(owner)
+        elif path.is_dir():
+            found.extend(_walk(path, suffixes, excluded, follow_symlinks, outputs, links))
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
-    return found
+            raise FileNotFoundError(f"image path {str(path)!r} is not a file or folder")
+    notes = []
+    if outputs:
+        shown = ", ".join(sorted({str(p) for p in outputs}))
+        notes.append(f"not reading images from salience output folder(s) {shown}")
+    if links:
+        notes.append(
+            f"skipped {len(links)} symbolic link(s) leading outside the input folder "
+            f"(first: {links[0]}); pass --follow-symlinks to read them"
+        )
+    return ImageSearch(files=found, notes=notes)
+
+
+def find_images(
+    paths: Iterable[str | Path],
+    *,
+    exclude: Iterable[str | Path] = (),
+    follow_symlinks: bool = False,
+) -> list[Path]:
+    """The files of :func:`search_images` (same arguments), without its notes."""
+    return search_images(paths, exclude=exclude, follow_symlinks=follow_symlinks).files
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _output_holding(real: Path, excluded: list[Path]) -> Path | None:
+    """The excluded folder or salience output that ``real`` is in (or is), else None."""
+    from .outdir import is_salience_output
+
+    for folder in excluded:
+        if _inside(real, folder):
+            return folder
+    for folder in [real, *real.parents] if real.is_dir() else real.parents:
+        if is_salience_output(folder):
+            return folder
+    return None
+
+
+def _walk(root: Path, suffixes, excluded, follow_symlinks, outputs, links) -> list[Path]:
+    """Image files below ``root``, sorted; appends left-out outputs and links."""
+    from .outdir import is_salience_output
+
+    real_root = _real(root)
+    seen = {real_root}
+    stack = [root]
+    found = []
+    while stack:  # bounded: each real folder is entered once
+        folder = stack.pop()
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = _real(path)
+                if not target.exists():
+                    continue  # a broken link
+                if not (follow_symlinks or _inside(target, real_root)):
+                    links.append(f"{path} -> {target}")
+                    continue
+                if target.is_dir() and not follow_symlinks:
+                    continue  # a link to a folder inside: its files are found there
+            else:
+                target = None
+            if entry.is_dir():
+                real = target or _real(path)
+                owner = next((f for f in excluded if _inside(real, f)), None)
+                if owner is None and is_salience_output(path):
+                    owner = path
+                if owner is not None:
+                    outputs.append(owner)
+                elif real not in seen:
+                    seen.add(real)
+                    stack.append(path)
+            elif entry.is_file() and path.suffix.lower() in suffixes:
+                found.append(path)
+    return sorted(found)
 
 
 def load_image(path: str | Path) -> np.ndarray:
