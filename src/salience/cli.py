@@ -318,8 +318,9 @@ def explain_command(
     layer: Annotated[str | None, typer.Option(
         help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
     trust_model: Annotated[bool, typer.Option(
-        "--trust-model", help="Allow unpickling Python objects from the model file (can run "
-        "arbitrary code: only for files you trust).")] = False,
+        "--trust-model", help="Load model files in ways that can run code they hold: whole "
+        "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
+        "Keras files without safe_mode. Only for files you trust.")] = False,
     methods: Annotated[str | None, typer.Option(
         "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
         "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")] = None,
