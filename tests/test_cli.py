@@ -426,3 +426,30 @@ def test_links_leading_outside_the_input_folder_need_follow_symlinks(workdir):
     names = [im["name"] for im in json.loads((workdir / "out" / "summary.json").read_text())[
         "images"]]
     assert names == ["a.png", "b gray.jpg", "secret.png"]
+
+
+@pytest.mark.parametrize("size", ["100000", "20000"])
+def test_a_run_too_large_for_memory_is_refused_before_allocating(workdir, size):
+    result = run(*base_args(workdir)[:-4], "--size", size, "--methods", "gradients",
+                 "-o", workdir / "out")
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert "this run would need at least" in line and f"{size}x{size}x3" in line
+    assert "--memory-limit" in line and "MemoryError" not in result.output
+    assert not (workdir / "out").exists()
+    small = run(*base_args(workdir)[:-4], "--size", "64", "--methods", "gradients",
+                "--memory-limit", "1kB", "-o", workdir / "out")
+    assert small.exit_code == 2 and "more than 1 kB (--memory-limit)" in small.stderr
+
+
+def test_images_too_large_to_decode_are_skipped_with_the_memory_they_need(workdir,
+                                                                           png_claiming):
+    # between Pillow's warning (89 Mpx) and error (179 Mpx) limits: no longer just a warning
+    png_claiming(workdir / "imgs" / "bomb.png", 12000, 12000)
+    result = run(*base_args(workdir), "--methods", "gradients", "--memory-limit", "1GB")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    [reason] = [s["reason"] for s in summary["skipped"] if s["path"].endswith("bomb.png")]
+    assert "12000x12000 pixels (RGB) would take about 2.45 GB" in reason
+    assert "pass --memory-limit 3.06GB to read it" in reason
+    assert "DecompressionBomb" not in result.output

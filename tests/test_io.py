@@ -152,3 +152,28 @@ def test_links_leading_outside_a_folder_are_skipped_unless_followed(tmp_path):
                                            "linked/more.png", "linked/secret.png"]
     assert followed.notes == []
     assert search_images([root / "evil.png"]).files == [root / "evil.png"]  # named directly
+
+
+def test_images_too_large_for_the_memory_limit_are_refused_before_decoding(tmp_path,
+                                                                          png_claiming):
+    from salience.io import ImageTooLargeError, decode_bytes
+
+    big = png_claiming(tmp_path / "big.png", 9000, 8000)
+    need = decode_bytes(9000, 8000, "RGB")
+    assert 9000 * 8000 * 3 < need < 9000 * 8000 * 30
+    with pytest.raises(ImageTooLargeError, match=r"big.png: 9000x8000 pixels \(RGB\) would "
+                       r"take about 1.22 GB of memory to decode, more than the limit of 1 GB"):
+        load_image(big, max_bytes=10**9)
+    with pytest.raises(ImageReadError, match="not a readable image"):  # it is really truncated
+        load_image(big, max_bytes=need)
+    gray = png_claiming(tmp_path / "gray.png", 9000, 8000, mode="L")
+    assert decode_bytes(9000, 8000, "L") < need
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        load_image(gray, max_bytes=10**9)  # 1 byte per pixel: under the limit, then decoded
+
+
+def test_float_images_keep_their_scaling_with_nan_and_inf(tmp_path):
+    values = np.array([[np.nan, 0.0], [2.0, 4.0], [np.inf, -np.inf]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif"),
+                                  [[0, 0], [128, 255], [255, 0]])

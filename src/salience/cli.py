@@ -7,6 +7,8 @@ and writes ``salience-report/index.html``.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -67,6 +69,73 @@ def _size(text: str | None) -> tuple[int, int] | None:
     if len(values) != 2 or min(values) <= 0:
         raise CliError(f"--size must be N or HEIGHTxWIDTH with positive ints, got {text!r}")
     return values[0], values[1]
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def _bytes(text: str) -> int:
+    """``8GB``, ``500 MB``, ``2GiB``, ``1e9`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise CliError(f"--memory-limit must be a size such as 8GB or 500MB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _available_memory() -> int | None:
+    """Memory available to a new allocation now (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: The memory limit when the machine does not say how much it has.
+FALLBACK_MEMORY_LIMIT = 4 * 10**9
+
+
+def _memory_limit(text: str | None) -> tuple[int, str]:
+    """The limit in bytes and where it came from (for messages)."""
+    if text is not None:
+        return _bytes(text), "--memory-limit"
+    available = _available_memory()
+    if available is None:
+        return FALLBACK_MEMORY_LIMIT, "the default limit"
+    return available // 2, "half of the memory available now"
+
+
+def _run_bytes(n_images: int, size: tuple[int, int], channels: int, n_methods: int,
+               batch_size: int) -> int:
+    """A lower bound of what a run keeps in memory: the images at the model's size, the model
+    input and every method's maps in float32, and a batch of rows with their gradients."""
+    pixels = size[0] * size[1]
+    per_map = channels * pixels * 4
+    return (n_images * pixels * 3 + n_images * per_map * (1 + n_methods)
+            + 3 * min(batch_size, n_images) * per_map)
+
+
+def _check_run_memory(n_images, prep, n_methods, batch_size, limit, source) -> None:
+    from .io import format_bytes
+
+    need = _run_bytes(n_images, prep.size, prep.channels, n_methods, batch_size)
+    if need > limit:
+        height, width = prep.size
+        raise CliError(
+            f"this run would need at least {format_bytes(need)} of memory ({n_images} image(s) "
+            f"at {height}x{width}x{prep.channels}, {n_methods} method(s), batch size "
+            f"{batch_size}), more than {format_bytes(limit)} ({source}); use a smaller --size, "
+            f"fewer images, methods or --batch-size, or pass --memory-limit "
+            f"{format_bytes(need * 1.25).replace(' ', '')} if the machine has it"
+        )
 
 
 def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
@@ -163,13 +232,20 @@ def run_explain(
     cmap: str = "inferno",
     quiet: bool = False,
     follow_symlinks: bool = False,
+    memory_limit: str | None = None,
 ) -> Path:
     """Everything ``salience explain`` does; returns the path of ``index.html``.
 
     Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
     """
     from . import registry
-    from .io import ImageReadError, LargeImageWarning, load_image, search_images
+    from .io import (
+        ImageReadError,
+        ImageTooLargeError,
+        LargeImageWarning,
+        format_bytes,
+        search_images,
+    )
     from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, write_report
     from .runner import explain
@@ -181,6 +257,7 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
     warned: list[str] = []
@@ -209,12 +286,22 @@ def run_explain(
             "module name) with a state_dict/pickled model, or drop it from --methods"
         )
 
+    _check_run_memory(len(files) if files is not None else len(SAMPLE_IMAGES), prep,
+                      len(names), batch_size, limit, limit_source)
+
     entries, skipped = [], []
     sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
                else _sample_images())
     for name, source, item in sources:
         try:
-            image = load_image(item) if isinstance(item, Path) else np.asarray(item)
+            image = (_read_image(item, limit) if isinstance(item, Path)
+                     else np.asarray(item))
+        except ImageTooLargeError as err:
+            reason = (f"{err}; pass --memory-limit "
+                      f"{format_bytes(err.need * 1.25).replace(' ', '')} to read it")
+            skipped.append({"path": source, "reason": reason})
+            say(f"[yellow]skipped[/yellow] {reason}", markup=True)
+            continue
         except ImageReadError as err:
             skipped.append({"path": source, "reason": str(err)})
             say(f"[yellow]skipped[/yellow] {err}", markup=True)
@@ -254,6 +341,20 @@ def run_explain(
                   "preset": prep.preset, "metrics": metrics, "device": device},
     )
     return index
+
+
+def _read_image(path: Path, limit: int) -> np.ndarray:
+    """``load_image`` with the run's memory limit in place of Pillow's fixed pixel limit."""
+    from PIL import Image
+
+    from .io import load_image
+
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the command owns its process; restored below
+    try:
+        return load_image(path, max_bytes=limit)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _rounded(values) -> list[float]:
@@ -355,6 +456,10 @@ def explain_command(
     follow_symlinks: Annotated[bool, typer.Option(
         "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
         "them, and search linked folders (default: skip them with a note).")] = False,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
+        "images are refused before allocating (default: half of the memory available).")
+    ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
@@ -364,9 +469,13 @@ def explain_command(
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
             labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
+            memory_limit=memory_limit,
         )
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
+    except MemoryError:
+        _fail("ran out of memory; use a smaller --size, fewer images or methods, or a smaller "
+              "--batch-size")
     typer.echo(f"Report written to {index}")
 
 

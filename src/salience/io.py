@@ -20,10 +20,13 @@ import numpy as np
 __all__ = [
     "ImageReadError",
     "ImageSearch",
+    "ImageTooLargeError",
     "LargeImageWarning",
     "PRESETS",
     "Preprocessing",
+    "decode_bytes",
     "find_images",
+    "format_bytes",
     "image_suffixes",
     "load_image",
     "search_images",
@@ -46,6 +49,20 @@ LARGE_FACTOR = 4
 
 class ImageReadError(ValueError):
     """An image file that cannot be read (missing, not an image, truncated or corrupt)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose decoding would take more memory than allowed (checked before decoding).
+
+    Attributes
+    ----------
+    need : int
+        The estimated peak memory in bytes.
+    """
+
+    def __init__(self, message: str, need: int) -> None:
+        super().__init__(message)
+        self.need = need
 
 
 class LargeImageWarning(UserWarning):
@@ -199,14 +216,45 @@ def _walk(root: Path, suffixes, excluded, follow_symlinks, outputs, links) -> li
     return sorted(found)
 
 
-def load_image(path: str | Path) -> np.ndarray:
+#: Peak bytes per pixel :func:`load_image` needs, by Pillow mode (measured on 4000x4000
+#: images, rounded up by about a fifth); other modes count as RGB.
+_DECODE_BYTES_PER_PIXEL = {"1": 5, "L": 5, "LA": 8, "P": 14, "I;16": 14, "I;16B": 14,
+                           "I;16L": 14, "I;16N": 14, "I": 16, "F": 16}
+_DECODE_BYTES_DEFAULT = 17
+
+
+def decode_bytes(width: int, height: int, mode: str = "RGB") -> int:
+    """About how much memory :func:`load_image` takes at its peak for such an image."""
+    return int(width) * int(height) * _DECODE_BYTES_PER_PIXEL.get(mode, _DECODE_BYTES_DEFAULT)
+
+
+def format_bytes(size: float) -> str:
+    """``1.5 GB``, ``12 MB``, ``512 B`` (powers of 1000)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} B"
+
+
+def load_image(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
     """Read one image as uint8: ``(H, W)`` when it is grayscale, else ``(H, W, 3)`` RGB.
 
     EXIF orientation is applied; transparency is dropped; 16-bit and float
     grayscale images (microscopy) are scaled by their own range to 0..255.
 
+    Parameters
+    ----------
+    path : path
+        The image file.
+    max_bytes : int, optional
+        Refuse, before decoding, an image whose decoding would take more
+        memory than this (see :func:`decode_bytes`); Pillow's own
+        decompression-bomb warning is then silenced, as this check replaces it.
+
     Raises
     ------
+    ImageTooLargeError
+        Decoding would need more than ``max_bytes``.
     ImageReadError
         The file cannot be opened or decoded.
     """
@@ -214,23 +262,41 @@ def load_image(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            if max_bytes is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                if max_bytes is not None:
+                    _check_decode_size(path, img, max_bytes)
+                img.load()
+                img = ImageOps.exif_transpose(img)
     except FileNotFoundError as err:
         raise ImageReadError(f"{path}: no such file") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as err:
+        if isinstance(err, ImageReadError):
+            raise
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     if img.width == 0 or img.height == 0:
         raise ImageReadError(f"{path}: the image is empty ({img.width}x{img.height})")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _to_uint8(np.asarray(img, dtype=np.float64))
+        return _to_uint8(np.array(img, dtype=np.float32))
     if img.mode in ("1", "L", "LA"):
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     if img.mode == "P" and _palette_is_gray(img):
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _check_decode_size(path: Path, img, max_bytes: int) -> None:
+    need = decode_bytes(img.width, img.height, img.mode)
+    if need > max_bytes:
+        raise ImageTooLargeError(
+            f"{path}: {img.width}x{img.height} pixels ({img.mode}) would take about "
+            f"{format_bytes(need)} of memory to decode, more than the limit of "
+            f"{format_bytes(max_bytes)}",
+            need=need,
+        )
 
 
 def _palette_is_gray(img) -> bool:
@@ -239,12 +305,23 @@ def _palette_is_gray(img) -> bool:
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    """Scale a float image by its finite range to 0..255, in place (large images are common)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    elif finite.any():
+        lo, hi = float(values[finite].min()), float(values[finite].max())
+    else:
+        lo = hi = 0.0
+    del finite
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(values, nan=lo) - lo) / (hi - lo) * 255
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    np.nan_to_num(values, copy=False, nan=lo)
+    values -= np.float32(lo)
+    values *= np.float32(255 / (hi - lo))
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 @dataclass(frozen=True)
