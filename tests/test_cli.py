@@ -453,3 +453,39 @@ def test_images_too_large_to_decode_are_skipped_with_the_memory_they_need(workdi
     assert "12000x12000 pixels (RGB) would take about 2.45 GB" in reason
     assert "pass --memory-limit 3.06GB to read it" in reason
     assert "DecompressionBomb" not in result.output
+
+
+def test_nothing_explained_exits_non_zero_and_says_so_last(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients,integrated_gradients",
+                 "--target", "7")  # the model has 5 classes
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: nothing was explained: 2 method(s) failed "
+                           "(gradients, integrated_gradients)")
+    assert str(workdir / "out" / "index.html") in last and "Report written" not in result.stdout
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["failed_methods"] == ["gradients", "integrated_gradients"]
+
+
+def test_partial_failures_are_in_the_last_line_and_the_summary(workdir, monkeypatch):
+    from salience import registry
+
+    def broken(self, model, x, targets=None):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(registry.get("gradients").cls, "explain", broken)
+    result = run(*base_args(workdir), "--methods", "gradients,gradcam")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Report written to {workdir / 'out' / 'index.html'}, with failures: 1 method(s) "
+        "failed (gradients); 1 of 3 image(s) skipped")
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert summary["status"] == "partial" and summary["failed_methods"] == ["gradients"]
+    clean = run(*base_args(workdir, out="clean"), "--methods", "gradcam")
+    assert json.loads((workdir / "clean" / "summary.json").read_text())["status"] == "partial"
+    (workdir / "imgs" / "broken.png").unlink()
+    clean = run(*base_args(workdir, out="clean"), "--methods", "gradcam", "--overwrite")
+    assert clean.stdout.strip().splitlines()[-1] == (
+        f"Report written to {workdir / 'clean' / 'index.html'}")
+    assert json.loads((workdir / "clean" / "summary.json").read_text())["status"] == "complete"

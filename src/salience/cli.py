@@ -11,13 +11,15 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain"]
+__all__ = ["app", "main", "SAMPLE_IMAGES", "ExplainOutcome", "NothingExplainedError",
+           "run_explain"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
@@ -31,6 +33,10 @@ app = typer.Typer(
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class NothingExplainedError(CliError):
+    """Every method failed (the report lists why): exit status 1."""
 
 
 def _stderr_console():
@@ -233,10 +239,11 @@ def run_explain(
     quiet: bool = False,
     follow_symlinks: bool = False,
     memory_limit: str | None = None,
-) -> Path:
-    """Everything ``salience explain`` does; returns the path of ``index.html``.
+) -> ExplainOutcome:
+    """Everything ``salience explain`` does; returns where the report is and what failed.
 
-    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
+    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input, and
+    :class:`NothingExplainedError` after writing the report when every method failed.
     """
     from . import registry
     from .io import (
@@ -247,7 +254,7 @@ def run_explain(
         search_images,
     )
     from .loading import load_labels, load_model
-    from .report import ImageEntry, check_output_dir, write_report
+    from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
 
@@ -340,7 +347,39 @@ def run_explain(
                   "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
                   "preset": prep.preset, "metrics": metrics, "device": device},
     )
-    return index
+    outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
+                             failed_methods=sorted(result.errors), skipped_images=len(skipped),
+                             images=len(entries))
+    if outcome.status == "failed":
+        raise NothingExplainedError(outcome.line())
+    return outcome
+
+
+@dataclass
+class ExplainOutcome:
+    """What ``salience explain`` did; ``status`` is also in the report's ``summary.json``."""
+
+    index: Path
+    status: str
+    failed_methods: list[str]
+    skipped_images: int
+    images: int
+
+    def line(self) -> str:
+        """The command's last line."""
+        failures = []
+        if self.failed_methods:
+            failures.append(f"{len(self.failed_methods)} method(s) failed "
+                            f"({', '.join(self.failed_methods)})")
+        if self.skipped_images:
+            failures.append(f"{self.skipped_images} of {self.images + self.skipped_images} "
+                            "image(s) skipped")
+        if self.status == "failed":
+            return (f"nothing was explained: {'; '.join(failures)}; the report listing the "
+                    f"errors is {self.index}")
+        if failures:
+            return f"Report written to {self.index}, with failures: {'; '.join(failures)}"
+        return f"Report written to {self.index}"
 
 
 def _read_image(path: Path, limit: int) -> np.ndarray:
@@ -463,7 +502,7 @@ def explain_command(
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
-        index = run_explain(
+        outcome = run_explain(
             images, model=model, arch=arch, layer=layer, trust_model=trust_model,
             methods=methods, target=target, out=out, batch_size=batch_size, metrics=metrics,
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
@@ -471,12 +510,14 @@ def explain_command(
             labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
             memory_limit=memory_limit,
         )
+    except NothingExplainedError as err:
+        _fail(str(err), code=1)
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     except MemoryError:
         _fail("ran out of memory; use a smaller --size, fewer images or methods, or a smaller "
               "--batch-size")
-    typer.echo(f"Report written to {index}")
+    typer.echo(outcome.line())
 
 
 @app.command("methods")

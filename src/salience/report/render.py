@@ -3,7 +3,7 @@
 Layout of ``DIR``::
 
     index.html          the report (Jinja2 template ``templates/index.html``)
-    summary.json        predictions, targets, timings, metrics, skipped files
+    summary.json        predictions, targets, timings, metrics, skipped files, status
     maps.npz            raw maps, key ``<image>__<method>``
     images/<image>.png  the model-sized original
     maps/<image>__<method>.png            the map alone, coloured
@@ -39,6 +39,7 @@ __all__ = [
     "ImageEntry",
     "OutputDirError",
     "check_output_dir",
+    "run_status",
     "safe_names",
     "write_report",
 ]
@@ -162,6 +163,14 @@ def write_report(
     return out / index
 
 
+def run_status(explanation: Any, skipped: Sequence[Any] = ()) -> str:
+    """``"complete"``, ``"partial"`` (a method failed or an input was skipped) or ``"failed"``
+    (no method produced maps)."""
+    if not explanation.maps:
+        return "failed"
+    return "partial" if explanation.errors or skipped else "complete"
+
+
 def _label(labels: Callable[[int], str] | None, index: int) -> str:
     if labels is None:
         return f"class {index}"
@@ -263,6 +272,8 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         "predict_seconds": context["predict_seconds"],
         "images": [{k: v for k, v in im.items() if k not in ("id",)} for im in images],
         "skipped": list(skipped), "warnings": list(warnings),
+        "status": run_status(explanation, skipped),
+        "failed_methods": sorted(explanation.errors),
     }
     _inside(root, "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
