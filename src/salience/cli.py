@@ -539,11 +539,14 @@ def models_command() -> None:
         typer.echo(f"{name:22s} {description}")
     typer.echo("")
     typer.echo("Model files (--model PATH):")
-    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function")
+    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function "
+               "(weights-only reader)")
     typer.echo("  TorchScript archive (torch.jit.save)")
-    typer.echo("  torch.export archive (torch.export.save, .pt2)")
+    typer.echo("  torch.export archive (torch.export.save, .pt2): inspected first; pickles, "
+               "guard code or\n    unusual shape expressions need --trust-model")
     typer.echo("  Keras .keras file (loaded with safe_mode)")
     typer.echo("  pickled nn.Module (torch.save(model)): only with --trust-model")
+    typer.echo("--trust-model lets a file run code it holds: use it only for files you trust.")
 
 
 def main() -> None:
