@@ -129,6 +129,13 @@ def _run_bytes(n_images: int, size: tuple[int, int], channels: int, n_methods: i
             + 3 * min(batch_size, n_images) * per_map)
 
 
+def _limit_for(need: int) -> str:
+    """A --memory-limit value with a quarter of headroom over an estimate."""
+    from .io import format_bytes
+
+    return format_bytes(need * 1.25).replace(" ", "")
+
+
 def _check_run_memory(n_images, prep, n_methods, batch_size, limit, source) -> None:
     from .io import format_bytes
 
@@ -140,7 +147,7 @@ def _check_run_memory(n_images, prep, n_methods, batch_size, limit, source) -> N
             f"at {height}x{width}x{prep.channels}, {n_methods} method(s), batch size "
             f"{batch_size}), more than {format_bytes(limit)} ({source}); use a smaller --size, "
             f"fewer images, methods or --batch-size, or pass --memory-limit "
-            f"{format_bytes(need * 1.25).replace(' ', '')} if the machine has it"
+            f"{_limit_for(need)} if the machine has it"
         )
 
 
@@ -246,13 +253,7 @@ def run_explain(
     :class:`NothingExplainedError` after writing the report when every method failed.
     """
     from . import registry
-    from .io import (
-        ImageReadError,
-        ImageTooLargeError,
-        LargeImageWarning,
-        format_bytes,
-        search_images,
-    )
+    from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
     from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
@@ -304,8 +305,7 @@ def run_explain(
             image = (_read_image(item, limit) if isinstance(item, Path)
                      else np.asarray(item))
         except ImageTooLargeError as err:
-            reason = (f"{err}; pass --memory-limit "
-                      f"{format_bytes(err.need * 1.25).replace(' ', '')} to read it")
+            reason = f"{err}; pass --memory-limit {_limit_for(err.need)} to read it"
             skipped.append({"path": source, "reason": reason})
             say(f"[yellow]skipped[/yellow] {reason}", markup=True)
             continue

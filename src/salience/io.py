@@ -317,8 +317,9 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
     np.nan_to_num(values, copy=False, nan=lo)
-    values -= np.float32(lo)
-    values *= np.float32(255 / (hi - lo))
+    with np.errstate(over="ignore"):  # +-inf became +-max float: they overflow, then clip
+        values -= np.float32(lo)
+        values *= np.float32(255 / (hi - lo))
     np.rint(values, out=values)
     np.clip(values, 0, 255, out=values)
     return values.astype(np.uint8)
