@@ -104,3 +104,25 @@ def images():
 def model_classes():
     """(AnalyticModel, LinearModel): the classes themselves, for tests that build their own."""
     return AnalyticModel, LinearModel
+
+
+@pytest.fixture
+def png_claiming():
+    """``png_claiming(path, width, height, mode="RGB")``: a tiny PNG whose header claims that
+    size; it cannot be decoded, so a check that refuses it must run before decoding."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def make(path, width, height, mode="RGB"):
+        Image.new(mode, (4, 4)).save(path)
+        data = bytearray(path.read_bytes())
+        ihdr = 8 + 4  # after the signature and the chunk length
+        data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
+        crc = zlib.crc32(bytes(data[ihdr: ihdr + 17]))
+        data[ihdr + 17: ihdr + 21] = struct.pack(">I", crc)
+        path.write_bytes(bytes(data))
+        return path
+
+    return make

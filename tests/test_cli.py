@@ -138,10 +138,65 @@ def test_overwrite_never_replaces_a_foreign_directory(workdir):
     mine = workdir / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
+    # a summary.json written by salience does not make the folder salience's (issue 18)
+    (mine / "summary.json").write_text(json.dumps({"generator": "salience"}))
     result = run(*base_args(workdir, out="mine"), "--methods", "gradients", "--overwrite")
-    assert result.exit_code == 2 and "not a salience report" in result.stderr
+    assert result.exit_code == 2 and "not a salience output" in result.stderr
     assert (mine / "thesis.tex").read_text() == "precious"
-    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.json", "thesis.tex"]
+
+
+@pytest.mark.parametrize("added", ["notes.txt", "mydata/"])
+def test_overwrite_keeps_what_the_user_added_to_a_report(workdir, added):
+    assert run(*base_args(workdir), "--methods", "gradients").exit_code == 0
+    out = workdir / "out"
+    if added.endswith("/"):
+        (out / added).mkdir()
+        (out / added / "table.csv").write_text("precious")
+    else:
+        (out / added).write_text("precious")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    result = run(*base_args(workdir), "--methods", "gradcam", "--overwrite")
+    assert result.exit_code == 2 and f"holds '{added}'" in result.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from salience import visualize
+    from salience.cli import app
+
+    def killed(path, image):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    visualize.save_png = killed
+    app(sys.argv[1:])
+    """
+)
+
+
+def test_temporary_of_a_killed_run_is_removed_by_the_next_run(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), str(workdir)]))
+    args = [str(a) for a in base_args(workdir)] + ["--methods", "gradients"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args], env=env,
+                            cwd=workdir, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    [stale] = [p.name for p in workdir.iterdir() if p.name.startswith(".out.tmp-")]
+    mine = workdir / ".out.tmp-mine"  # the user's own folder with a similar name
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    result = run(*base_args(workdir), "--methods", "gradients")
+    assert result.exit_code == 0, result.output
+    assert not (workdir / stale).exists()
+    assert (mine / "keep.txt").read_text() == "precious"
 
 
 def test_failed_render_leaves_nothing_behind(workdir, monkeypatch):
@@ -339,6 +394,101 @@ def test_keras_model_file(workdir):
     x = prep.model_input([prep.display(load_image(workdir / "imgs" / "a.png"))])
     expected = salience.Gradients().explain(salience.keras.wrap(net), x)
     np.testing.assert_allclose(maps["a__gradients"], expected[0], rtol=1e-5, atol=1e-8)
+
+
+def test_a_report_inside_the_input_folder_is_never_read_back(workdir):
+    out = workdir / "imgs" / "report"
+    args = ["explain", workdir / "imgs", "--model", workdir / "tiny.pt", "--arch",
+            "salience_cli_tiny_arch:tiny", "--size", "16", "--methods", "gradients", "-o", out]
+    assert run(*args).exit_code == 0
+    again = run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [im["name"] for im in summary["images"]] == ["a.png", "b gray.jpg"]  # not 2 + PNGs
+    assert again.stderr.count("not reading images from salience output folder") == 1
+    assert any("salience output folder" in w for w in summary["warnings"])
+
+
+def test_links_leading_outside_the_input_folder_need_follow_symlinks(workdir):
+    private = workdir / "private"
+    private.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(private / "secret.png")
+    (workdir / "imgs" / "secret.png").symlink_to(private / "secret.png")
+    args = [*base_args(workdir), "--methods", "gradients"]
+    skipped = run(*args)
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped 1 symbolic link(s) leading outside" in skipped.stderr
+    names = [im["name"] for im in json.loads((workdir / "out" / "summary.json").read_text())[
+        "images"]]
+    assert names == ["a.png", "b gray.jpg"]
+    followed = run(*args, "--overwrite", "--follow-symlinks")
+    assert followed.exit_code == 0, followed.output
+    names = [im["name"] for im in json.loads((workdir / "out" / "summary.json").read_text())[
+        "images"]]
+    assert names == ["a.png", "b gray.jpg", "secret.png"]
+
+
+@pytest.mark.parametrize("size", ["100000", "20000"])
+def test_a_run_too_large_for_memory_is_refused_before_allocating(workdir, size):
+    result = run(*base_args(workdir)[:-4], "--size", size, "--methods", "gradients",
+                 "-o", workdir / "out")
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert "this run would need at least" in line and f"{size}x{size}x3" in line
+    assert "--memory-limit" in line and "MemoryError" not in result.output
+    assert not (workdir / "out").exists()
+    small = run(*base_args(workdir)[:-4], "--size", "64", "--methods", "gradients",
+                "--memory-limit", "1kB", "-o", workdir / "out")
+    assert small.exit_code == 2 and "more than 1 kB (--memory-limit)" in small.stderr
+
+
+def test_images_too_large_to_decode_are_skipped_with_the_memory_they_need(workdir,
+                                                                           png_claiming):
+    # between Pillow's warning (89 Mpx) and error (179 Mpx) limits: no longer just a warning
+    png_claiming(workdir / "imgs" / "bomb.png", 12000, 12000)
+    result = run(*base_args(workdir), "--methods", "gradients", "--memory-limit", "1GB")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    [reason] = [s["reason"] for s in summary["skipped"] if s["path"].endswith("bomb.png")]
+    assert "12000x12000 pixels (RGB) would take about 2.45 GB" in reason
+    assert "pass --memory-limit 3.06GB to read it" in reason
+    assert "DecompressionBomb" not in result.output
+
+
+def test_nothing_explained_exits_non_zero_and_says_so_last(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients,integrated_gradients",
+                 "--target", "7")  # the model has 5 classes
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: nothing was explained: 2 method(s) failed "
+                           "(gradients, integrated_gradients)")
+    assert str(workdir / "out" / "index.html") in last and "Report written" not in result.stdout
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["failed_methods"] == ["gradients", "integrated_gradients"]
+
+
+def test_partial_failures_are_in_the_last_line_and_the_summary(workdir, monkeypatch):
+    from salience import registry
+
+    def broken(self, model, x, targets=None):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(registry.get("gradients").cls, "explain", broken)
+    result = run(*base_args(workdir), "--methods", "gradients,gradcam")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Report written to {workdir / 'out' / 'index.html'}, with failures: 1 method(s) "
+        "failed (gradients); 1 of 3 image(s) skipped")
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert summary["status"] == "partial" and summary["failed_methods"] == ["gradients"]
+    clean = run(*base_args(workdir, out="clean"), "--methods", "gradcam")
+    assert json.loads((workdir / "clean" / "summary.json").read_text())["status"] == "partial"
+    (workdir / "imgs" / "broken.png").unlink()
+    clean = run(*base_args(workdir, out="clean"), "--methods", "gradcam", "--overwrite")
+    assert clean.stdout.strip().splitlines()[-1] == (
+        f"Report written to {workdir / 'clean' / 'index.html'}")
+    assert json.loads((workdir / "clean" / "summary.json").read_text())["status"] == "complete"
 
 
 def test_no_command_prints_help_and_starts_no_work(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from salience.io import (  # noqa: E402
     Preprocessing,
     find_images,
     load_image,
+    search_images,
 )
 
 
@@ -101,3 +102,78 @@ def test_resize_modes_and_large_image_warning():
     assert centre.shape == (10, 10, 3) and (centre == 255).all()  # only the centre band
     with pytest.warns(LargeImageWarning, match="far larger than the model input"):
         Preprocessing(size=(4, 4)).display(np.zeros((17, 3), dtype=np.uint8), "big.png")
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def names(found, root):
+    return [p.relative_to(root).as_posix() for p in found]
+
+
+def test_salience_outputs_and_the_output_folder_are_never_read(tmp_path):
+    from salience.outdir import write_atomically
+
+    touch(tmp_path / "in" / "a.png")
+    with write_atomically(tmp_path / "in" / "report", False, kind="report") as tmp:
+        touch(tmp / "images" / "a.png")
+    touch(tmp_path / "in" / "out" / "b.png")  # the --out of this run, not yet a report
+    search = search_images([tmp_path / "in"], exclude=[tmp_path / "in" / "out"])
+    assert names(search.files, tmp_path / "in") == ["a.png"]
+    [note] = search.notes
+    assert "salience output folder(s)" in note and "report" in note and "out" in note
+    # named directly, a report folder or a file in it is left out too
+    inner = search_images([tmp_path / "in" / "report" / "images" / "a.png",
+                           tmp_path / "in" / "report"])
+    assert inner.files == [] and len(inner.notes) == 1
+    assert find_images([tmp_path / "in"]) == [tmp_path / "in" / "a.png",
+                                              tmp_path / "in" / "out" / "b.png"]
+
+
+def test_links_leading_outside_a_folder_are_skipped_unless_followed(tmp_path):
+    secret = touch(tmp_path / "private" / "secret.png")
+    (tmp_path / "private" / "more.png").write_bytes(b"")
+    root = tmp_path / "in"
+    touch(root / "a.png")
+    (root / "evil.png").symlink_to(secret)
+    (root / "inside.png").symlink_to(root / "a.png")
+    (root / "linked").symlink_to(tmp_path / "private")
+    (root / "loop").symlink_to(root)
+    search = search_images([root])
+    assert names(search.files, root) == ["a.png", "inside.png"]
+    [note] = search.notes
+    assert note.startswith("skipped 2 symbolic link(s) leading outside") and "evil.png" in note
+    assert "--follow-symlinks" in note
+    followed = search_images([root], follow_symlinks=True)
+    assert names(followed.files, root) == ["a.png", "evil.png", "inside.png",
+                                           "linked/more.png", "linked/secret.png"]
+    assert followed.notes == []
+    assert search_images([root / "evil.png"]).files == [root / "evil.png"]  # named directly
+
+
+def test_images_too_large_for_the_memory_limit_are_refused_before_decoding(tmp_path,
+                                                                          png_claiming):
+    from salience.io import ImageTooLargeError, decode_bytes
+
+    big = png_claiming(tmp_path / "big.png", 9000, 8000)
+    need = decode_bytes(9000, 8000, "RGB")
+    assert 9000 * 8000 * 3 < need < 9000 * 8000 * 30
+    with pytest.raises(ImageTooLargeError, match=r"big.png: 9000x8000 pixels \(RGB\) would "
+                       r"take about 1.22 GB of memory to decode, more than the limit of 1 GB"):
+        load_image(big, max_bytes=10**9)
+    with pytest.raises(ImageReadError, match="not a readable image"):  # it is really truncated
+        load_image(big, max_bytes=need)
+    gray = png_claiming(tmp_path / "gray.png", 9000, 8000, mode="L")
+    assert decode_bytes(9000, 8000, "L") < need
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        load_image(gray, max_bytes=10**9)  # 1 byte per pixel: under the limit, then decoded
+
+
+def test_float_images_keep_their_scaling_with_nan_and_inf(tmp_path):
+    values = np.array([[np.nan, 0.0], [2.0, 4.0], [np.inf, -np.inf]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif"),
+                                  [[0, 0], [128, 255], [255, 0]])

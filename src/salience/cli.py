@@ -8,15 +8,19 @@ photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain"]
+__all__ = ["app", "main", "SAMPLE_IMAGES", "ExplainOutcome", "NothingExplainedError",
+           "run_explain"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
@@ -30,6 +34,10 @@ app = typer.Typer(
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class NothingExplainedError(CliError):
+    """Every method failed (the report lists why): exit status 1."""
 
 
 def _stderr_console():
@@ -68,6 +76,80 @@ def _size(text: str | None) -> tuple[int, int] | None:
     if len(values) != 2 or min(values) <= 0:
         raise CliError(f"--size must be N or HEIGHTxWIDTH with positive ints, got {text!r}")
     return values[0], values[1]
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def _bytes(text: str) -> int:
+    """``8GB``, ``500 MB``, ``2GiB``, ``1e9`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise CliError(f"--memory-limit must be a size such as 8GB or 500MB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _available_memory() -> int | None:
+    """Memory available to a new allocation now (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: The memory limit when the machine does not say how much it has.
+FALLBACK_MEMORY_LIMIT = 4 * 10**9
+
+
+def _memory_limit(text: str | None) -> tuple[int, str]:
+    """The limit in bytes and where it came from (for messages)."""
+    if text is not None:
+        return _bytes(text), "--memory-limit"
+    available = _available_memory()
+    if available is None:
+        return FALLBACK_MEMORY_LIMIT, "the default limit"
+    return available // 2, "half of the memory available now"
+
+
+def _run_bytes(n_images: int, size: tuple[int, int], channels: int, n_methods: int,
+               batch_size: int) -> int:
+    """A lower bound of what a run keeps in memory: the images at the model's size, the model
+    input and every method's maps in float32, and a batch of rows with their gradients."""
+    pixels = size[0] * size[1]
+    per_map = channels * pixels * 4
+    return (n_images * pixels * 3 + n_images * per_map * (1 + n_methods)
+            + 3 * min(batch_size, n_images) * per_map)
+
+
+def _limit_for(need: int) -> str:
+    """A --memory-limit value with a quarter of headroom over an estimate."""
+    from .io import format_bytes
+
+    return format_bytes(need * 1.25).replace(" ", "")
+
+
+def _check_run_memory(n_images, prep, n_methods, batch_size, limit, source) -> None:
+    from .io import format_bytes
+
+    need = _run_bytes(n_images, prep.size, prep.channels, n_methods, batch_size)
+    if need > limit:
+        height, width = prep.size
+        raise CliError(
+            f"this run would need at least {format_bytes(need)} of memory ({n_images} image(s) "
+            f"at {height}x{width}x{prep.channels}, {n_methods} method(s), batch size "
+            f"{batch_size}), more than {format_bytes(limit)} ({source}); use a smaller --size, "
+            f"fewer images, methods or --batch-size, or pass --memory-limit "
+            f"{_limit_for(need)} if the machine has it"
+        )
 
 
 def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
@@ -163,15 +245,18 @@ def run_explain(
     labels: str | None = None,
     cmap: str = "inferno",
     quiet: bool = False,
-) -> Path:
-    """Everything ``salience explain`` does; returns the path of ``index.html``.
+    follow_symlinks: bool = False,
+    memory_limit: str | None = None,
+) -> ExplainOutcome:
+    """Everything ``salience explain`` does; returns where the report is and what failed.
 
-    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
+    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input, and
+    :class:`NothingExplainedError` after writing the report when every method failed.
     """
     from . import registry
-    from .io import ImageReadError, LargeImageWarning, find_images, load_image
+    from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
     from .loading import load_labels, load_model
-    from .report import ImageEntry, check_output_dir, write_report
+    from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
 
@@ -181,11 +266,19 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
-    files = find_images(images) if images else None
-    if files is not None and not files:
-        raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
+    warned: list[str] = []
+    files = None
+    if images:
+        search = search_images(images, exclude=[out], follow_symlinks=follow_symlinks)
+        for note in search.notes:
+            warned.append(note)
+            say(f"[yellow]note:[/yellow] {note}", markup=True)
+        files = search.files
+        if not files:
+            raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
 
     loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
                         channels_last=channels_last)
@@ -202,12 +295,21 @@ def run_explain(
             "module name) with a state_dict/pickled model, or drop it from --methods"
         )
 
-    entries, skipped, warned = [], [], []
+    _check_run_memory(len(files) if files is not None else len(SAMPLE_IMAGES), prep,
+                      len(names), batch_size, limit, limit_source)
+
+    entries, skipped = [], []
     sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
                else _sample_images())
     for name, source, item in sources:
         try:
-            image = load_image(item) if isinstance(item, Path) else np.asarray(item)
+            image = (_read_image(item, limit) if isinstance(item, Path)
+                     else np.asarray(item))
+        except ImageTooLargeError as err:
+            reason = f"{err}; pass --memory-limit {_limit_for(err.need)} to read it"
+            skipped.append({"path": source, "reason": reason})
+            say(f"[yellow]skipped[/yellow] {reason}", markup=True)
+            continue
         except ImageReadError as err:
             skipped.append({"path": source, "reason": str(err)})
             say(f"[yellow]skipped[/yellow] {err}", markup=True)
@@ -246,7 +348,53 @@ def run_explain(
                   "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
                   "preset": prep.preset, "metrics": metrics, "device": device},
     )
-    return index
+    outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
+                             failed_methods=sorted(result.errors), skipped_images=len(skipped),
+                             images=len(entries))
+    if outcome.status == "failed":
+        raise NothingExplainedError(outcome.line())
+    return outcome
+
+
+@dataclass
+class ExplainOutcome:
+    """What ``salience explain`` did; ``status`` is also in the report's ``summary.json``."""
+
+    index: Path
+    status: str
+    failed_methods: list[str]
+    skipped_images: int
+    images: int
+
+    def line(self) -> str:
+        """The command's last line."""
+        failures = []
+        if self.failed_methods:
+            failures.append(f"{len(self.failed_methods)} method(s) failed "
+                            f"({', '.join(self.failed_methods)})")
+        if self.skipped_images:
+            failures.append(f"{self.skipped_images} of {self.images + self.skipped_images} "
+                            "image(s) skipped")
+        if self.status == "failed":
+            return (f"nothing was explained: {'; '.join(failures)}; the report listing the "
+                    f"errors is {self.index}")
+        if failures:
+            return f"Report written to {self.index}, with failures: {'; '.join(failures)}"
+        return f"Report written to {self.index}"
+
+
+def _read_image(path: Path, limit: int) -> np.ndarray:
+    """``load_image`` with the run's memory limit in place of Pillow's fixed pixel limit."""
+    from PIL import Image
+
+    from .io import load_image
+
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the command owns its process; restored below
+    try:
+        return load_image(path, max_bytes=limit)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _rounded(values) -> list[float]:
@@ -311,8 +459,9 @@ def explain_command(
     layer: Annotated[str | None, typer.Option(
         help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
     trust_model: Annotated[bool, typer.Option(
-        "--trust-model", help="Allow unpickling Python objects from the model file (can run "
-        "arbitrary code: only for files you trust).")] = False,
+        "--trust-model", help="Load model files in ways that can run code they hold: whole "
+        "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
+        "Keras files without safe_mode. Only for files you trust.")] = False,
     methods: Annotated[str | None, typer.Option(
         "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
         "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")] = None,
@@ -344,19 +493,32 @@ def explain_command(
         help="Class names: 'imagenet' or a text file with one name per line.")] = None,
     cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
+        "them, and search linked folders (default: skip them with a note).")] = False,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
+        "images are refused before allocating (default: half of the memory available).")
+    ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
-        index = run_explain(
+        outcome = run_explain(
             images, model=model, arch=arch, layer=layer, trust_model=trust_model,
             methods=methods, target=target, out=out, batch_size=batch_size, metrics=metrics,
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
-            labels=labels, cmap=cmap, quiet=quiet,
+            labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
+            memory_limit=memory_limit,
         )
+    except NothingExplainedError as err:
+        _fail(str(err), code=1)
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    typer.echo(f"Report written to {index}")
+    except MemoryError:
+        _fail("ran out of memory; use a smaller --size, fewer images or methods, or a smaller "
+              "--batch-size")
+    typer.echo(outcome.line())
 
 
 @app.command("methods")
@@ -378,11 +540,14 @@ def models_command() -> None:
         typer.echo(f"{name:22s} {description}")
     typer.echo("")
     typer.echo("Model files (--model PATH):")
-    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function")
+    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function "
+               "(weights-only reader)")
     typer.echo("  TorchScript archive (torch.jit.save)")
-    typer.echo("  torch.export archive (torch.export.save, .pt2)")
+    typer.echo("  torch.export archive (torch.export.save, .pt2): inspected first; pickles, "
+               "guard code or\n    unusual shape expressions need --trust-model")
     typer.echo("  Keras .keras file (loaded with safe_mode)")
     typer.echo("  pickled nn.Module (torch.save(model)): only with --trust-model")
+    typer.echo("--trust-model lets a file run code it holds: use it only for files you trust.")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ images replicated) and normalisation ``(x * scale - mean) / std``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -18,12 +19,17 @@ import numpy as np
 
 __all__ = [
     "ImageReadError",
+    "ImageSearch",
+    "ImageTooLargeError",
     "LargeImageWarning",
     "PRESETS",
     "Preprocessing",
+    "decode_bytes",
     "find_images",
+    "format_bytes",
     "image_suffixes",
     "load_image",
+    "search_images",
 ]
 
 #: Normalisation presets: name -> (scale, mean, std) applied as ``(x * scale - mean) / std``
@@ -45,6 +51,20 @@ class ImageReadError(ValueError):
     """An image file that cannot be read (missing, not an image, truncated or corrupt)."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image whose decoding would take more memory than allowed (checked before decoding).
+
+    Attributes
+    ----------
+    need : int
+        The estimated peak memory in bytes.
+    """
+
+    def __init__(self, message: str, need: int) -> None:
+        super().__init__(message)
+        self.need = need
+
+
 class LargeImageWarning(UserWarning):
     """An image far larger than the model's input was resized down to it."""
 
@@ -56,12 +76,39 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of image files.
+@dataclass
+class ImageSearch:
+    """What :func:`search_images` found.
+
+    Attributes
+    ----------
+    files : list of Path
+        Image files to read, in order.
+    notes : list of str
+        One line per kind of thing left out (salience outputs, links leading
+        outside a folder), for the user.
+    """
+
+    files: list[Path]
+    notes: list[str]
+
+
+def search_images(
+    paths: Iterable[str | Path],
+    *,
+    exclude: Iterable[str | Path] = (),
+    follow_symlinks: bool = False,
+) -> ImageSearch:
+    """Expand files and folders into image files, leaving out what must not be read.
 
     Folders are searched recursively for files whose ending Pillow knows;
     files given explicitly are kept whatever their ending (a wrong one is
-    reported when the file is read).
+    reported when the file is read).  Never read: anything inside ``exclude``
+    (the output directory) or inside a directory salience wrote or is writing
+    (see :func:`salience.outdir.is_salience_output`), so a report is never
+    explained as input.  Symbolic links found in a folder are read only when
+    they stay inside it, unless ``follow_symlinks`` (then linked folders are
+    searched too, each real folder once).
 
     Raises
     ------
@@ -69,28 +116,145 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         A path does not exist.
     """
     suffixes = image_suffixes()
+    excluded = [_real(p) for p in exclude]
     found: list[Path] = []
+    outputs: list[Path] = []
+    links: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-            )
+        if not (path.exists() or path.is_symlink()):
+            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
+        owner = _output_holding(_real(path), excluded)
+        if owner is not None:
+            outputs.append(owner)
+        elif path.is_dir():
+            found.extend(_walk(path, suffixes, excluded, follow_symlinks, outputs, links))
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
-    return found
+            raise FileNotFoundError(f"image path {str(path)!r} is not a file or folder")
+    notes = []
+    if outputs:
+        shown = ", ".join(sorted({str(p) for p in outputs}))
+        notes.append(f"not reading images from salience output folder(s) {shown}")
+    if links:
+        notes.append(
+            f"skipped {len(links)} symbolic link(s) leading outside the input folder "
+            f"(first: {links[0]}); pass --follow-symlinks to read them"
+        )
+    return ImageSearch(files=found, notes=notes)
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def find_images(
+    paths: Iterable[str | Path],
+    *,
+    exclude: Iterable[str | Path] = (),
+    follow_symlinks: bool = False,
+) -> list[Path]:
+    """The files of :func:`search_images` (same arguments), without its notes."""
+    return search_images(paths, exclude=exclude, follow_symlinks=follow_symlinks).files
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _output_holding(real: Path, excluded: list[Path]) -> Path | None:
+    """The excluded folder or salience output that ``real`` is in (or is), else None."""
+    from .outdir import is_salience_output
+
+    for folder in excluded:
+        if _inside(real, folder):
+            return folder
+    for folder in [real, *real.parents] if real.is_dir() else real.parents:
+        if is_salience_output(folder):
+            return folder
+    return None
+
+
+def _walk(root: Path, suffixes, excluded, follow_symlinks, outputs, links) -> list[Path]:
+    """Image files below ``root``, sorted; appends left-out outputs and links."""
+    from .outdir import is_salience_output
+
+    real_root = _real(root)
+    seen = {real_root}
+    stack = [root]
+    found = []
+    while stack:  # bounded: each real folder is entered once
+        folder = stack.pop()
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = _real(path)
+                if not target.exists():
+                    continue  # a broken link
+                if not (follow_symlinks or _inside(target, real_root)):
+                    links.append(f"{path} -> {target}")
+                    continue
+                if target.is_dir() and not follow_symlinks:
+                    continue  # a link to a folder inside: its files are found there
+            else:
+                target = None
+            if entry.is_dir():
+                real = target or _real(path)
+                owner = next((f for f in excluded if _inside(real, f)), None)
+                if owner is None and is_salience_output(path):
+                    owner = path
+                if owner is not None:
+                    outputs.append(owner)
+                elif real not in seen:
+                    seen.add(real)
+                    stack.append(path)
+            elif entry.is_file() and path.suffix.lower() in suffixes:
+                found.append(path)
+    return sorted(found)
+
+
+#: Peak bytes per pixel :func:`load_image` needs, by Pillow mode (measured on 4000x4000
+#: images, rounded up by about a fifth); other modes count as RGB.
+_DECODE_BYTES_PER_PIXEL = {"1": 5, "L": 5, "LA": 8, "P": 14, "I;16": 14, "I;16B": 14,
+                           "I;16L": 14, "I;16N": 14, "I": 16, "F": 16}
+_DECODE_BYTES_DEFAULT = 17
+
+
+def decode_bytes(width: int, height: int, mode: str = "RGB") -> int:
+    """About how much memory :func:`load_image` takes at its peak for such an image."""
+    return int(width) * int(height) * _DECODE_BYTES_PER_PIXEL.get(mode, _DECODE_BYTES_DEFAULT)
+
+
+def format_bytes(size: float) -> str:
+    """``1.5 GB``, ``12 MB``, ``512 B`` (powers of 1000)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} B"
+
+
+def load_image(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
     """Read one image as uint8: ``(H, W)`` when it is grayscale, else ``(H, W, 3)`` RGB.
 
     EXIF orientation is applied; transparency is dropped; 16-bit and float
     grayscale images (microscopy) are scaled by their own range to 0..255.
 
+    Parameters
+    ----------
+    path : path
+        The image file.
+    max_bytes : int, optional
+        Refuse, before decoding, an image whose decoding would take more
+        memory than this (see :func:`decode_bytes`); Pillow's own
+        decompression-bomb warning is then silenced, as this check replaces it.
+
     Raises
     ------
+    ImageTooLargeError
+        Decoding would need more than ``max_bytes``.
     ImageReadError
         The file cannot be opened or decoded.
     """
@@ -98,23 +262,41 @@ def load_image(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            if max_bytes is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                if max_bytes is not None:
+                    _check_decode_size(path, img, max_bytes)
+                img.load()
+                img = ImageOps.exif_transpose(img)
     except FileNotFoundError as err:
         raise ImageReadError(f"{path}: no such file") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as err:
+        if isinstance(err, ImageReadError):
+            raise
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
     if img.width == 0 or img.height == 0:
         raise ImageReadError(f"{path}: the image is empty ({img.width}x{img.height})")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _to_uint8(np.asarray(img, dtype=np.float64))
+        return _to_uint8(np.array(img, dtype=np.float32))
     if img.mode in ("1", "L", "LA"):
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     if img.mode == "P" and _palette_is_gray(img):
         return np.asarray(img.convert("L"), dtype=np.uint8).copy()
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _check_decode_size(path: Path, img, max_bytes: int) -> None:
+    need = decode_bytes(img.width, img.height, img.mode)
+    if need > max_bytes:
+        raise ImageTooLargeError(
+            f"{path}: {img.width}x{img.height} pixels ({img.mode}) would take about "
+            f"{format_bytes(need)} of memory to decode, more than the limit of "
+            f"{format_bytes(max_bytes)}",
+            need=need,
+        )
 
 
 def _palette_is_gray(img) -> bool:
@@ -123,12 +305,24 @@ def _palette_is_gray(img) -> bool:
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    """Scale a float image by its finite range to 0..255, in place (large images are common)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    elif finite.any():
+        lo, hi = float(values[finite].min()), float(values[finite].max())
+    else:
+        lo = hi = 0.0
+    del finite
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(values, nan=lo) - lo) / (hi - lo) * 255
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    np.nan_to_num(values, copy=False, nan=lo)
+    with np.errstate(over="ignore"):  # +-inf became +-max float: they overflow, then clip
+        values -= np.float32(lo)
+        values *= np.float32(255 / (hi - lo))
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 @dataclass(frozen=True)

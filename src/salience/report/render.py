@@ -3,18 +3,20 @@
 Layout of ``DIR``::
 
     index.html          the report (Jinja2 template ``templates/index.html``)
-    summary.json        predictions, targets, timings, metrics, skipped files
+    summary.json        predictions, targets, timings, metrics, skipped files, status
     maps.npz            raw maps, key ``<image>__<method>``
     images/<image>.png  the model-sized original
     maps/<image>__<method>.png            the map alone, coloured
     overlays/<image>__<method>.png        the map over the image
     overlays/<image>__<method>__top10.png XRAI-style top regions (10% and 30%)
+    salience-manifest.json  every file above (see :mod:`salience.outdir`)
 
-Everything is written to a temporary sibling directory first and renamed into
-place at the end, so ``DIR`` is either the complete new report or untouched.
-An existing ``DIR`` is replaced only with ``overwrite=True`` and only when it
-is empty or a previous salience report; names from image files are
-sanitised, so no output path escapes ``DIR``.
+The directory is written by :func:`salience.outdir.write_atomically`: into a
+temporary sibling first, renamed into place at the end, so ``DIR`` is either
+the complete new report or untouched.  An existing ``DIR`` is replaced only
+with ``overwrite=True`` and only when everything in it is listed in its
+manifest (files the user added there make it refuse); names from image files
+are sanitised, so no output path escapes ``DIR``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,21 +34,19 @@ import numpy as np
 
 from .. import visualize
 from .._version import __version__
+from ..outdir import OutputDirError, check_output_dir, write_atomically
 
 __all__ = [
     "ImageEntry",
     "OutputDirError",
     "check_output_dir",
+    "run_status",
     "safe_names",
     "write_report",
 ]
 
 GENERATOR = "salience"
 REGION_FRACTIONS = (0.1, 0.3)
-
-
-class OutputDirError(ValueError):
-    """The output directory cannot be used (exists, is a file, or holds other files)."""
 
 
 @dataclass
@@ -73,46 +70,6 @@ class ImageEntry:
     source: str = ""
     original_size: tuple[int, int] | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _is_previous_report(path: Path) -> bool:
-    if not any(path.iterdir()):
-        return True
-    summary = path / "summary.json"
-    if not summary.is_file():
-        return False
-    try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Check that ``out`` may be written; call it before doing any work.
-
-    Raises
-    ------
-    OutputDirError
-        ``out`` is a file; it exists and ``overwrite`` is false; or it exists,
-        is not empty and is not a previous salience report (then even
-        ``overwrite`` does not replace it, so nothing the user had is lost).
-    """
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise OutputDirError(f"--out {str(out)!r} exists and is not a directory")
-        if not overwrite:
-            raise OutputDirError(
-                f"--out {str(out)!r} already exists; pass --overwrite to replace it, or choose "
-                "another directory"
-            )
-        if not _is_previous_report(out):
-            raise OutputDirError(
-                f"--out {str(out)!r} exists and is not a salience report (it has files but no "
-                "summary.json written by salience); refusing to replace it even with "
-                "--overwrite. Choose another directory"
-            )
-    return out
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -194,44 +151,23 @@ def write_report(
     top_k : int
         Predictions listed per image.
     """
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    out = Path(out)
+    with write_atomically(out, overwrite, kind="report") as tmp:
         index = _render_into(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
             settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
             version=__version__,
         )
-        _make_readable(tmp)
-        _install(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / index
 
 
-def _make_readable(path: Path) -> None:
-    # mkdtemp makes a private (0700) directory; give the report the usual permissions.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
-
-
-def _install(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        check_output_dir(out, overwrite)  # still a previous report?
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+def run_status(explanation: Any, skipped: Sequence[Any] = ()) -> str:
+    """``"complete"``, ``"partial"`` (a method failed or an input was skipped) or ``"failed"``
+    (no method produced maps)."""
+    if not explanation.maps:
+        return "failed"
+    return "partial" if explanation.errors or skipped else "complete"
 
 
 def _label(labels: Callable[[int], str] | None, index: int) -> str:
@@ -335,6 +271,8 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         "predict_seconds": context["predict_seconds"],
         "images": [{k: v for k, v in im.items() if k not in ("id",)} for im in images],
         "skipped": list(skipped), "warnings": list(warnings),
+        "status": run_status(explanation, skipped),
+        "failed_methods": sorted(explanation.errors),
     }
     _inside(root, "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
