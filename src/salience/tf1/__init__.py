@@ -12,6 +12,7 @@ are computed by the batch-first methods of :mod:`salience`.
 (``salience.IntegratedGradients().explain(salience.tf1.wrap(...), images)``).
 """
 
+from ..core.xrai import XRAIOutput, XRAIParameters
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -41,6 +42,8 @@ __all__ = [
     "BlurIG",
     "GuidedIG",
     "XRAI",
+    "XRAIParameters",
+    "XRAIOutput",
     "Occlusion",
     "GradCam",
     "GuidedBackprop",
@@ -63,12 +66,3 @@ def create_tf1_call_model_function(graph, session, y, x, conv_layer=None):
     feed_dict (see :func:`wrap` for the arguments)."""
     return wrap(graph, session, y, x, conv_layer=conv_layer).call_model_function()
 
-
-def __getattr__(name: str):
-    # XRAIParameters / XRAIOutput come from salience.core when it has XRAI.
-    if name in ("XRAIParameters", "XRAIOutput"):
-        from .. import core
-
-        if hasattr(core, name):
-            return getattr(core, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
