@@ -107,6 +107,39 @@ def test_batch_size_extension_batches_the_thresholded_images():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("gray", [False, True])
+@pytest.mark.parametrize("case", ["curve", "original below min_pred_value", "blurred not lower"])
+def test_pred_func_is_called_as_pair_calls_it(case, gray):
+    img = _image(seed=4, gray=gray)
+    np.random.seed(1)
+    mask = pic.generate_random_mask(32, 32)
+    score = {"curve": _pred_func(img),
+             "original below min_pred_value": _pred_func(img),
+             "blurred not lower": lambda batch: [0.9] * len(batch)}[case]
+    min_pred_value = 1.5 if case == "original below min_pred_value" else 0.5
+    records = []
+    for compute in (pic.compute_pic_metric, _reference):
+        seen = []
+
+        def pred_func(batch, seen=seen):
+            seen.append(np.array(batch))
+            return score(batch)
+
+        try:
+            compute(img, _saliency(img, 2), mask, pred_func, THRESHOLDS,
+                    min_pred_value=min_pred_value, num_data_points=20)
+        except (ref_pic.ComputePicMetricError, pic.ComputePicMetricError):
+            assert case != "curve"
+        records.append(seen)
+    ours, reference = records
+    assert len(ours) == len(reference) == {"curve": 2 + len(THRESHOLDS),
+                                           "original below min_pred_value": 1,
+                                           "blurred not lower": 2}[case]
+    for a, b in zip(ours, reference):
+        assert a.shape == b.shape == (1, *img.shape) and a.dtype == b.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+
+
 def test_map_of_the_region_the_model_uses_beats_the_inverted_map():
     img = _image(seed=6)
     region = np.zeros((32, 32), dtype=bool)
