@@ -162,3 +162,13 @@ def test_smoothing_is_one_loop_for_maps_of_any_shape(image, analytic):
         np.random.seed(0)
         type("ChannelSum", (pair.CoreSaliency,), {"GetMask": ChannelSum.GetMask})() \
             .GetSmoothedMask(image, None, nsamples=4, magnitude=False)
+
+
+def test_smoothing_refuses_masks_that_change_shape(image):
+    class Shrinking(ours.CoreSaliency):
+        def GetMask(self, x_value, call_model_function, call_model_args=None):
+            self.size = getattr(self, "size", 10) - 1
+            return x_value[: self.size]
+
+    with pytest.raises(ValueError, match=r"shape \(9, 9, 3\) and then \(8, 9, 3\)"):
+        Shrinking().GetSmoothedMask(image, None, nsamples=3)

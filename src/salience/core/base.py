@@ -94,21 +94,21 @@ def smooth_get_mask(
     stdev_spread = check_nonnegative(stdev_spread, "stdev_spread")
     x_value = np.asarray(x_value)
     stdev = stdev_spread * (np.max(x_value) - np.min(x_value))
-    total = None
-    for _ in range(nsamples):
-        noisy = x_value + np.random.normal(0, stdev, x_value.shape)
-        mask = np.asarray(get_mask(noisy))
-        term = (mask * mask if magnitude else mask).astype(np.float64)
-        if total is None:
-            total, dtype = term, np.result_type(mask.dtype, np.float32)
-        elif term.shape != total.shape:
+
+    def sample() -> tuple[np.ndarray, np.ndarray]:
+        mask = np.asarray(get_mask(x_value + np.random.normal(0, stdev, x_value.shape)))
+        return mask, (mask * mask if magnitude else mask).astype(np.float64)
+
+    first, total = sample()
+    for _ in range(nsamples - 1):
+        _, term = sample()
+        if term.shape != total.shape:
             raise ValueError(
                 f"GetMask returned masks of shape {total.shape} and then {term.shape} for "
                 f"noisy copies of one input of shape {x_value.shape}; it must return one shape"
             )
-        else:
-            total += term
-    return (total / nsamples).astype(dtype)
+        total += term
+    return (total / nsamples).astype(np.result_type(first.dtype, np.float32))
 
 
 def run_method(method: Method, x_value: Any, call_model_function, call_model_args) -> np.ndarray:
