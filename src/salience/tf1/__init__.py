@@ -6,7 +6,9 @@ current TensorFlow (build the graph inside ``with tf.Graph().as_default():``;
 eager execution need not be disabled).  ``y`` is the explained score, one
 value per row (e.g. ``logits[:, k]``), and ``x`` the input placeholder, batch
 first.  The gradient ops are added to the graph once per object; the maps
-are computed by the batch-first methods of :mod:`salience`.
+are computed by the batch-first methods of :mod:`salience`, with the same
+``session.run`` calls as PAIR (``Occlusion.GetMask(..., batch_size=n)`` is a
+salience extension that runs up to ``n`` occluded copies at once).
 
 :func:`wrap` turns a graph into a Model for the batch-first API
 (``salience.IntegratedGradients().explain(salience.tf1.wrap(...), images)``).
