@@ -126,3 +126,24 @@ def png_claiming():
         return path
 
     return make
+
+
+class _NumpyWithOldQuantile:
+    """numpy, with ``quantile(interpolation=)`` (gone in numpy 2) mapped to ``method=``."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def quantile(a, q, *args, interpolation=None, **kwargs):
+        if interpolation is not None:
+            kwargs["method"] = interpolation
+        return np.quantile(a, q, *args, **kwargs)
+
+
+@pytest.fixture
+def pair_guided_ig_on_numpy2(monkeypatch):
+    """Let the reference's Guided IG (``saliency.core.guided_ig``, also behind
+    ``saliency.tf1.GuidedIG``) run on numpy >= 2, for one test."""
+    guided_ig = pytest.importorskip("saliency.core.guided_ig")
+    monkeypatch.setattr(guided_ig, "np", _NumpyWithOldQuantile())

@@ -205,8 +205,11 @@ def test_bad_constructor_arguments(dense):
         ours.GradientSaliency(graph, session, foreign, x)
     with graph.as_default():
         unrelated = v1.placeholder(tf.float32, [None], name="unrelated")
-    with pytest.raises(ValueError, match="does not depend on x"):
-        ours.GradientSaliency(graph, session, unrelated, x)
+    counting = CountingSession(session, x)
+    method = ours.GradientSaliency(graph, counting, unrelated, x)  # builds, as PAIR's does
+    with pytest.raises(ValueError, match=r"y \(unrelated:0\) does not depend on x \(x:0\)"):
+        method.GetMask(X[0])
+    assert counting.rows == []  # refused before the session runs
     with pytest.raises(TypeError, match="feed_dict"):
         ours.GradientSaliency(graph, session, y, x).GetMask(X[0], feed_dict=[1, 2])
     with pytest.raises(ValueError, match="batch_size"):

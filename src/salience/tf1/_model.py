@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._adapter import LAYER_KEYS, FrameworkModel
+from .._adapter import KNOWN_KEYS, LAYER_KEYS, FrameworkModel
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -124,18 +124,6 @@ class TF1Model(FrameworkModel):
             self.expected_channels = self._x_shape[3]
         self._ops: dict[str, Any] = {OUTPUT_LAYER_VALUES: y}  # shared with with_feed copies
 
-    @property
-    def batchable(self) -> bool:
-        """True when ``x`` and ``y`` take any number of rows (first dimension None)."""
-        y_shape = self.y.shape
-        return (
-            self._x_shape is not None
-            and self._x_shape[0] is None
-            and y_shape.rank is not None
-            and y_shape.rank >= 1
-            and y_shape.as_list()[0] is None
-        )
-
     def with_feed(self, feed_dict: Mapping[Any, Any] | None) -> TF1Model:
         """This model with ``feed_dict`` added to the values fed on every call."""
         extra = _check_feed(feed_dict)
@@ -179,6 +167,9 @@ class TF1Model(FrameworkModel):
                 "call the method with targets=None"
             )
         fetches = [self._op(key) for key in keys]
+        for op in fetches:
+            if isinstance(op, _Unavailable):
+                raise ValueError(op.message)
         # x is fed by the method, also when the feed_dict names it ("x:0").
         feed = {k: v for k, v in self.feed_dict.items()
                 if not (isinstance(k, str) and k == self.x.name)}
@@ -212,8 +203,8 @@ class TF1Model(FrameworkModel):
         raise ValueError(f"unknown output key {key!r}")
 
     def _gradient(self, gradient: Any, name: str) -> Any:
-        if gradient is None:
-            raise ValueError(
+        if gradient is None:  # reported when requested: building the ops is no call yet
+            return _Unavailable(
                 f"y ({self.y.name}) does not depend on {name} "
                 f"({getattr(self, name).name}); pass the tensors of one model"
             )
@@ -228,9 +219,24 @@ class TF1Model(FrameworkModel):
 
         def call_model_function(x_value_batch, call_model_args=None, expected_keys=None):
             keys = list(expected_keys or [INPUT_OUTPUT_GRADIENTS])
+            for key in keys:  # PAIR's errors (code may match on them), then what to do
+                if key not in KNOWN_KEYS:
+                    raise ValueError(
+                        f"Invalid expected key {key}; known keys are {list(KNOWN_KEYS)}")
+                if key in LAYER_KEYS and not self.has_layer:
+                    raise RuntimeError(
+                        f"Cannot return key {key} because no conv_layer was specified; pass "
+                        "conv_layer=<the layer's output tensor>")
             return self.with_feed(call_model_args)(np.asarray(x_value_batch), None, keys)
 
         return call_model_function
+
+
+class _Unavailable:
+    """Stands for a gradient op that cannot exist; fetching it raises ``message``."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 def _guided_rule(upper: float | None) -> Callable:
