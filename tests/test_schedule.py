@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import salience
+import salience.schedule
 from salience.model import INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES
 from salience.schedule import run_rows
 
@@ -387,3 +388,29 @@ def test_no_helper_thread_outlives_the_run(where):
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], np.zeros(10, int), make_rows, consume, None,
                  2, "Test", overlap=True)
     assert _salience_threads() == []
+# --- refusing absurd work before allocating -------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: salience.BlurIG(steps=10**12),
+    lambda: salience.IntegratedGradients(steps=10**12),
+    lambda: salience.GuidedIG(steps=10**12),
+    lambda: salience.XRAI(steps=10**12, segments=[np.ones((8, 8), bool)]),
+    lambda: salience.SmoothGrad(salience.Gradients(), nsamples=10**12),
+    lambda: salience.SmoothGrad(salience.IntegratedGradients(steps=10**6), nsamples=10**6),
+])
+def test_absurd_work_is_refused_before_anything_is_allocated(make, analytic, images):
+    method = make()
+    with pytest.raises(ValueError, match=r"rows of 192 values .*MAX_ROW_VALUES") as info:
+        method.explain(analytic, images, 0)
+    assert "TiB as float32" in str(info.value)
+    assert analytic.calls == 0
+
+
+def test_the_row_budget_can_be_raised(analytic, images, monkeypatch):
+    method = salience.IntegratedGradients(steps=10)  # 3 images x 10 rows x 192 values
+    monkeypatch.setattr(salience.schedule, "MAX_ROW_VALUES", 3 * 10 * 192 - 1)
+    with pytest.raises(ValueError, match="30 rows of 192 values"):
+        method.explain(analytic, images, 0)
+    monkeypatch.setattr(salience.schedule, "MAX_ROW_VALUES", 3 * 10 * 192)
+    assert method.explain(analytic, images, 0).shape == images.shape

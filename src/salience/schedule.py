@@ -19,15 +19,48 @@ from .checks import check_positive_int
 from .concurrency import helper_thread
 from .model import Model, check_outputs
 
-__all__ = ["run_rows", "NonFiniteOutputError"]
+__all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
 
 # Own work per chunk (building + consuming rows) above which a helper thread pays:
 # handing a chunk to it and back costs about 0.1 ms; measured on the tiny CNN,
 # IG at batch_size=1 (~20 us of own work per chunk) was 15% slower with the thread.
 _WORTH_A_THREAD_S = 0.5e-3
 
+MAX_ROW_VALUES = 2**40
+"""Most values (rows x values per row) one explanation may send to the model.
+
+2**40 is about 1.1e12 values, 4 TiB of float32: 7.3 million rows of a
+224 x 224 x 3 image, days of model time on one machine.  Methods refuse more
+before allocating anything (:func:`check_row_budget`); for a larger run,
+raise it: ``salience.schedule.MAX_ROW_VALUES = 2**44``.
+"""
+
+
 class NonFiniteOutputError(FloatingPointError, ValueError):
     """The model returned NaN or inf (a FloatingPointError, and a ValueError about its output)."""
+
+
+def check_row_budget(method: str, n_rows: int, row_values: int) -> None:
+    """Refuse a run of ``n_rows`` model rows of ``row_values`` values each if it
+    exceeds :data:`MAX_ROW_VALUES`, saying what it would take.
+
+    Parameters
+    ----------
+    method : str
+        Method name used in the message.
+    n_rows : int
+        Rows the run would send to the model (images x steps x baselines x samples).
+    row_values : int
+        Values in one row (the size of one input).
+    """
+    total = int(n_rows) * int(row_values)
+    if total > MAX_ROW_VALUES:
+        raise ValueError(
+            f"{method} would send {n_rows:,} rows of {row_values:,} values to the model "
+            f"({total:.3g} values, {total * 4 / 2**40:.3g} TiB as float32), more than "
+            f"salience.schedule.MAX_ROW_VALUES = {MAX_ROW_VALUES:.3g}; use fewer steps, "
+            "samples or inputs per call, or raise that limit to run it anyway"
+        )
 
 
 def run_rows(

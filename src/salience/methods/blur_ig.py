@@ -11,7 +11,7 @@ from ..arrays import channels_last, from_channels_last, spatial_axes, to_channel
 from ..checks import check_nonnegative, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..numeric import add_by_owner, one_blas_thread, owner_runs
-from ..schedule import run_rows
+from ..schedule import check_row_budget, run_rows
 from .base import Method
 
 __all__ = [
@@ -218,8 +218,12 @@ class BlurIG(Method):
         self.sqrt = bool(sqrt)
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
+    def _rows_per_input(self) -> int:
+        return self.steps
+
     def _check(self, model: Model, x: np.ndarray) -> None:
         spatial_axes(x.ndim - 1, channels_last(model))
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         self._check(model, x)

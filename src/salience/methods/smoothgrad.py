@@ -9,6 +9,7 @@ import numpy as np
 from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
 from ..numeric import as_random_state
+from ..schedule import check_row_budget
 from .base import Method
 
 __all__ = ["SmoothGrad", "draw_noise"]
@@ -63,7 +64,14 @@ class SmoothGrad(Method):
         self.magnitude = bool(magnitude)
         self.seed = check_seed(seed)
 
+    def _rows_per_input(self) -> int:
+        # Methods with several model rows per input say how many; the others send one.
+        inner = getattr(self.method, "_rows_per_input", None)
+        return self.nsamples * (inner() if inner is not None else 1)
+
     def _check(self, model: Model, x: np.ndarray) -> None:
+        # Before the wrapped method's checks, which see the batch without its copies.
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         self.method._check(model, x)
 
     def _explain_copies(

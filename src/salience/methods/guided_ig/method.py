@@ -8,8 +8,9 @@ import numpy as np
 
 from ...checks import check_fraction, check_positive_int, check_seed
 from ...model import Model
+from ...schedule import check_row_budget
 from ..base import Method
-from ..integrated_gradients import BaselineSpec, resolve_baselines
+from ..integrated_gradients import BaselineSpec, count_baselines, resolve_baselines
 from .walk import GuidedPaths, WalkSettings, walk_guided_paths
 
 __all__ = ["GuidedIG"]
@@ -101,7 +102,11 @@ class GuidedIG(Method):
         self.baseline = baseline
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
+    def _rows_per_input(self) -> int:
+        return count_baselines(self.baseline) * self.steps
+
     def _check(self, model: Model, x: np.ndarray) -> None:
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         resolve_baselines(self.baseline, x, np.random.default_rng(0))
 
     def _explain_copies(

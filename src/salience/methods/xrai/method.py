@@ -20,6 +20,7 @@ from ...checks import (
 )
 from ...concurrency import Job, WorkerPool, spare_workers, worker_pool
 from ...model import Model, as_model
+from ...schedule import check_row_budget
 from ..base import Method
 from ..integrated_gradients import BaselineSpec, integrate_straight_paths, resolve_baselines
 from .ranking import xrai_regions
@@ -159,10 +160,14 @@ class XRAI(Method):
         self.segments = segments
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
+    def _rows_per_input(self) -> int:
+        return len(self._baseline_spec()) * self.steps
+
     def _check(self, model: Model, x: np.ndarray) -> None:
         is_last = channels_last(model)
         spatial_axes(x.ndim - 1, is_last)  # images only
         self._segments_per_image(len(x), to_channels_last(x[:1], is_last).shape[1:3])
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         resolve_baselines(self._baseline_spec(), x, np.random.default_rng(0))
 
     def _explain_copies(
