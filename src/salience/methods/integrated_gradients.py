@@ -65,6 +65,8 @@ def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.nda
     arr = to_numpy(spec)
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"baseline must be numeric, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # as x: never drop the imaginary part
+        raise TypeError(f"baseline must be real, got dtype {arr.dtype}")
     arr = arr.astype(x.dtype)
     if arr.ndim == 0:
         arr = np.full_like(x, arr)
