@@ -403,6 +403,7 @@ def test_uniform_baseline_follows_the_seed(AnalyticModel):  # noqa: N803 - the c
 
 
 
+@pytest.mark.threading
 def test_a_failing_model_drops_the_queued_segmentation(monkeypatch, counted_felzenszwalb):
     # One segmentation worker; its first scale holds until the model has failed, so
     # the run must stop with the 4 x 6 queued scales dropped, not finish them first.
