@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,8 +122,9 @@ def run_rows(
     n_rows = len(row_image)
     if n_rows == 0:
         return
-    stages = _Stages(model, keys, row_image, make_rows, prepare, consume, targets, method,
-                     batch_size)
+    stages = _Stages(model=model, keys=keys, row_image=row_image, make_rows=make_rows,
+                     prepare=prepare, consume=consume, targets=targets, method=method,
+                     batch_size=batch_size)
     # Chunks by start row, as a lazy range: no per-chunk Python list.
     starts = range(0, n_rows, batch_size)
     if overlap is not None:
@@ -152,14 +154,20 @@ def run_rows(
         _serial(stages, rest)
 
 
+@dataclass(frozen=True)
 class _Stages:
-    """The stages of one chunk: build, prepare, call the model, check and consume."""
+    """The stages of one chunk: build, prepare, call the model, check and consume
+    (the arguments of :func:`run_rows`)."""
 
-    def __init__(self, model, keys, row_image, make_rows, prepare, consume, targets, method,
-                 batch_size):
-        self.model, self.keys, self.row_image = model, keys, row_image
-        self.make_rows, self.prepare, self.consume = make_rows, prepare, consume
-        self.targets, self.method, self.batch_size = targets, method, batch_size
+    model: Model
+    keys: Sequence[str]
+    row_image: np.ndarray
+    make_rows: Callable[[int, int], np.ndarray]
+    prepare: Callable[[int, int], None] | None
+    consume: Callable[[int, int, Mapping[str, np.ndarray]], None]
+    targets: np.ndarray | None
+    method: str
+    batch_size: int
 
     def stop(self, start: int) -> int:
         """End of the chunk starting at row ``start``."""
