@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..arrays import channels_last, from_channels_last, spatial_axes, to_channels_last
 from ..checks import check_nonnegative, check_positive_int
@@ -78,7 +79,7 @@ def gaussian_kernels(size: int, sigmas: np.ndarray, truncate: float = 4.0) -> np
     return out
 
 
-def toeplitz_stack(kernels: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+def toeplitz_stack(kernels: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """Matrices ``M[k, i, j] = kernels[k, j - i + size - 1]`` from (m, 2 * size - 1) kernels.
 
     A blur matrix is constant along its diagonals, so it is a strided view of its
