@@ -1,4 +1,5 @@
-"""The row scheduler: call counts, chunk sizes, batch-size independence, non-finite gradients."""
+"""The row scheduler: call counts, chunk sizes, batch-size independence, non-finite outputs,
+the helper thread's modes (each chunk once, in order, errors within one chunk) and the row budget."""
 
 from __future__ import annotations
 
