@@ -62,7 +62,7 @@ def test_guided_ig_larger_input(pair_gig, model_classes):
 
 def test_guided_ig_long_rows(pair_gig, model_classes):
     # 112 x 112 x 3 features: each step's k-th |gradient| comes from a sample of the row
-    # (salience.methods.guided_ig._kth_smallest), which must leave PAIR's numbers unchanged.
+    # (salience.methods.guided_ig.selection.kth_smallest), which must leave PAIR's numbers unchanged.
     shape = (112, 112, 3)
     model = model_classes[0](shape=shape, seed=6)
     x = smooth_image(shape, seed=1)

@@ -166,19 +166,25 @@ def test_cnn_matches_captum_guided_backprop():
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+class CountingForward(nn.Module):
+    """A network that records the batch size of every forward pass."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return self.inner(x)
+
+
 def test_batch_equals_one_by_one_and_call_count():
-    model = st.wrap(SmallCNN())
-    calls = []
-    original_run = model._run
-
-    def counting_run(x, targets, keys):
-        calls.append(len(x))
-        return original_run(x, targets, keys)
-
-    model._run = counting_run
+    net = CountingForward(SmallCNN())
+    model = st.wrap(net)
     x = np.random.default_rng(3).normal(size=(5, 3, 8, 8)).astype(np.float32)
     batch = salience.GuidedBackprop(batch_size=2).explain(model, x, 1)
-    assert calls == [2, 2, 1]
+    assert net.batches == [2, 2, 1]
     singles = [salience.GuidedBackprop().explain(model, x[i : i + 1], 1)[0] for i in range(5)]
     np.testing.assert_allclose(batch, np.stack(singles), rtol=1e-5, atol=1e-7)
 

@@ -28,19 +28,17 @@ Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
 
 from __future__ import annotations
 
-import contextlib
 import io
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import interpolate
 
-from .. import runtime
 from ..arrays import to_numpy
 from ..checks import check_finite, check_positive_int
+from ..concurrency import spare_workers, worker_pool
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
 from ..numeric import one_blas_thread, to_probabilities, trapezoid
 from ..schedule import run_rows
@@ -494,22 +492,13 @@ def _thresholded(img, saliency_map, random_mask, thresholds, model, batch_size, 
         image = _blur(img, revealed | random_mask)
         return image, _webp_size(image)
 
-    with _image_pool(n_jobs) as pool:
-        if pool is None:
-            built: dict[int, tuple[np.ndarray, int]] = {}
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                if i not in built:
-                    built[i] = make_image(thresholds[i])
-                return built[i]
-        else:
-            futures = [pool.submit(make_image, t) for t in thresholds]
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                return futures[i].result()
-
-        preds = _predict(model, len(thresholds), lambda i: get(i)[0], batch_size)
-        images, entropies = zip(*(get(i) for i in range(len(thresholds))))
+    workers = spare_workers(len(thresholds), at_most=4) if n_jobs is None else n_jobs
+    # Workers build images while the model runs (griddata and WebP release the GIL);
+    # without them (n_jobs=1) each image is built when the model first needs it.
+    with worker_pool(workers if workers > 1 else 0, "salience-pic") as pool:
+        jobs = [pool.submit(make_image, t) for t in thresholds]
+        preds = _predict(model, len(thresholds), lambda i: jobs[i].result()[0], batch_size)
+        images, entropies = zip(*(job.result() for job in jobs))
     return list(images), list(entropies), preds
 
 
@@ -532,20 +521,6 @@ def _predict(model, n: int, get_image: Callable[[int], np.ndarray], batch_size: 
     run_rows(model, [OUTPUT_LAYER_VALUES], np.arange(n), make_rows, consume, None,
              batch_size, "compute_pic_metric")
     return preds
-
-
-@contextlib.contextmanager
-def _image_pool(n_jobs: int | None) -> Iterator[ThreadPoolExecutor | None]:
-    """Worker threads for the image work (griddata and WebP release the GIL)."""
-    workers = min(4, runtime.usable_cores()) if n_jobs is None else n_jobs
-    if workers <= 1:
-        yield None
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="salience-pic")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_image(image: np.ndarray, name: str, require_uint8: bool) -> None:
