@@ -144,7 +144,6 @@ def test_imports_follow_the_layers(path):
     assert not problems, f"salience.{module} breaks ARCHITECTURE.md:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="schedule, Guided IG, XRAI and PIC start their own threads")
 def test_threads_are_started_in_one_place():
     starters = ("ThreadPoolExecutor", "threading.Thread(", "Thread(target")
     offenders = [_module_name(p) for p in _files()
