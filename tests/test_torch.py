@@ -259,6 +259,7 @@ def test_module_untouched(keys, net, x):
 def test_module_untouched_after_exception_inside_forward(net, x):
     before = _prepare(net)
     model = st.wrap(net, layer="features.2")
+    model.predict(x)  # the output shape is known now: the next calls go straight to forward
     net.explode = True
     for keys in ([INPUT_OUTPUT_GRADIENTS], ALL_KEYS, [OUTPUT_LAYER_VALUES]):
         with pytest.raises(RuntimeError, match="boom inside forward"):
@@ -270,9 +271,21 @@ def test_module_untouched_after_exception_inside_forward(net, x):
     assert not net.features[2]._forward_hooks
 
 
+def test_a_model_failing_on_its_first_row_is_named_and_untouched(net, x):
+    before = _prepare(net)
+    net.explode = True
+    with pytest.raises(ValueError, match=r"fails on one row of x \(x has shape \(4, 3, 8, 8\).*"
+                                         r"RuntimeError: boom inside forward") as info:
+        salience.Gradients().explain(st.wrap(net), x, 0)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    net.explode = False
+    _assert_same(before, _state(net))
+
+
 def test_module_untouched_after_a_bad_target(net, x):
     before = _prepare(net)
-    with pytest.raises(ValueError, match="target 7 is out of range"):
+    with pytest.raises(ValueError, match=r"targets must be >= 0 and < 3 \(the model has 3 "
+                                         r"outputs\), got 7"):
         salience.GradCAM().explain(st.wrap(net, layer="features.2"), x, 7)
     _assert_same(before, _state(net))
 

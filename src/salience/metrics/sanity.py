@@ -302,9 +302,9 @@ class _KerasBackend:
         self.keras = keras
 
     def _layers(self, model: Any) -> list[Any]:
-        from ..keras import _all_layers
+        from ..keras import all_layers
 
-        return _all_layers(model)
+        return all_layers(model)
 
     def layers(self, all_layers: bool = False) -> list[str]:
         return [
