@@ -11,6 +11,7 @@ compared with its state before.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,16 @@ METHODS = {
     "gradcam": salience.GradCAM(),
     "guided": salience.GuidedBackprop(),
 }
+
+
+@pytest.fixture(autouse=True)
+def frequent_thread_switches():
+    """Switch threads every 10 us instead of 5 ms, so that calls interleave inside
+    each other more often (as on a loaded machine)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(interval)
 
 
 def _jobs(kinds, n_images, rounds):
@@ -141,6 +152,94 @@ def test_torch_threads_give_serial_maps_and_leave_the_module_alone(torch_setup):
     results = run_together(model, x, targets, kinds)
     _assert_torch_state(torch, before, _torch_state(torch, net))
     assert_equal_to_serial(results, serial)
+
+
+class _Relay:
+    """Orders the forward passes of one "leader" call and several "follower" calls.
+
+    The leader waits before the Grad-CAM layer until every follower has passed
+    it and stopped after it; the followers stay there until the leader's call
+    has returned.  So the leader's call starts first and ends while all the
+    others are inside their forward pass: its hook sees their layer, and
+    whatever it undoes at its end happens in the middle of their calls.  Every
+    wait is bounded, so a broken order fails instead of hanging.
+    """
+
+    TIMEOUT_S = 10.0
+
+    def __init__(self, followers: int) -> None:
+        self.followers = followers
+        self.leader: int | None = None
+        self.leader_inside = threading.Event()
+        self.leader_done = threading.Event()
+        self.stopped = threading.Semaphore(0)
+
+    def before_layer(self) -> None:
+        if threading.get_ident() == self.leader:
+            self.leader_inside.set()
+            for _ in range(self.followers):
+                assert self.stopped.acquire(timeout=self.TIMEOUT_S), "a follower never arrived"
+
+    def after_layer(self) -> None:
+        if threading.get_ident() != self.leader:
+            self.stopped.release()
+            assert self.leader_done.wait(self.TIMEOUT_S), "the leader never finished"
+
+
+@pytest.mark.parametrize("kind", list(METHODS))
+def test_torch_a_call_ending_while_others_run_changes_none_of_them(torch_setup, kind):
+    # Issue 18, items 7-9, made deterministic: with per-call mode switches, hooks or
+    # patched functions, the leader's end would put the module back in train mode
+    # under the followers (BatchNorm statistics move, dropout changes their maps),
+    # its Grad-CAM hook would capture their layer, or its restore of F.relu would
+    # be undone by theirs.
+    torch, _, x, targets = torch_setup
+    nn = torch.nn
+    relay = _Relay(followers=3)
+
+    class Stop(nn.Module):
+        def __init__(self, wait):
+            super().__init__()
+            self.wait = wait
+
+        def forward(self, h):
+            self.wait()
+            return h
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), Stop(relay.before_layer), nn.Conv2d(6, 6, 3, padding=1),
+        Stop(relay.after_layer), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+    ).train()
+    model = salience.torch.wrap(net, layer="2")
+    method = METHODS[kind]
+    relay.leader = threading.get_ident()  # the serial calls pass straight through
+    relay.followers = 0
+    serial = method.explain(model, x, targets)
+    before = _torch_state(torch, net)
+    relay.followers = len(x)
+
+    def lead():
+        relay.leader = threading.get_ident()
+        try:
+            return method.explain(model, x[:1], targets[:1])
+        finally:
+            relay.leader_done.set()
+
+    def follow(i):
+        assert relay.leader_inside.wait(relay.TIMEOUT_S)
+        return method.explain(model, x[i : i + 1], targets[i : i + 1])
+
+    with ThreadPoolExecutor(1 + len(x)) as pool:
+        leader = pool.submit(lead)
+        assert relay.leader_inside.wait(relay.TIMEOUT_S)
+        followers = [pool.submit(follow, i) for i in range(len(x))]
+        np.testing.assert_allclose(leader.result(), serial[:1], rtol=1e-5, atol=1e-7)
+        for i, future in enumerate(followers):
+            np.testing.assert_allclose(future.result(), serial[i : i + 1], rtol=1e-5,
+                                       atol=1e-7, err_msg=f"follower {i}")
+    _assert_torch_state(torch, before, _torch_state(torch, net))
 
 
 def test_torch_two_wrappers_of_one_module_in_threads(torch_setup):
