@@ -131,6 +131,9 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
         raise TypeError(f"targets must be an int, ints or one-hot rows, got {targets!r}")
     width = getattr(model, "output_width", None)
     width = width(x) if callable(width) else None
+    if isinstance(targets, np.ndarray) and targets.dtype == np.int64 and targets.shape == (n,):
+        _check_class_indices(targets, width)  # already resolved (a chunk's targets): only the range
+        return targets
     if isinstance(targets, numbers.Integral):
         _check_class_indices(np.array([targets], dtype=object), width)
         return np.full(n, int(targets), dtype=np.int64)
@@ -166,7 +169,13 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
 
 def _check_class_indices(indices: np.ndarray, width: int | None) -> None:
     """Class indices must be >= 0, below the model's width when known, and fit int64."""
-    low, high = min(indices.tolist()), max(indices.tolist())  # exact for huge Python ints
+    if indices.dtype == object or indices.size <= 256:
+        # Python ints are exact however large, and a short list's min and max cost
+        # less than two numpy reductions (this runs on every model call).
+        values = indices.tolist()
+        low, high = min(values), max(values)
+    else:
+        low, high = indices.min().item(), indices.max().item()
     limit = width if width is not None else 2**63
     if low < 0 or high >= limit:
         bound = (f" and < {width} (the model has {width} outputs)" if width is not None
