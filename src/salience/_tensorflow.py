@@ -12,7 +12,6 @@ its graph-building lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ._adapter import warn_caller
@@ -27,23 +26,22 @@ _FUNCTION_OPS = frozenset({
 _RELU_OPS = frozenset({"Relu", "Relu6"})
 
 
-def _guided_rule(upper: float | None) -> Callable:
-    """Backward of a ReLU (``upper`` None) or ReLU6 (``upper`` 6) under the guided rule:
-    pass the gradient where it is > 0 and the op's output is strictly inside (0, upper)."""
+def _guided_relu(op: Any, grad: Any) -> Any:
+    """Backward of ``Relu`` under the guided rule: the incoming gradient's positive
+    part, where the op's output is > 0 (TensorFlow's own rule on that part)."""
+    import tensorflow as tf
 
-    def gradient(op: Any, grad: Any) -> Any:
-        import tensorflow as tf
-
-        out = op.outputs[0]
-        keep = tf.logical_and(grad > 0, out > 0)
-        if upper is not None:
-            keep = tf.logical_and(keep, out < upper)
-        return tf.where(keep, grad, tf.zeros_like(grad))
-
-    return gradient
+    return tf.raw_ops.ReluGrad(gradients=tf.nn.relu(grad), features=op.outputs[0])
 
 
-_GUIDED_RULES = {"Relu": _guided_rule(None), "Relu6": _guided_rule(6.0)}
+def _guided_relu6(op: Any, grad: Any) -> Any:
+    """Backward of ``Relu6``: the same, where the output is strictly inside (0, 6)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.Relu6Grad(gradients=tf.nn.relu(grad), features=op.outputs[0])
+
+
+_GUIDED_RULES = {"Relu": _guided_relu, "Relu6": _guided_relu6}
 
 
 def guided_gradients(graph: Any, y: Any, x: Any) -> Any:
