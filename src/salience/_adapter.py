@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -316,7 +317,7 @@ def targets_from_call_model_args(call_model_args: Any) -> Any:
     return value
 
 
-def score_rule_error(output_shape: tuple[int | None, ...]) -> ValueError:
+def score_rule_error(output_shape: tuple[Any, ...]) -> ValueError:
     """The error for a model whose output is not (n, n_outputs) and no target_fn was given."""
     return ValueError(
         f"the model's output has shape {tuple(output_shape)}, not (n, n_outputs); pass "
@@ -341,7 +342,8 @@ def layer_not_found(layer: str, available: Sequence[str]) -> ValueError:
 
 def warn_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
     """Warn with the location of the first caller outside salience (not an adapter line)."""
-    frame, level = sys._getframe(1), 2
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None and frame.f_globals.get("__name__", "").startswith("salience"):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

@@ -238,7 +238,7 @@ class KerasModel(FrameworkModel):
             fn = self._functions.get(key)
             if fn is None:
                 specs = [tf.TensorSpec((None, *x.shape[1:]), self.dtype)]
-                if t_key is not None:
+                if targets is not None:
                     t_dtype = tf.int64 if targets.ndim == 1 else self.dtype
                     specs.append(tf.TensorSpec((None, *targets.shape[1:]), t_dtype))
                 traced = tf.function(self._body(kind), input_signature=specs,

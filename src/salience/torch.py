@@ -196,8 +196,10 @@ class TorchModel(FrameworkModel):
                     or (rows is not None and scores.shape[0] != rows):
                 raise target_fn_error(getattr(scores, "shape", type(scores).__name__), rows)
             return scores
-        if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
-            raise score_rule_error(tuple(getattr(outputs, "shape", (type(outputs).__name__,))))
+        if not isinstance(outputs, torch.Tensor):
+            raise score_rule_error((type(outputs).__name__,))
+        if outputs.ndim != 2:
+            raise score_rule_error(tuple(outputs.shape))
         if targets is None:
             return outputs.max(dim=1).values
         if targets.ndim == 1:
@@ -370,7 +372,7 @@ def _guide_relus(scores: torch.Tensor) -> int:
                 f"node {name}), so its guided gradient cannot be computed; explain the eager "
                 "module instead")
         if name.startswith("ReluBackward") or (
-            name.startswith("HardtanhBackward") and float(node._saved_min_val) == 0.0
+            name.startswith("HardtanhBackward") and getattr(node, "_saved_min_val", None) == 0
         ):
             node.register_prehook(_positive_part)
             count += 1
