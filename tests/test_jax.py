@@ -216,7 +216,7 @@ def test_guided_backprop_is_refused_clearly(model, images):
 
 
 def test_gradcam_needs_a_layer_split(params, images):
-    with pytest.raises(ValueError, match="layer="):
+    with pytest.raises(ValueError, match="layer_fn=... and head_fn="):
         salience.GradCAM().explain(sj.wrap(cnn, params), images, 0)
     with pytest.raises(ValueError, match="both layer_fn.*only layer_fn"):
         sj.wrap(cnn, params, layer_fn=features)

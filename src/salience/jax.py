@@ -145,6 +145,8 @@ class JaxModel(FrameworkModel):
     """
 
     supports_guided = False
+    layer_hint = ("wrap the function split at the layer, with layer_fn=... and head_fn=... "
+                  "(see salience.jax)")
 
     def __init__(self, fn, params=None, *, layer_fn=None, head_fn=None, target_fn=None,
                  channels_last=True, batch_size=64, channels=None, batched=True,
