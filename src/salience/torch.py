@@ -384,7 +384,8 @@ def _check_guided_possible(module: nn.Module) -> None:
     """Refuse, before running it, a module whose ReLUs run as compiled code."""
     for sub in module.modules():
         if isinstance(sub, torch.jit.ScriptModule):
-            why = "TorchScript (torch.jit.script/trace) runs it as one fused graph"
+            why = ("TorchScript (torch.jit.script/trace) runs it in its own interpreter, which "
+                   "fuses the backward pass into graphs whose ReLUs are out of reach")
         elif type(sub).__module__.startswith("torch._dynamo"):
             why = "torch.compile runs it as one compiled graph; wrap module._orig_mod"
         else:
