@@ -31,6 +31,11 @@ from .model import (
 )
 
 __all__ = [
+    "GUIDED",
+    "INPUT",
+    "INPUT_AND_LAYER",
+    "LAYER",
+    "SCORES",
     "CallKind",
     "FrameworkModel",
     "KNOWN_KEYS",
