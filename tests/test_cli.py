@@ -455,9 +455,22 @@ def test_images_too_large_to_decode_are_skipped_with_the_memory_they_need(workdi
     assert "DecompressionBomb" not in result.output
 
 
-def test_nothing_explained_exits_non_zero_and_says_so_last(workdir):
-    result = run(*base_args(workdir), "--methods", "gradients,integrated_gradients",
-                 "--target", "7")  # the model has 5 classes
+def test_a_target_out_of_range_is_refused_before_any_method_runs(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients", "--target", "7")
+    assert result.exit_code == 2, result.output
+    assert "targets must be >= 0 and < 5 (the model has 5 outputs), got 7" in result.stderr
+    assert not (workdir / "out").exists()
+
+
+def test_nothing_explained_exits_non_zero_and_says_so_last(workdir, monkeypatch):
+    from salience import registry
+
+    def broken(self, model, x, targets=None):
+        raise RuntimeError("broken on purpose")
+
+    for name in ("gradients", "integrated_gradients"):
+        monkeypatch.setattr(registry.get(name).cls, "explain", broken)
+    result = run(*base_args(workdir), "--methods", "gradients,integrated_gradients")
     assert result.exit_code == 1, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: nothing was explained: 2 method(s) failed "

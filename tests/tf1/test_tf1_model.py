@@ -288,3 +288,18 @@ def test_user_subclass_of_tf1_core_saliency_gets_call_model_function(dense):
 
     mask = Halved(graph, session, y, x).GetMask(X[0], {scale: 1.0})
     np.testing.assert_allclose(mask, vanilla_by_hand(X[0], 2) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_guided_refuses_relus_inside_a_called_function():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        hidden_relu = tf.function(tf.nn.relu)  # a PartitionedCall op in the graph
+        y = tf.reduce_sum(hidden_relu(tf.matmul(x, tf.constant(W1, tf.float32))), axis=1)
+        session = v1.Session(graph=graph)
+    with session:
+        model = ours.wrap(graph, session, y, x)
+        with pytest.raises(ValueError, match="cannot reach the ReLUs inside .*PartitionedCall"):
+            salience.GuidedBackprop().explain(model, X)
+        plain = salience.Gradients().explain(model, X)
+    np.testing.assert_allclose(plain, (X @ W1 > 0) @ W1.T, rtol=1e-5, atol=1e-6)
