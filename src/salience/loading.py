@@ -569,7 +569,8 @@ def _load_keras(path: Path, layer: str | None, trust_model: bool) -> LoadedModel
         model = keras.saving.load_model(str(path), safe_mode=not trust_model)
     except Exception as err:  # noqa: BLE001 - Keras raises anything
         # Keras wraps the real reason in layers of "could not be deserialized" errors.
-        root, depth = err, 0
+        root: BaseException = err
+        depth = 0
         while root.__context__ is not None and depth < 20:
             root, depth = root.__context__, depth + 1
         raise ModelLoadError(f"cannot load {path}: {_one_line(root)}") from err

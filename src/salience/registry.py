@@ -112,9 +112,10 @@ class MethodEntry:
     def build(self, batch_size: int = 32, **overrides: Any) -> Method:
         """The method with this entry's parameters, ``overrides`` and ``batch_size``."""
         kwargs = {**self.parameters, **overrides}
+        cls: Any = self.cls  # each class takes its own arguments
         if self.wraps is not None:
-            return self.cls(get(self.wraps).build(batch_size), **kwargs)
-        return self.cls(batch_size=batch_size, **kwargs)
+            return cls(get(self.wraps).build(batch_size), **kwargs)
+        return cls(batch_size=batch_size, **kwargs)
 
 
 def _entries() -> tuple[MethodEntry, ...]:

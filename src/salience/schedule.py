@@ -215,6 +215,7 @@ def _overlapped(stages: _Stages, starts: range, first_rows: np.ndarray | None = 
             stop = stages.stop(start)
             if next_rows is not None:
                 x = next_rows.result()
+            assert x is not None  # built here or on the helper, before its call
             prepared = (helper.submit(stages.prepare, start, stop)
                         if stages.prepare is not None else None)
             next_rows = (helper.submit(stages.make_rows, starts[k + 1],
@@ -224,7 +225,8 @@ def _overlapped(stages: _Stages, starts: range, first_rows: np.ndarray | None = 
             if consumed is not None:
                 consumed.result()  # errors of the previous chunk surface in order
             consumed = helper.submit(finish_after, prepared, start, stop, x.shape, outputs)
-        consumed.result()
+        if consumed is not None:
+            consumed.result()
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):

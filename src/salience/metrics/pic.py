@@ -62,9 +62,9 @@ class ComputePicMetricError(Exception):
 class PicMetricResult(NamedTuple):
     """The PIC curve of one image and how it was obtained."""
 
-    curve_x: Sequence[float]
+    curve_x: np.ndarray
     """Normalised information (entropy) of the points of the curve, from 0 to 1."""
-    curve_y: Sequence[float]
+    curve_y: np.ndarray
     """Normalised model prediction at each ``curve_x``."""
     blurred_images: Sequence[np.ndarray]
     """The fully blurred image, one image per threshold, then the original."""
@@ -79,8 +79,8 @@ class PicMetricResult(NamedTuple):
 class AggregateMetricResult(NamedTuple):
     """A PIC curve combined over images."""
 
-    curve_x: Sequence[float]
-    curve_y: Sequence[float]
+    curve_x: np.ndarray
+    curve_y: np.ndarray
     auc: float
 
 

@@ -165,8 +165,8 @@ def preprocess_lite0(images_uint8: np.ndarray, channels_last: bool = False) -> n
     ndarray
         ``(x / 255 - LITE0_MEAN) / LITE0_STD`` in the chosen layout, float32.
     """
-    x = np.asarray(images_uint8, dtype=np.float32) / 255.0
-    x = (x - np.array(LITE0_MEAN, dtype=np.float32)) / np.array(LITE0_STD, dtype=np.float32)
+    scaled = np.asarray(images_uint8, dtype=np.float32) / np.float32(255.0)
+    x = (scaled - np.array(LITE0_MEAN, dtype=np.float32)) / np.array(LITE0_STD, dtype=np.float32)
     return np.ascontiguousarray(x if channels_last else x.transpose(0, 3, 1, 2))
 
 
@@ -222,7 +222,7 @@ def lite0_state_dict_arrays(state_dict: Any = None) -> dict[str, np.ndarray]:
 class _Block(NamedTuple):
     """One MBConv block of EfficientNet-Lite0, as every port builds it."""
 
-    index: int  # position in the torch model's ``_blocks``
+    position: int  # in the torch model's ``_blocks``
     name: str  # Keras layer prefix, as in keras.applications (block1a, block2a, ...)
     kernel: int
     stride: int

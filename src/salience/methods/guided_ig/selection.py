@@ -143,7 +143,7 @@ def advance_rows(
         ranked += g
         kth = kth_smallest(ranked, k, selected, scratch.window)
         np.less_equal(g, kth, out=selected)
-        selected &= free
+        np.logical_and(selected, free, out=selected)
         np.subtract(a_max, tt, out=room)
         room *= selected
         l1_selected = row_dots(w, room)

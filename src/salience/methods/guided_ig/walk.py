@@ -101,18 +101,14 @@ class _Walk:
         group = max(1, _GROUP_ELEMENTS // features)
         self.groups = [slice(a, min(a + group, m)) for a in range(0, m, group)]
         self.group_rows = min(group, m)
-        # Known from the first gradients (their precision): the gradients of all rows
-        # and the advance's work arrays.
-        self.grads: np.ndarray | None = None
-        self.scratch: SelectionScratch | None = None
-        self.before: np.ndarray | None = None
-        self.abs_grad: np.ndarray | None = None
+        # Built at the first gradients, whose precision they take.
+        self.arrays: _WorkArrays | None = None
 
     def fetch_gradients(self, part: list[slice]) -> None:
         """One schedule: the gradients at the current points of the rows in ``part``."""
         paths, settings = self.paths, self.settings
         first, last = part[0].start, part[-1].stop
-        features = paths.diffs.shape[1]
+        m, features = paths.diffs.shape
 
         def make_rows(start: int, stop: int) -> np.ndarray:
             rows = slice(first + start, first + stop)
@@ -121,31 +117,47 @@ class _Walk:
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             g = outputs[INPUT_OUTPUT_GRADIENTS].reshape(stop - start, features)
-            if self.grads is None:
-                self._allocate(np.result_type(g.dtype, np.float32))
-            self.grads[first + start : first + stop] = g
+            if self.arrays is None:
+                self.arrays = _WorkArrays.of(m, features, self.group_rows,
+                                             np.result_type(g.dtype, np.float32))
+            self.arrays.grads[first + start : first + stop] = g
 
         run_rows(self.model, [INPUT_OUTPUT_GRADIENTS], paths.owners[first:last], make_rows,
                  consume, paths.targets, settings.batch_size, settings.method)
 
-    def _allocate(self, grad_dtype: np.dtype) -> None:
-        m, features = self.paths.diffs.shape
-        self.grads = np.empty((m, features), dtype=grad_dtype)
-        self.scratch = SelectionScratch(self.group_rows, features, grad_dtype)
-        self.abs_grad = np.empty((self.group_rows, features), dtype=grad_dtype)
-        self.before = np.empty((self.group_rows, features), dtype=np.float64)
-
     def advance(self, part: list[slice], step: int) -> None:
         """Path step ``step`` of the rows in ``part``, adding ``grad * dt`` to their sums."""
         target = StepTarget.of(step, self.settings.steps, self.settings.max_dist)
-        g = self.grads
+        arrays = self.arrays
+        assert arrays is not None, "a step advances after its gradients"
+        g = arrays.grads
         for rows in part:
             n = rows.stop - rows.start
-            before, abs_grad = self.before[:n], self.abs_grad[:n]
+            before, abs_grad = arrays.before[:n], arrays.abs_grad[:n]
             np.copyto(before, self.t[rows])
             np.abs(g[rows], out=abs_grad)
             advance_rows(self.t[rows], self.weights[rows], abs_grad, target, self.k,
-                         self.l1_total[rows], self.scratch)
+                         self.l1_total[rows], arrays.scratch)
             np.subtract(self.t[rows], before, out=before)
             before *= g[rows]
             self.accumulated[rows] += before
+
+
+@dataclass(frozen=True)
+class _WorkArrays:
+    """The gradients of every row and the advance's work arrays (a group of rows at a
+    time), allocated once per call: fresh large arrays cost page faults each time."""
+
+    grads: np.ndarray  # (rows, features), the gradients' precision
+    scratch: SelectionScratch
+    abs_grad: np.ndarray  # (group rows, features), the gradients' precision
+    before: np.ndarray  # (group rows, features), float64
+
+    @classmethod
+    def of(cls, rows: int, features: int, group_rows: int, grad_dtype: np.dtype) -> _WorkArrays:
+        return cls(
+            grads=np.empty((rows, features), dtype=grad_dtype),
+            scratch=SelectionScratch(group_rows, features, grad_dtype),
+            abs_grad=np.empty((group_rows, features), dtype=grad_dtype),
+            before=np.empty((group_rows, features), dtype=np.float64),
+        )

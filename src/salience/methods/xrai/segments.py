@@ -89,7 +89,7 @@ class SegmentMasks:
                 box = (0, 0, 0, 0)
             boxes.append(box)
             crops.append(m[box[0] : box[1], box[2] : box[3]].copy())
-        return cls(tuple(shape), np.asarray(boxes, dtype=np.int64).reshape(-1, 4), crops)
+        return cls((int(shape[0]), int(shape[1])), np.asarray(boxes, dtype=np.int64).reshape(-1, 4), crops)
 
     @classmethod
     def concatenate(cls, parts: Sequence[SegmentMasks]) -> SegmentMasks:
