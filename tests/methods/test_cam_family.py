@@ -197,14 +197,24 @@ def score_cam_by_hand(model, image, target, align_corners):
     scores = []
     for c in range(a.shape[2]):
         up = _bilinear(a[:, :, c], (height, width), align_corners)
-        span = up.max() - up.min()
-        mask = (up - up.min()) / span if span > 0 else np.zeros_like(up)
+        mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
         masked = image * mask[:, :, None]
         out = LayerModel.__call__(model, masked[None], np.array([target]), [OUTPUT_LAYER_VALUES])
         scores.append(out[OUTPUT_LAYER_VALUES][0])
     scores = np.array(scores)
     weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
     return _weighted_sum(a, weights)
+
+
+def test_score_cam_masks_scale_channels_to_the_unit_interval_and_damp_noise():
+    from salience.methods.score_cam import channel_masks
+
+    channels = np.stack([np.arange(4.0).reshape(2, 2), np.full((2, 2), 3.0),
+                         3.0 + 1e-12 * np.arange(4.0).reshape(2, 2)])
+    masks = channel_masks(channels, (5, 5), align_corners=True)
+    np.testing.assert_allclose([masks[0].min(), masks[0].max()], [0, 1], atol=1e-8)
+    np.testing.assert_array_equal(masks[1], 0)  # constant channel: no mask at all
+    assert masks[2].max() < 1e-3  # rounding-noise channel: not stretched to [0, 1]
 
 
 def _bilinear(img, size, align_corners):

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.special import softmax
 
-from ..arrays import channels_last, spatial_axes
+from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
 from ..schedule import run_rows
 from .base import collect_rows
 from .cam_base import CAMMethod, bilinear_matrix, finish_maps, layer_arrays, weighted_channel_sum
+from .masking import apply_masks, image_size
 
 __all__ = ["ScoreCAM", "channel_masks", "score_cam_weights"]
 
@@ -57,21 +58,18 @@ class ScoreCAM(CAMMethod):
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         is_last = channels_last(model)
-        h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)
-        size = (x.shape[1 + h_axis], x.shape[1 + w_axis])
+        size = image_size(x, is_last)
         out = collect_rows(model, x, targets, [CONVOLUTION_LAYER_VALUES], self.batch_size,
                            self.name)
         values, _ = layer_arrays(out[CONVOLUTION_LAYER_VALUES], None, is_last, self.title)
         n, k = values.shape[:2]
         owners = np.repeat(np.arange(n), k)  # row r: image r // k masked by channel r % k
         scores = np.empty(n * k)
-        mask_shape = [-1] + [1] * (x.ndim - 1)  # masks broadcast over the input's channels
-        mask_shape[1 + h_axis], mask_shape[1 + w_axis] = size
 
         def make_rows(start: int, stop: int) -> np.ndarray:
             rows = np.arange(start, stop)
             masks = channel_masks(values[owners[rows], rows % k], size, self.align_corners)
-            return (x[owners[rows]] * masks.reshape(mask_shape)).astype(x.dtype, copy=False)
+            return apply_masks(x[owners[rows]], masks, is_last)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
@@ -83,16 +81,23 @@ class ScoreCAM(CAMMethod):
         return finish_maps(cams, x, is_last, self.resize, self.broadcast)
 
 
+# Added to each upsampled channel's range before scaling it to [0, 1], as
+# pytorch-grad-cam does: a channel that varies by rounding noise only gives a
+# near-zero mask, not that noise stretched to [0, 1].
+_SPAN_EPS = 1e-8
+
+
 def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
-    """Layer channels ``(m, h, w)`` upsampled (bilinear) to ``size`` and each scaled
-    to [0, 1] by its own minimum and maximum (a constant channel gives an all-zero mask)."""
+    """Layer channels ``(m, h, w)`` upsampled (bilinear) to ``size``, each scaled to
+    [0, 1] by its own minimum and range (plus ``_SPAN_EPS``; a constant channel
+    gives an all-zero mask)."""
     (h, w), (height, width) = channels.shape[1:], size
     up = (bilinear_matrix(h, height, align_corners) @ channels
           @ bilinear_matrix(w, width, align_corners).T)
     flat = up.reshape(len(up), -1)
     low = flat.min(axis=1)[:, None, None]
     span = flat.max(axis=1)[:, None, None] - low
-    return np.divide(up - low, span, out=np.zeros_like(up), where=span > 0)
+    return (up - low) / (span + _SPAN_EPS)
 
 
 def score_cam_weights(scores: np.ndarray) -> np.ndarray:
