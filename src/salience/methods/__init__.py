@@ -14,6 +14,7 @@ from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .layer_cam import LayerCAM
 from .occlusion import Occlusion
+from .rise import RISE
 from .score_cam import ScoreCAM
 from .smoothgrad import SmoothGrad
 from .xgrad_cam import XGradCAM
@@ -39,4 +40,5 @@ __all__ = [
     "EigenCAM",
     "ScoreCAM",
     "GuidedGradCAM",
+    "RISE",
 ]
