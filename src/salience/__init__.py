@@ -8,6 +8,8 @@ Quick start::
 """
 
 from .methods import (
+    LIME,
+    RISE,
     XRAI,
     BlurIG,
     EigenCAM,
@@ -20,10 +22,10 @@ from .methods import (
     HiResCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelSHAP,
     LayerCAM,
     Method,
     Occlusion,
-    RISE,
     ScoreCAM,
     SmoothGrad,
     XGradCAM,
@@ -65,6 +67,8 @@ __all__ = [
     "ScoreCAM",
     "GuidedGradCAM",
     "RISE",
+    "LIME",
+    "KernelSHAP",
     "Model",
     "CallbackModel",
     "CONVOLUTION_LAYER_VALUES",

@@ -12,7 +12,9 @@ from .guided_ig import GuidedIG
 from .hires_cam import HiResCAM
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
+from .kernel_shap import KernelSHAP
 from .layer_cam import LayerCAM
+from .lime import LIME
 from .occlusion import Occlusion
 from .rise import RISE
 from .score_cam import ScoreCAM
@@ -41,4 +43,6 @@ __all__ = [
     "ScoreCAM",
     "GuidedGradCAM",
     "RISE",
+    "LIME",
+    "KernelSHAP",
 ]
