@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dev]'
+	$(PY) -m pip install -q --no-deps grad-cam==1.5.7
 	touch $(STAMP)
 
 test: venv

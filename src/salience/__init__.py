@@ -81,7 +81,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # Framework adapters import their framework only when first used.
-    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry"):
+    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
+                "blackbox"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
