@@ -49,9 +49,9 @@ class SurrogateMethod(Method):
     baseline : float
         What pixels of absent features show.
     coalitions : array_like of 0/1, optional
-        ``(S, K)`` coalitions to score instead of drawing ``n_samples`` (every
-        image must then have ``K`` features): a fixed design, or the samples of
-        another library to compare with it.
+        ``(S, K)`` coalitions to score instead of drawing ``n_samples``, with a
+        ``feature_mask`` of ``K`` features per image: a fixed design, or the
+        samples of another library to compare with it.
     seed : None, int, numpy Generator or RandomState
         Source of the coalitions.
     batch_size : int
@@ -70,6 +70,11 @@ class SurrogateMethod(Method):
         if not np.isfinite(self.baseline):
             raise ValueError(f"baseline must be finite, got {baseline}")
         self.coalitions = None if coalitions is None else self._as_coalitions(coalitions)
+        if self.coalitions is not None and self.feature_mask is None:
+            raise ValueError(
+                "coalitions need a feature_mask: their columns are its features (the default "
+                "superpixels' count is known only once each image is segmented)"
+            )
         self.seed = check_seed(seed)
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
@@ -144,11 +149,6 @@ class SurrogateMethod(Method):
             _, consecutive = np.unique(mask, return_inverse=True)
             labels.append(consecutive.reshape(mask.shape))
             counts.append(int(consecutive.max()) + 1)
-        if self.coalitions is not None and set(counts) != {self.coalitions.shape[1]}:
-            raise ValueError(
-                f"coalitions have {self.coalitions.shape[1]} columns but the images have "
-                f"{sorted(set(counts))} features; give a feature_mask with that many features"
-            )
         return labels, counts
 
     def _as_coalitions(self, coalitions: Any) -> np.ndarray:
