@@ -162,7 +162,7 @@ def bilinear_matrix(size: int, new_size: int, align_corners: bool) -> np.ndarray
     ``align_corners=True``: the first and last pixels of both grids coincide
     (``UpsamplingBilinear2d``).  ``align_corners=False``: pixel centres are
     aligned and positions beyond the outer centres take the edge pixel
-    (``interpolate(mode="bilinear")``, OpenCV's ``resize``).
+    (``interpolate(mode="bilinear")``).
     """
     out = np.arange(new_size, dtype=np.float64)
     if align_corners:

@@ -21,8 +21,9 @@ class LIME(SurrogateMethod):
     perturbed image ``z`` weighs ``exp(-d^2 / (2 kernel_width^2))`` where ``d``
     is the cosine distance between the flattened image and ``z`` (Captum's
     default kernel), and a linear model with an intercept is fitted to the
-    scores by weighted least squares with an L1 penalty ``alpha`` (the
-    paper's K-LASSO; ``alpha=0``: plain weighted least squares).  The map
+    scores by weighted least squares with an L1 penalty ``alpha``, which keeps
+    few features as the paper's K-Lasso does (``alpha=0``: plain weighted
+    least squares).  The map
     paints each feature's coefficient on its pixels, so maps are shaped like
     ``x``.  With the same feature mask, coalitions and settings the
     coefficients equal Captum's ``Lime`` (its default ``SkLearnLasso(alpha=0.01)``),

@@ -34,7 +34,8 @@ class ScoreCAM(CAMMethod):
     align_corners : bool
         How channels are upsampled to masks (bilinear): True aligns the corner
         pixels, as PyTorch's ``UpsamplingBilinear2d`` does in pytorch-grad-cam;
-        False aligns pixel centres (edges repeated), as the paper's code does.
+        False aligns pixel centres (edges repeated), as PyTorch's
+        ``interpolate(mode="bilinear")`` does by default.
     resize, broadcast
         As in :class:`salience.GradCAM`.
     batch_size : int
