@@ -107,11 +107,21 @@ def test_gray_and_channels_first_images(model_classes):
     np.testing.assert_array_equal(maps[:, 0], maps[:, 2])
 
 
-def test_cosine_kernel():
-    a = np.array([[1.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
-    b = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
-    np.testing.assert_allclose(cosine_kernel(a, b, 1.0), [1.0, np.exp(-0.5), np.exp(-0.5)])
-    np.testing.assert_allclose(cosine_kernel(a, b, 0.5)[1], np.exp(-2.0))
+@pytest.mark.parametrize("baseline", [0.0, 0.7])
+def test_cosine_kernel_equals_the_cosine_of_the_masked_copies(baseline):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(5, 6, 7, 3))
+    masks = rng.uniform(size=(5, 6, 7)) * (rng.uniform(size=(5, 6, 7)) < 0.6)
+    masks[0] = 0  # all hidden
+    copies = baseline + (images - baseline) * masks[..., None]
+    a, b = images.reshape(5, -1), copies.reshape(5, -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0)
+    got = cosine_kernel((images**2).sum(-1).reshape(5, -1), images.sum(-1).reshape(5, -1), 3,
+                        baseline, masks.reshape(5, -1), 0.8)
+    np.testing.assert_allclose(got, np.exp(-((1 - cosine) ** 2) / (2 * 0.8**2)), rtol=1e-12)
+    if baseline == 0:
+        assert got[0] == pytest.approx(np.exp(-1 / (2 * 0.8**2)))  # zero copy: similarity 0
 
 
 # ----------------------------------------------------------------- Captum
@@ -186,9 +196,11 @@ def test_lime_equals_captums_given_its_coalitions(captum_setup, solver_tol, rtol
     assert scale > 0 and (theirs != 0).sum() > theirs.size / 4
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=rtol * scale)
     # the weights are Captum's cosine kernel (computed in float32 there)
-    pixel_masks = coalitions.astype(bool)[:, mask][:, None]
-    ours_w = cosine_kernel(np.repeat(x.reshape(1, -1), len(coalitions), axis=0),
-                           (x * pixel_masks).reshape(len(coalitions), -1), 1.0)
+    pixel_masks = coalitions[:, mask].reshape(len(coalitions), -1)
+    image = np.moveaxis(x[0], 0, -1).reshape(-1, 3)
+    squares, sums = (image**2).sum(axis=1), image.sum(axis=1)
+    ours_w = cosine_kernel(np.tile(squares, (len(coalitions), 1)),
+                           np.tile(sums, (len(coalitions), 1)), 3, 0.0, pixel_masks, 1.0)
     np.testing.assert_allclose(ours_w, weights, rtol=1e-6)
 
 

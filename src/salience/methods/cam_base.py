@@ -22,6 +22,7 @@ from skimage.transform import resize as skimage_resize
 from ..arrays import channels_last, spatial_axes
 from ..checks import check_positive_int
 from ..model import CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS, Model
+from ..numeric import one_blas_thread
 from .base import Method, collect_rows
 
 __all__ = [
@@ -144,8 +145,10 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if height < h or width < w:  # downsampling: scikit-image also anti-aliases
         return skimage_resize(maps, (len(maps), *size))
     # Upsampling is separable and linear: two small matrices reproduce
-    # scikit-image's bilinear zoom exactly, at a fraction of its cost.
-    return _skimage_upsampling(h, height) @ maps @ _skimage_upsampling(w, width).T
+    # scikit-image's bilinear zoom exactly, at a fraction of its cost.  Small
+    # products: one BLAS thread avoids spin-wait contention.
+    with one_blas_thread():
+        return _skimage_upsampling(h, height) @ maps @ _skimage_upsampling(w, width).T
 
 
 @functools.lru_cache(maxsize=16)

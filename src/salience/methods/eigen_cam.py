@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import CONVOLUTION_LAYER_VALUES
+from ..numeric import one_blas_thread
 from .cam_base import CAMMethod
 
 __all__ = ["EigenCAM", "principal_projection"]
@@ -42,12 +43,26 @@ class EigenCAM(CAMMethod):
 
 def principal_projection(values: np.ndarray) -> np.ndarray:
     """Each position's centred activations projected on the first right singular
-    vector, with the sign rule of :class:`EigenCAM`; ``(n, h, w)``."""
+    vector, with the sign rule of :class:`EigenCAM`; ``(n, h, w)``.
+
+    The singular vector comes from the eigendecomposition of the smaller Gram
+    matrix (positions x positions, or channels x channels): the same
+    projection as a singular value decomposition, at a fraction of its cost
+    for a wide layer such as 7 x 7 positions of 1280 channels.
+    """
     n, k, h, w = values.shape
     positions = values.reshape(n, k, h * w).transpose(0, 2, 1)  # (n, positions, channels)
     centred = positions - positions.mean(axis=1, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    direction = vt[:, 0, :]  # (n, k)
-    # projection . (centred channel sums) = s1^2 * sum(direction): make that >= 0
-    direction = direction * np.where(direction.sum(axis=1) < 0, -1.0, 1.0)[:, None]
-    return np.matmul(centred, direction[:, :, None])[:, :, 0].reshape(n, h, w)
+    with one_blas_thread():  # small LAPACK calls: threads only contend
+        if h * w <= k:
+            # centred @ v1 = s1 * u1, and u1 is the top eigenvector of centred @ centred.T
+            eigenvalues, eigenvectors = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
+            projection = eigenvectors[:, :, -1] * np.sqrt(np.maximum(eigenvalues[:, -1:], 0))
+        else:
+            _, eigenvectors = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
+            projection = np.matmul(centred, eigenvectors[:, :, -1:])[:, :, 0]
+    # Sign: positive correlation with each position's centred total activation.
+    totals = centred.sum(axis=2)
+    flip = np.einsum("np,np->n", projection, totals) < 0
+    projection[flip] *= -1
+    return projection.reshape(n, h, w)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numeric import one_blas_thread
 from .surrogate import SurrogateMethod
 
 __all__ = ["KernelSHAP", "draw_shapley_coalitions", "kernel_shap_values"]
@@ -97,5 +98,6 @@ def kernel_shap_values(coalitions: np.ndarray, scores: np.ndarray, full: float,
     # phi_last = total - sum(phi_rest): substitute, then an unconstrained fit.
     design = coalitions[:, :-1] - coalitions[:, -1:]
     rhs = scores - empty - coalitions[:, -1] * total
-    rest = np.linalg.lstsq(design, rhs, rcond=None)[0]
+    with one_blas_thread():  # a small least-squares problem: threads only contend
+        rest = np.linalg.lstsq(design, rhs, rcond=None)[0]
     return np.append(rest, total - rest.sum())

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int
+from ..numeric import one_blas_thread
 from .surrogate import SurrogateMethod
 
 __all__ = ["LIME", "cosine_kernel", "weighted_lasso"]
@@ -65,9 +66,17 @@ class LIME(SurrogateMethod):
     def _draw(self, rng: Any, n_features: int) -> np.ndarray:
         return (rng.uniform(size=(self.n_samples, n_features)) < 0.5).astype(np.int8)
 
-    def _row_weights(self, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return cosine_kernel(images.reshape(len(images), -1), rows.reshape(len(rows), -1),
-                             self.kernel_width)
+    def _per_image(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        # Per pixel, the sums over channels of x^2 and x: enough for the cosine of
+        # the image with any masked copy of it, without forming the copy.
+        values = images.astype(np.float64).reshape(len(images), -1, images.shape[-1])
+        return (values**2).sum(axis=2), values.sum(axis=2), images.shape[-1]
+
+    def _row_weights(self, per_image: tuple[np.ndarray, np.ndarray, int], owners: np.ndarray,
+                     masks: np.ndarray) -> np.ndarray:
+        squares, sums, channels = per_image
+        return cosine_kernel(squares[owners], sums[owners], channels, self.baseline,
+                             masks.reshape(len(masks), -1), self.kernel_width)
 
     def _fit(self, coalitions: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         coefficients, _ = weighted_lasso(coalitions, scores, weights, self.alpha,
@@ -75,13 +84,22 @@ class LIME(SurrogateMethod):
         return coefficients
 
 
-def cosine_kernel(originals: np.ndarray, perturbed: np.ndarray, width: float) -> np.ndarray:
-    """``exp(-d^2 / (2 width^2))`` of the cosine distance ``d`` between matching rows
-    (a zero row has cosine similarity 0 with anything)."""
-    originals = originals.astype(np.float64)
-    perturbed = perturbed.astype(np.float64)
-    dots = np.einsum("ij,ij->i", originals, perturbed)
-    norms = np.linalg.norm(originals, axis=1) * np.linalg.norm(perturbed, axis=1)
+def cosine_kernel(squares: np.ndarray, sums: np.ndarray, channels: int, baseline: float,
+                  masks: np.ndarray, width: float) -> np.ndarray:
+    """``exp(-d^2 / (2 width^2))`` of the cosine distance ``d`` between each image and
+    its masked copy ``baseline + (x - baseline) * mask`` (a zero vector has cosine
+    similarity 0 with anything).
+
+    Each row gives one image's per-pixel sums over its ``channels`` of ``x^2``
+    (``squares``) and of ``x`` (``sums``), and the pixel ``masks``; the dot
+    product and the norms are expanded in those sums, so no copy is formed.
+    """
+    b, c = baseline, channels
+    dots = b * sums.sum(axis=1) + np.einsum("ij,ij->i", squares - b * sums, masks)
+    masked_squares = (c * b * b * masks.shape[1]
+                      + 2 * b * np.einsum("ij,ij->i", sums - c * b, masks)
+                      + np.einsum("ij,ij->i", squares - 2 * b * sums + c * b * b, masks**2))
+    norms = np.sqrt(squares.sum(axis=1)) * np.sqrt(np.maximum(masked_squares, 0))
     similarity = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     return np.exp(-((1 - similarity) ** 2) / (2 * width**2))
 
@@ -100,12 +118,13 @@ def weighted_lasso(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: flo
     p = weights / weights.sum()
     z_mean, y_mean = p @ z, p @ y
     zc, yc = z - z_mean, y - y_mean
-    gram = (zc * p[:, None]).T @ zc
-    target = (zc * p[:, None]).T @ yc
-    if alpha == 0:
-        root = np.sqrt(p)[:, None]
-        coefficients = np.linalg.lstsq(zc * root, yc * root[:, 0], rcond=None)[0]
-        return coefficients, float(y_mean - z_mean @ coefficients)
+    with one_blas_thread():  # small products: threads only contend
+        gram = (zc * p[:, None]).T @ zc
+        target = (zc * p[:, None]).T @ yc
+        if alpha == 0:
+            root = np.sqrt(p)[:, None]
+            coefficients = np.linalg.lstsq(zc * root, yc * root[:, 0], rcond=None)[0]
+            return coefficients, float(y_mean - z_mean @ coefficients)
     coefficients = np.zeros(z.shape[1])
     diagonal = gram.diagonal()
     for _ in range(max_sweeps):

@@ -28,9 +28,11 @@ def apply_masks(
     h_axis, w_axis = spatial_axes(images.ndim - 1, is_channels_last)
     shape = [len(masks)] + [1] * (images.ndim - 1)
     shape[1 + h_axis], shape[1 + w_axis] = masks.shape[1:]
-    masks = masks.reshape(shape)
+    # In the images' precision throughout: no float64 copies of float32 rows.
+    masks = masks.astype(images.dtype, copy=False).reshape(shape)
     if baseline == 0:
-        rows = images * masks
-    else:
-        rows = baseline + (images - baseline) * masks
-    return rows.astype(images.dtype, copy=False)
+        return images * masks
+    rows = images - images.dtype.type(baseline)
+    rows *= masks
+    rows += images.dtype.type(baseline)
+    return rows

@@ -9,6 +9,7 @@ from scipy.special import softmax
 
 from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
+from ..numeric import one_blas_thread
 from ..schedule import run_rows
 from .base import collect_rows
 from .cam_base import CAMMethod, bilinear_matrix, finish_maps, layer_arrays, weighted_channel_sum
@@ -93,8 +94,9 @@ def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bo
     [0, 1] by its own minimum and range (plus ``_SPAN_EPS``; a constant channel
     gives an all-zero mask)."""
     (h, w), (height, width) = channels.shape[1:], size
-    up = (bilinear_matrix(h, height, align_corners) @ channels
-          @ bilinear_matrix(w, width, align_corners).T)
+    with one_blas_thread():  # small products: threads only contend
+        up = (bilinear_matrix(h, height, align_corners) @ channels
+              @ bilinear_matrix(w, width, align_corners).T)
     flat = up.reshape(len(up), -1)
     low = flat.min(axis=1)[:, None, None]
     span = flat.max(axis=1)[:, None, None] - low

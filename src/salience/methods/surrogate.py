@@ -33,8 +33,10 @@ class SurrogateMethod(Method):
 
     Subclasses implement ``_draw(rng, n_features)`` (coalitions, an ``(S, K)``
     0/1 array) and ``_fit(coalitions, scores, weights)`` (one coefficient per
-    feature), and may override ``_row_weights(image, rows)`` (one weight per
-    coalition row; default None, all alike).
+    feature), and may override ``_per_image(images)`` (anything computed once
+    per channels-last image) and ``_row_weights(per_image, owners, masks)`` (one
+    weight per coalition row from its image's and its ``(H, W)`` mask; default
+    None, all alike).
 
     Parameters
     ----------
@@ -110,6 +112,7 @@ class SurrogateMethod(Method):
         owners = np.repeat(np.arange(n), per_image)
         scores = np.empty(n * per_image)
         weights = np.ones(n * per_image)
+        per_image_stats = self._per_image(to_channels_last(x, is_last))
 
         def make_rows(start: int, stop: int) -> np.ndarray:
             index = np.arange(start, stop)
@@ -117,11 +120,10 @@ class SurrogateMethod(Method):
             masks = np.empty((stop - start, *size))
             for r, (i, s) in enumerate(zip(owners[index], samples)):
                 masks[r] = designs[i][s][labels[i]]
-            rows = apply_masks(x[owners[index]], masks, is_last, self.baseline)
-            row_weights = self._row_weights(x[owners[index]], rows)
+            row_weights = self._row_weights(per_image_stats, owners[index], masks)
             if row_weights is not None:
                 weights[start:stop] = row_weights
-            return rows
+            return apply_masks(x[owners[index]], masks, is_last, self.baseline)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
@@ -166,7 +168,11 @@ class SurrogateMethod(Method):
     def _fit(self, coalitions: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _row_weights(self, images: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    def _per_image(self, images: np.ndarray) -> Any:
+        return None
+
+    def _row_weights(self, per_image: Any, owners: np.ndarray,
+                     masks: np.ndarray) -> np.ndarray | None:
         return None
 
 
