@@ -8,6 +8,7 @@ photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -327,12 +328,13 @@ def run_explain(
 
     x = prep.model_input([e.display for e in entries])
     targets = _target(target, loaded.labels, len(entries))
-    result = _explain_with_progress(explain, loaded.model, x, names, targets, batch_size,
-                                    quiet, console, len(entries))
+    with _progress_bar(quiet, console, [e.name for e in entries]) as bar:
+        result = explain(loaded.model, x, names, targets, batch_size, progress=bar,
+                         errors="collect")
+        if metrics:
+            _add_metrics(entries, loaded.model, x, result, prep, batch_size)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
-    if metrics:
-        _add_metrics(entries, loaded.model, x, result, prep, batch_size)
 
     scale, mean_v, std_v = prep.normalisation()
     index = write_report(
@@ -406,24 +408,16 @@ def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet, console, n):
-    show = not quiet and _is_terminal()
-    if not show:
-        return explain(model, x, names, targets, batch_size, errors="collect")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, console, image_names: list[str]):
+    """The run's progress bar on a terminal (None when quiet or piped)."""
+    if quiet or not _is_terminal():
+        yield None
+        return
+    from .progress import ProgressBar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("explaining", total=n * len(names))
-        done: dict[str, int] = {}
-
-        def progress(method: str, images_done: int) -> None:
-            step = images_done - done.get(method, 0)
-            done[method] = images_done
-            bar.update(task, advance=step, description=f"{method}")
-
-        return explain(model, x, names, targets, batch_size, progress=progress,
-                       errors="collect")
+    with ProgressBar(image_names=image_names, console=console) as bar:
+        yield bar
 
 
 def _add_metrics(entries, model, x, result, prep, batch_size) -> None:

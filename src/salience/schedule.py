@@ -18,6 +18,7 @@ import numpy as np
 
 from .checks import check_positive_int
 from .model import Model, check_outputs
+from .progress import watch_rows
 
 __all__ = ["run_rows", "NonFiniteOutputError"]
 
@@ -82,6 +83,7 @@ def run_rows(
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     n_rows = len(row_image)
+    model = watch_rows(model, row_image)  # counts chunks while a call shows progress
     chunks = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
 
     def call(start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
