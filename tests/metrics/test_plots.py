@@ -51,3 +51,22 @@ def test_plot_bad_inputs():
         plots.plot_curves({})
     with pytest.raises(TypeError, match="SanityResult"):
         plots.plot_sanity(_curve())
+
+
+@pytest.mark.parametrize("layers", [["fc", "conv"],
+                                    [f"features.{i}.block.0" for i in range(12)],
+                                    [f"encoder.layers.{i}.attention.output.dense"
+                                     for i in range(30)]])
+def test_plot_sanity_labels_fit_in_the_figure(layers):
+    k = len(layers)
+    result = sanity.SanityResult(layers, True, np.full((k, 2), 0.5), np.full((k, 2), 0.4),
+                                 np.full((k, 2), 0.3))
+    fig = plots.plot_sanity(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    inside = fig.bbox.padded(0.5)
+    for text in [ax.yaxis.label, ax.xaxis.label, *ax.get_xticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (
+            f"{text.get_text()!r} is cut off: {box} outside {fig.bbox}")

@@ -109,7 +109,10 @@ def plot_sanity(result: SanityResult, title: str | None = None):
         raise TypeError(f"result must be a SanityResult, got {type(result).__name__}")
     labels = ["trained", *result.layers]
     positions = np.arange(len(labels))
-    fig = _figure((max(5.0, 0.45 * len(labels) + 2), 4.0))
+    # Rotated layer names take height from the axes: grow the figure with the longest
+    # one so the axes keep room for the y label.
+    longest = max(len(label) for label in labels)
+    fig = _figure((max(5.0, 0.45 * len(labels) + 2), 3.2 + 0.055 * longest))
     ax = fig.add_subplot()
     for name, values in (("Spearman (abs)", result.spearman_abs),
                          ("Spearman", result.spearman), ("SSIM", result.ssim)):
@@ -118,7 +121,7 @@ def plot_sanity(result: SanityResult, title: str | None = None):
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xticks(positions, labels, rotation=60, ha="right", fontsize="small")
     ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("similarity to the trained model's maps")
+    ax.set_ylabel("similarity to the\ntrained model's maps")
     ax.set_xlabel(("cascading" if result.cascading else "independent") + " randomisation")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
