@@ -26,6 +26,10 @@ def test_plot_curves_insertion_deletion_and_pic(tmp_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["perfect (AUC 1.500)", "random (AUC 1.500)"]
     assert ax.get_xlabel() == "fraction of pixels deleted"
+    assert ax.get_ylabel() == "class probability"
+    raw = idl.CurveResult("insertion", np.array([0.0, 1.0]), np.ones((1, 2)), np.ones(1),
+                          score="output")
+    assert plots.plot_curves(raw).axes[0].get_ylabel() == "model output"
     agg = pic.AggregateMetricResult(np.linspace(0, 1, 5), np.linspace(0, 1, 5) ** 2, 0.34)
     fig2 = plots.plot_curves(agg)
     assert fig2.axes[0].get_legend().get_texts()[0].get_text() == "PIC (AUC 0.340)"

@@ -68,7 +68,7 @@ def plot_curves(
         raise ValueError("curves is empty; pass a result or a mapping label -> result")
     fig = _figure((6.0, 4.0))
     ax = fig.add_subplot()
-    xlabel = "fraction of pixels"
+    xlabel, ylabel = "fraction of pixels", "score"
     for label, result in curves.items():
         if isinstance(result, CurveResult):
             mean = result.scores.mean(axis=0)
@@ -78,16 +78,17 @@ def plot_curves(
                 for s in result.scores:
                     ax.plot(result.fractions, s, color=line.get_color(), alpha=0.15, lw=0.8)
             xlabel = f"fraction of pixels {'inserted' if result.kind == 'insertion' else 'deleted'}"
+            ylabel = "class probability" if result.score == "probability" else "model output"
         elif isinstance(result, (PicMetricResult, AggregateMetricResult)):
             ax.plot(result.curve_x, result.curve_y, label=f"{label} (AUC {result.auc:.3f})")
-            xlabel = "normalised information (entropy)"
+            xlabel, ylabel = "normalised information (entropy)", "normalised prediction"
         else:
             raise TypeError(
                 f"curves[{label!r}] is a {type(result).__name__}; expected CurveResult, "
                 "PicMetricResult or AggregateMetricResult"
             )
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("score" if "pixels" in xlabel else "normalised prediction")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
