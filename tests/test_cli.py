@@ -76,6 +76,8 @@ def test_report_from_state_dict_skips_corrupt_image(workdir):
     summary = json.loads((out / "summary.json").read_text())
     assert [im["name"] for im in summary["images"]] == ["a.png", "b gray.jpg"]
     assert [s["path"] for s in summary["skipped"]] == [str(workdir / "imgs" / "broken.png")]
+    assert summary["skipped"][0]["reason"].startswith("not a readable image")
+    assert result.stderr.count("broken.png") == 1  # the path is said once
     assert [m["name"] for m in summary["methods"]] == ["gradients", "gradcam"]
     assert summary["methods"][0]["rows"] == 2 and summary["methods"][0]["calls"] == 1
     for im in summary["images"]:

@@ -307,13 +307,13 @@ def run_explain(
             image = (_read_image(item, limit) if isinstance(item, Path)
                      else np.asarray(item))
         except ImageTooLargeError as err:
-            reason = f"{err}; pass --memory-limit {_limit_for(err.need)} to read it"
+            reason = f"{err.reason}; pass --memory-limit {_limit_for(err.need)} to read it"
             skipped.append({"path": source, "reason": reason})
-            say(f"[yellow]skipped[/yellow] {reason}", markup=True)
+            say(f"[yellow]skipped[/yellow] {source}: {reason}", markup=True)
             continue
         except ImageReadError as err:
-            skipped.append({"path": source, "reason": str(err)})
-            say(f"[yellow]skipped[/yellow] {err}", markup=True)
+            skipped.append({"path": source, "reason": err.reason})
+            say(f"[yellow]skipped[/yellow] {source}: {err.reason}", markup=True)
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeImageWarning)
@@ -478,7 +478,8 @@ def explain_command(
     size: Annotated[str | None, typer.Option(
         help="Model input size: N or HEIGHTxWIDTH (default: the model's).")] = None,
     resize: Annotated[str | None, typer.Option(
-        help="squash (whole image, default) or crop (shorter side, centre crop).")] = None,
+        help="crop (default: shorter side to the model's size, centre cut out, aspect ratio "
+        "kept) or squash (whole image, stretched to the model's size).")] = None,
     channels: Annotated[int | None, typer.Option(
         help="Channels the model takes (1 or 3; default: from its first layer).")] = None,
     channels_last: Annotated[bool, typer.Option(
