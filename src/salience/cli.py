@@ -107,6 +107,9 @@ def _available_memory() -> int | None:
         return None
 
 
+#: What insertion/deletion follow with --metrics (as salience.metrics does by default).
+METRIC_SCORE = "probability"
+
 #: The memory limit when the machine does not say how much it has.
 FALLBACK_MEMORY_LIMIT = 4 * 10**9
 
@@ -177,6 +180,28 @@ def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
     if not names:
         raise CliError(f"--methods is empty; valid methods: {', '.join(registry.names())}")
     return names
+
+
+def _method_notes(text: str | None, has_layer: bool) -> list[str]:
+    """What the user should know about how ``--methods`` was read: names taken as
+    another method's, and default methods the model cannot run."""
+    from . import registry
+
+    if text is None:
+        if has_layer:
+            return []
+        dropped = [m for m in registry.DEFAULT_METHODS if registry.get(m).needs_layer]
+        return [f"{', '.join(dropped)} (a default method) left out: this model gives no "
+                "convolutional layer for it (TorchScript and torch.export archives cannot "
+                "hook one; a state_dict with --arch, and --layer NAME if needed, can)"
+                ] if dropped else []
+    notes = []
+    for raw in (part.strip() for part in text.split(",")):
+        if raw and raw.lower() != "all":
+            name = registry.canonical_name(raw)
+            if name != raw:
+                notes.append(f"--methods {raw!r} is read as {name!r}")
+    return notes
 
 
 def _target(text: str | None, labels, n: int) -> Any:
@@ -289,6 +314,9 @@ def run_explain(
                                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                       channels=channels)
     names = _method_names(methods, loaded.has_layer)
+    for note in _method_notes(methods, loaded.has_layer):
+        warned.append(note)
+        say(f"[yellow]note:[/yellow] {note}", markup=True)
     layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
     if layerless:
         raise CliError(
@@ -328,11 +356,13 @@ def run_explain(
 
     x = prep.model_input([e.display for e in entries])
     targets = _target(target, loaded.labels, len(entries))
+    metric_seconds: dict[str, float] = {}
     with _progress_bar(quiet, console, [e.name for e in entries]) as bar:
         result = explain(loaded.model, x, names, targets, batch_size, progress=bar,
                          errors="collect")
         if metrics:
-            _add_metrics(entries, loaded.model, x, result, prep, batch_size)
+            metric_seconds = _add_metrics(entries, loaded.model, x, result, prep, batch_size,
+                                          bar)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
 
@@ -341,14 +371,18 @@ def run_explain(
         out, entries, result,
         model_info={"name": loaded.name, "size": prep.size, "channels": prep.channels,
                     "normalisation": f"{prep.preset}: (x*{scale:.4g} - {_rounded(mean_v)}) / "
-                                     f"{_rounded(std_v)}"},
+                                     f"{_rounded(std_v)}",
+                    "resize": prep.resize},
         labels=loaded.labels,
         regions=[m for m in result.maps if registry.get(m).regions],
         descriptions={m: registry.get(m).description for m in names},
         skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
-        settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
-                  "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
-                  "preset": prep.preset, "metrics": metrics, "device": device},
+        settings={"model": model or "efficientnet-lite0", "methods": names,
+                  "parameters": {m: dict(registry.get(m).parameters) for m in names},
+                  "target": target, "batch_size": batch_size, "size": list(prep.size),
+                  "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
+                  "metric_score": METRIC_SCORE if metrics else None, "device": device},
+        metric_seconds=metric_seconds,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
                              failed_methods=sorted(result.errors), skipped_images=len(skipped),
@@ -420,13 +454,17 @@ def _progress_bar(quiet: bool, console, image_names: list[str]):
         yield bar
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
+def _add_metrics(entries, model, x, result, prep, batch_size, bar) -> dict[str, float]:
+    """Fill each entry's metric values; returns the metrics' seconds per method."""
     from .metrics import evaluate_maps
 
+    seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
-                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size)
+                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
+                           score=METRIC_SCORE, progress=bar, seconds=seconds)
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
+    return seconds
 
 
 # --- typer commands -------------------------------------------------------------------

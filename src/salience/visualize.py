@@ -41,6 +41,7 @@ __all__ = [
     "fit_map",
     "image_size",
     "default_cmap",
+    "colour_stops",
     "heatmap",
     "overlay",
     "top_mask",
@@ -256,6 +257,11 @@ def heatmap(
 def default_cmap(absolute: bool) -> str:
     """The colormap :func:`heatmap` and :func:`overlay` use by default."""
     return "inferno" if absolute else "RdBu_r"
+
+
+def colour_stops(cmap: str, n: int = 11) -> np.ndarray:
+    """``n`` evenly spaced colours of a matplotlib colormap, ``(n, 3)`` uint8 (for legends)."""
+    return to_uint8(_colormap(cmap)(np.linspace(0, 1, n))[:, :3])
 
 
 def _colormap(cmap: str):
