@@ -246,7 +246,7 @@ def heatmap(
     ``percentile``-th percentile (last colour, larger values clipped).
     Otherwise signed values, 0 in the colormap's middle and the ``percentile``-th
     percentile of ``|map|`` at its ends.  ``cmap`` defaults to ``"inferno"`` for
-    magnitudes and the diverging ``"RdBu_r"`` (blue negative, red positive)
+    magnitudes and the diverging ``"bwr"`` (blue negative, white 0, red positive)
     for signed maps.  The map may be any shape :func:`fit_map` takes.
     """
     flat = to_2d(_one_map(saliency_map))
@@ -256,7 +256,7 @@ def heatmap(
 
 def default_cmap(absolute: bool) -> str:
     """The colormap :func:`heatmap` and :func:`overlay` use by default."""
-    return "inferno" if absolute else "RdBu_r"
+    return "inferno" if absolute else "bwr"
 
 
 def colour_stops(cmap: str, n: int = 11) -> np.ndarray:

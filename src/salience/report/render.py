@@ -113,7 +113,8 @@ def write_report(
     warnings: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
     cmap: str = "inferno",
-    signed_cmap: str = "RdBu_r",
+    signed_cmap: str = "bwr",
+    signed_alpha: float = 0.8,
     alpha: float = 0.5,
     overwrite: bool = False,
     top_k: int = 5,
@@ -147,9 +148,11 @@ def write_report(
         Settings of the run, shown on the page and recorded in ``summary.json``
         (the command line's: model, methods, parameters, target, batch_size,
         size, resize, preset, metrics, metric_score, device).
-    cmap, signed_cmap, alpha : str, str, float
-        Colormaps of magnitude and of signed maps, and the heatmap's weight
-        (signed maps are blended in proportion to their magnitude).
+    cmap, signed_cmap : str
+        Colormaps of magnitude and of signed maps.
+    alpha, signed_alpha : float
+        The heatmap's weight over the picture; a signed map's is largest
+        where the map is, in proportion to its magnitude (0 shows the picture).
     overwrite : bool
         Replace an existing previous report in ``out``.
     top_k : int
@@ -163,7 +166,8 @@ def write_report(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
             settings=settings or {}, cmaps={"magnitude": cmap, "signed": signed_cmap},
-            alpha=alpha, top_k=top_k, version=__version__,
+            alphas={"magnitude": alpha, "signed": signed_alpha}, top_k=top_k,
+            version=__version__,
             metric_seconds=metric_seconds or {},
         )
     return out / index
@@ -215,7 +219,7 @@ def _legend(cmap: str, scale: str) -> dict[str, str]:
 
 
 def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
-                 descriptions, skipped, warnings, settings, cmaps, alpha, top_k, version,
+                 descriptions, skipped, warnings, settings, cmaps, alphas, top_k, version,
                  metric_seconds) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
@@ -248,7 +252,8 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
             visualize.save_png(_inside(root, png),
                                visualize.heatmap(flat, cmap=cmap, absolute=absolute))
             visualize.save_png(_inside(root, over),
-                               visualize.overlay(entry.display, flat, cmap=cmap, alpha=alpha,
+                               visualize.overlay(entry.display, flat, cmap=cmap,
+                                                 alpha=alphas[scales[method]],
                                                  absolute=absolute))
             region_files = []
             if method in regions:
@@ -320,7 +325,6 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         "metrics": metrics, "thumb": 224, "settings": dict(settings),
         "legends": {scale: _legend(cmaps[scale], scale) for scale in ("magnitude", "signed")
                     if scale in used},
-        "alpha": alpha,
     }
     html = _environment().get_template("index.html").render(**context)
     _inside(root, "index.html").write_text(html, encoding="utf-8")
