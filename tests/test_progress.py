@@ -54,6 +54,16 @@ def test_rows_move_the_progress_within_a_group_once_per_model_call(model_classes
     assert events[-1].completed == 3 and events[-1].method == "IntegratedGradients"
 
 
+def test_smoothgrad_copies_are_counted_as_their_images(model_classes, images, every_event):
+    analytic_cls, _ = model_classes
+    events: list[ProgressEvent] = []
+    # 3 images x 4 noisy copies = 12 rows in calls of 5: the copies of image 0 are rows 0-3
+    SmoothGrad(Gradients(batch_size=5), nsamples=4, seed=0).explain(
+        analytic_cls(), images, progress=events.append)
+    inside = [e.images for e in events if 0 < e.completed < 3]
+    assert inside == [range(0, 2), range(1, 3)]  # rows 0-4, then rows 5-9
+
+
 def test_progress_changes_no_number_and_no_call(model_classes, images, every_event):
     analytic_cls, _ = model_classes
     method = SmoothGrad(IntegratedGradients(steps=5, batch_size=4), nsamples=3, seed=0)

@@ -162,12 +162,20 @@ class _Group:
     def watch(self, model: Any, row_image: np.ndarray) -> Callable:
         self.announced += len(row_image)
         base = self.done  # rows of this group before this run
+        # A wrapper (SmoothGrad) may run its method on consecutive copies of each image:
+        # row_image then counts copies, which map back to the group's images in order.
+        count = int(row_image.max()) + 1 if len(row_image) else 0
+        images = self.stop - self.first
+
+        def image_of(row: int) -> int:
+            index = int(row_image[row])
+            return index * images // count if count > images else index
 
         def call(x, targets, keys):
             outputs = model(x, targets, keys)
             start = self.done - base
             self.done += len(x)
-            self._rows_returned(row_image[start], row_image[start + len(x) - 1])
+            self._rows_returned(image_of(start), image_of(start + len(x) - 1))
             return outputs
 
         return call
