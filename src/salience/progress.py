@@ -26,6 +26,7 @@ __all__ = [
     "ProgressBar",
     "ProgressEvent",
     "Stage",
+    "in_group",
     "progress_stage",
 ]
 
@@ -185,6 +186,14 @@ class _Group:
         share = min(self.done / total, 1.0) if total else 0.0
         images = range(self.first + int(first_image), self.first + int(last_image) + 1)
         self.stage.emit(self.method, images, self.offset + self.units * share, force=False)
+
+
+def in_group(stage: Stage | None, method: str | None, first: int, stop: int, offset: float,
+             units: float | None = None, rows: int | None = None):
+    """:meth:`Stage.group` of ``stage``, or a context that does nothing when it is None."""
+    if stage is None:
+        return contextlib.nullcontext()
+    return stage.group(method, first, stop, offset, units, rows)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ calls while memory stays bounded for large folders.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from ._adapter import wrap_native
 from .checks import as_float_batch, check_positive_int, resolve_targets
 from .methods.base import Method
 from .numeric import to_probabilities
-from .progress import ProgressEvent, Stage, progress_stage
+from .progress import ProgressEvent, in_group, progress_stage
 
 __all__ = ["Explanation", "explain", "resolve_methods"]
 
@@ -229,7 +228,7 @@ def _explain(model, x, resolved, targets, batch_size, group, errors, stage) -> E
             for lo in range(0, n, group):
                 hi = min(lo + group, n)
                 chunk_targets = None if explained is None else explained[lo:hi]
-                with _group(stage, name, lo, hi, k * n + lo):
+                with in_group(stage, name, lo, hi, k * n + lo):
                     parts.append(np.asarray(method.explain(counting, x[lo:hi], chunk_targets)))
         except Exception as err:
             if stage is not None:  # the method's remaining images count as done
@@ -245,10 +244,6 @@ def _explain(model, x, resolved, targets, batch_size, group, errors, stage) -> E
         result.maps[name] = np.concatenate(parts)
     return result
 
-
-def _group(stage: Stage | None, method: str, first: int, stop: int, offset: int):
-    return contextlib.nullcontext() if stage is None else stage.group(method, first, stop,
-                                                                      offset)
 
 
 def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray | None:
@@ -268,4 +263,3 @@ def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray | None:
             f"n = {len(x)}"
         )
     return outputs
-

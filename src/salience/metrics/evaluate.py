@@ -8,7 +8,6 @@ whether higher or lower is better, and one sentence.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import as_float_batch
-from ..progress import ProgressEvent, progress_stage
+from ..progress import ProgressEvent, in_group, progress_stage
 from ..visualize import to_2d
 from .insertion_deletion import check_score, insertion_deletion_curves
 from .pic import (
@@ -158,7 +157,7 @@ def evaluate_maps(
             for i, m in enumerate(method_maps):
                 size = tuple(np.asarray(images[i]).shape[:2])
                 flat.append(_resized(to_2d(np.abs(np.asarray(m)), size), size))
-            with _group(stage, method, 0, n, k * n, n * curve_share, n * curve_rows):
+            with in_group(stage, method, 0, n, k * n, n * curve_share, n * curve_rows):
                 ins, dele = insertion_deletion_curves(
                     model, x, np.stack(flat), targets, steps=steps, score=score,
                     batch_size=batch_size)
@@ -168,7 +167,7 @@ def evaluate_maps(
                     "sic_auc": None, "aic_auc": None,
                 }
                 offset = k * n + n * curve_share + i * (1 - curve_share)
-                with _group(stage, method, i, i + 1, offset, 1 - curve_share, pic_rows):
+                with in_group(stage, method, i, i + 1, offset, 1 - curve_share, pic_rows):
                     if targets is not None and np.ndim(targets[i]) == 0:
                         values.update(_pic_areas(model, np.asarray(images[i]), flat[i],
                                                  int(targets[i]), preprocess, batch_size,
@@ -177,13 +176,6 @@ def evaluate_maps(
             if seconds is not None:
                 seconds[method] = time.perf_counter() - start
     return per_image
-
-
-def _group(stage, method: str, first: int, stop: int, offset: float, units: float,
-           rows: int):
-    if stage is None:
-        return contextlib.nullcontext()
-    return stage.group(method, first, stop, offset, units, rows)
 
 
 def _pic_areas(model, image, saliency_map, target, preprocess, batch_size, seed):
