@@ -107,9 +107,6 @@ def _available_memory() -> int | None:
         return None
 
 
-#: What insertion/deletion follow with --metrics (as salience.metrics does by default).
-METRIC_SCORE = "probability"
-
 #: The memory limit when the machine does not say how much it has.
 FALLBACK_MEMORY_LIMIT = 4 * 10**9
 
@@ -282,6 +279,7 @@ def run_explain(
     from . import registry
     from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
     from .loading import load_labels, load_model
+    from .metrics.insertion_deletion import DEFAULT_SCORE
     from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
@@ -381,7 +379,7 @@ def run_explain(
                   "parameters": {m: dict(registry.get(m).parameters) for m in names},
                   "target": target, "batch_size": batch_size, "size": list(prep.size),
                   "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
-                  "metric_score": METRIC_SCORE if metrics else None, "device": device},
+                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device},
         metric_seconds=metric_seconds,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
@@ -461,7 +459,7 @@ def _add_metrics(entries, model, x, result, prep, batch_size, bar) -> dict[str, 
     seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
                            lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
-                           score=METRIC_SCORE, progress=bar, seconds=seconds)
+                           progress=bar, seconds=seconds)
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
     return seconds

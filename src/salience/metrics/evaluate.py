@@ -19,7 +19,7 @@ import numpy as np
 from ..checks import as_float_batch
 from ..progress import ProgressEvent, in_group, progress_stage
 from ..visualize import to_2d
-from .insertion_deletion import check_score, insertion_deletion_curves
+from .insertion_deletion import DEFAULT_SCORE, check_score, insertion_deletion_curves
 from .pic import (
     ComputePicMetricError,
     compute_pic_metric,
@@ -91,7 +91,7 @@ def evaluate_maps(
     batch_size: int = 32,
     steps: int = 25,
     seed: int = 0,
-    score: str = "probability",
+    score: str = DEFAULT_SCORE,
     progress: bool | Callable[[ProgressEvent], None] | None = None,
     seconds: MutableMapping[str, float] | None = None,
 ) -> list[dict[str, dict[str, float | None]]]:

@@ -38,6 +38,8 @@ __all__ = ["CurveResult", "insertion", "deletion", "insertion_deletion_curves", 
 BASELINES = ("blurred", "zeros", "mean")
 #: What the curves follow: the target's probability (softmax of the outputs), or its raw output.
 SCORES = ("probability", "output")
+#: The score used unless told otherwise, everywhere (Python, the CLI, the report): as in RISE.
+DEFAULT_SCORE = "probability"
 #: Older names still accepted.
 _SCORE_ALIASES = {"softmax": "probability"}
 
@@ -64,7 +66,7 @@ class CurveResult:
     fractions: np.ndarray
     scores: np.ndarray
     auc: np.ndarray
-    score: str = "probability"
+    score: str = DEFAULT_SCORE
 
     def as_rows(self) -> list[dict[str, Any]]:
         """One dict per image: ``{'image': i, 'kind': ..., 'auc': ...}``."""
@@ -79,7 +81,7 @@ def insertion(
     *,
     steps: int = 50,
     baseline: str | Any = "blurred",
-    score: str = "probability",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> CurveResult:
@@ -138,7 +140,7 @@ def deletion(
     *,
     steps: int = 50,
     baseline: str | Any = "zeros",
-    score: str = "probability",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> CurveResult:
@@ -164,7 +166,7 @@ def insertion_deletion_curves(
     steps: int = 50,
     insertion_baseline: str | Any = "blurred",
     deletion_baseline: str | Any = "zeros",
-    score: str = "probability",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> tuple[CurveResult, CurveResult]:
