@@ -504,7 +504,7 @@ def explain_command(
         "--batch-size", "-b", help="Largest number of rows per model call.")] = 32,
     metrics: Annotated[bool, typer.Option(
         "--metrics", help="Score each map's faithfulness: insertion/deletion AUC on the "
-        "class probability (RISE) and SIC/AIC (PIC); about 80 more model rows per map.")
+        "class probability (RISE) and SIC/AIC (PIC); 50 to 80 more model rows per map.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing report directory.")] = False,
