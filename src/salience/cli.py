@@ -524,7 +524,9 @@ def explain_command(
         "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")] = False,
     labels: Annotated[str | None, typer.Option(
         help="Class names: 'imagenet' or a text file with one name per line.")] = None,
-    cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
+    cmap: Annotated[str, typer.Option(
+        help="Matplotlib colormap of magnitude maps (signed maps are blue-white-red).")
+    ] = "inferno",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
     follow_symlinks: Annotated[bool, typer.Option(
         "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
