@@ -326,8 +326,8 @@ def run_explain(
                       len(names), batch_size, limit, limit_source)
 
     entries, skipped = [], []
-    sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
-               else _sample_images())
+    sources = ([(_display_name(p, images or []), str(p), p) for p in files]
+               if files is not None else _sample_images())
     for name, source, item in sources:
         try:
             image = (_read_image(item, limit) if isinstance(item, Path)

@@ -300,11 +300,11 @@ def load_image(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             if max_bytes is not None:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # reads the header only
+            with Image.open(path) as opened:  # reads the header only
                 if max_bytes is not None:
-                    _check_decode_size(path, img, max_bytes)
-                img.load()
-                img = ImageOps.exif_transpose(img)
+                    _check_decode_size(path, opened, max_bytes)
+                opened.load()
+                img = ImageOps.exif_transpose(opened)
     except FileNotFoundError as err:
         raise ImageReadError.about(path, "no such file") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
@@ -421,11 +421,11 @@ class Preprocessing:
 
     def normalisation(self) -> tuple[float, np.ndarray, np.ndarray]:
         """``(scale, mean, std)`` with mean and std shaped for ``channels``."""
-        scale, mean, std = PRESETS[self.preset]
-        scale = scale if self.scale is None else float(self.scale)
-        mean = self._per_channel(self.mean if self.mean is not None else mean, "mean",
+        preset_scale, preset_mean, preset_std = PRESETS[self.preset]
+        scale = preset_scale if self.scale is None else float(self.scale)
+        mean = self._per_channel(self.mean if self.mean is not None else preset_mean, "mean",
                                  self.mean is None)
-        std = self._per_channel(self.std if self.std is not None else std, "std",
+        std = self._per_channel(self.std if self.std is not None else preset_std, "std",
                                 self.std is None)
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale}")
@@ -468,11 +468,11 @@ class Preprocessing:
         if self.resize == "crop":
             ratio = max(height / h, width / w)
             new_w, new_h = max(width, round(w * ratio)), max(height, round(h * ratio))
-            pil = pil.resize((new_w, new_h), Image.BILINEAR)
+            pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
             left, top = (new_w - width) // 2, (new_h - height) // 2
             pil = pil.crop((left, top, left + width, top + height))
         elif (w, h) != (width, height):
-            pil = pil.resize((width, height), Image.BILINEAR)
+            pil = pil.resize((width, height), Image.Resampling.BILINEAR)
         return np.asarray(pil, dtype=np.uint8)
 
     def model_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -560,7 +560,7 @@ def load_input(
                          preset=preset, mean=None if mean is None else tuple(mean),
                          std=None if std is None else tuple(std), resize=resize)
     single = isinstance(source, (str, Path, np.ndarray))
-    items = [source] if single else list(source)
+    items: list[Any] = [source] if single else list(source)  # type: ignore[arg-type]
     if not items:
         raise ValueError("source is empty; give a path, an image, or a sequence of them")
     with warnings.catch_warnings():

@@ -227,7 +227,7 @@ def check_score(score: str) -> str:
 class _ProbabilityScores:
     """A model's ``predict`` seen as a Model whose score is the target's probability."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Any) -> None:
         if not callable(getattr(model, "predict", None)):
             raise TypeError(
                 "score='probability' (the default) needs the model's predict(x), all class "

@@ -286,13 +286,14 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         raw["targets"] = np.asarray(explanation.targets)
     if explanation.logits is not None:
         raw["logits"] = np.asarray(explanation.logits)
-    np.savez(_inside(root, "maps.npz"), **raw)
+    np.savez(_inside(root, "maps.npz"), **raw)  # type: ignore[arg-type]  # names = arrays
 
     parameters = settings.get("parameters") or {}
+    registered = {m: _entry(m) for m in method_names}
     methods = [{
         "name": m,
-        "description": descriptions.get(m) or (_entry(m).description if _entry(m) else ""),
-        "family": _entry(m).family if _entry(m) else "",
+        "description": descriptions.get(m) or getattr(registered[m], "description", ""),
+        "family": getattr(registered[m], "family", ""),
         "scale": scales[m],
         "parameters": ", ".join(f"{k}={v}" for k, v in (parameters.get(m) or {}).items()),
         "seconds": float(explanation.seconds.get(m, 0.0)),
