@@ -147,6 +147,20 @@ def _entries() -> tuple[MethodEntry, ...]:
             aliases=("smooth_grad",),
         ),
         MethodEntry(
+            "vargrad", SmoothGrad,
+            "VarGrad: the variance of the gradients over 25 noisy copies of the image, where "
+            "the score is most sensitive to noise (a magnitude).",
+            {"nsamples": 25, "seed": 0, "aggregation": "vargrad"}, wraps="gradients",
+            signed=False, aliases=("var_grad",),
+        ),
+        MethodEntry(
+            "squaregrad", SmoothGrad,
+            "SquareGrad: the mean of the squared gradients over 25 noisy copies of the image "
+            "(the same map as smoothgrad, which squares as PAIR does).",
+            {"nsamples": 25, "seed": 0, "aggregation": "squaregrad"}, wraps="gradients",
+            signed=False, aliases=("square_grad", "smoothgrad2", "smoothgrad_squared"),
+        ),
+        MethodEntry(
             "integrated_gradients", IntegratedGradients,
             "Integrated Gradients from a black image, 25 steps: each pixel's share of the "
             "score difference between the image and black.",
