@@ -61,3 +61,50 @@ def test_channel_axis_out_of_range():
     with pytest.raises(ValueError, match=r"channel_axis=4 is out of range for maps of shape "
                                          r"\(2, 5, 6, 3\)"):
         reduce_channels(MAPS, "sum", 4)
+
+
+# --- visualize --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", list(REDUCTIONS))
+def test_to_2d_reduces_with_the_chosen_reduction(how):
+    from salience.visualize import to_2d
+
+    np.testing.assert_allclose(to_2d(MAPS[0], reduction=how), EXPECTED[how][0], rtol=1e-14)
+    first = np.moveaxis(MAPS[0], -1, 0)  # (C, H, W), found by the image size
+    np.testing.assert_allclose(to_2d(first, (5, 6), how), EXPECTED[how][0], rtol=1e-14)
+
+
+def test_to_2d_keeps_summing_by_default_and_refuses_unknown_reductions():
+    from salience.visualize import to_2d
+
+    np.testing.assert_array_equal(to_2d(MAPS[0]), MAPS[0].sum(axis=-1))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        to_2d(MAPS[0], reduction="median")
+
+
+@pytest.mark.parametrize("how", ["abs_max", "l2"])
+def test_heatmap_overlay_and_top_regions_take_the_reduction(how):
+    from salience import visualize
+
+    image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    reduced = EXPECTED[how][0]
+    np.testing.assert_array_equal(visualize.heatmap(MAPS[0], reduction=how),
+                                  visualize.heatmap(reduced))
+    np.testing.assert_array_equal(visualize.overlay(image, MAPS[0], reduction=how),
+                                  visualize.overlay(image, reduced))
+    np.testing.assert_array_equal(visualize.top_regions(image, MAPS[0], 0.3, reduction=how),
+                                  visualize.top_regions(image, reduced, 0.3))
+    # a real difference from the default sum, so the option is not ignored
+    assert not np.array_equal(visualize.heatmap(MAPS[0], reduction=how),
+                              visualize.heatmap(MAPS[0]))
+
+
+def test_abs_sum_is_pairs_grayscale_reduction():
+    saliency = pytest.importorskip("saliency.core")
+    from salience.visualize import visualize_image_grayscale
+
+    for image_3d in MAPS:
+        np.testing.assert_allclose(
+            visualize_image_grayscale(reduce_channels(image_3d, "abs_sum")),
+            saliency.VisualizeImageGrayscale(image_3d), rtol=1e-12)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import reduce_channels
+
 __all__ = [
     "visualize_image_grayscale",
     "visualize_image_diverging",
@@ -41,12 +43,12 @@ def collapse_channels(maps: np.ndarray, channel_axis: int | None = -1, absolute:
         raise ValueError(
             f"maps must be (H, W), (H, W, C) or (N, H, W, C), got shape {arr.shape}"
         )
-    values = np.abs(arr) if absolute else arr
+    how = "abs_sum" if absolute else "sum"
     if arr.ndim == 2:
-        return values[None], True
+        return reduce_channels(arr, how, None)[None], True
     if channel_axis is None:
         raise ValueError("channel_axis=None needs 2-D maps")
-    summed = values.sum(axis=channel_axis)
+    summed = reduce_channels(arr, how, channel_axis)
     return (summed[None], True) if arr.ndim == 3 else (summed, False)
 
 
@@ -117,8 +119,14 @@ def absolute_normalize(saliency_map: np.ndarray) -> np.ndarray:
     return arr / peak if peak > 0 else np.zeros_like(arr)
 
 
-def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One map as ``(H, W)``: channels summed, wherever they are.
+def to_2d(
+    saliency_map: np.ndarray, size: tuple[int, int] | None = None, reduction: str = "sum"
+) -> np.ndarray:
+    """One map as ``(H, W)``: channels reduced (summed by default), wherever they are.
+
+    ``reduction`` is one of :data:`salience.arrays.REDUCTIONS` (``"sum"``,
+    ``"abs_sum"``, ``"abs_max"``, ``"l2"``, ``"max"``); a 2-D map is taken as
+    one channel (``"abs_*"`` and ``"l2"`` give its absolute value).
 
     A 3-D map is read as ``(H, W, C)`` unless ``size`` (the image's height and
     width) says it is ``(C, H, W)``; without ``size`` the smaller of the first
@@ -126,7 +134,7 @@ def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.n
     """
     arr = np.asarray(saliency_map, dtype=np.float64)
     if arr.ndim == 2:
-        return arr
+        return reduce_channels(arr, reduction, None)
     if arr.ndim != 3:
         raise ValueError(
             f"saliency_map must be (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}"
@@ -135,7 +143,7 @@ def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.n
         channels_first = tuple(arr.shape[1:]) == tuple(size) and tuple(arr.shape[:2]) != tuple(size)
     else:
         channels_first = arr.shape[0] < arr.shape[-1]
-    return arr.sum(axis=0 if channels_first else -1)
+    return reduce_channels(arr, reduction, 0 if channels_first else -1)
 
 
 def _image_size(image: np.ndarray) -> tuple[int, int]:
@@ -162,14 +170,17 @@ def heatmap(
     cmap: str = "inferno",
     absolute: bool = True,
     percentile: float = 99,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """A map coloured with a matplotlib colormap: ``(H, W, 3)`` uint8.
 
     ``absolute`` shows magnitudes (scaled like :func:`visualize_image_grayscale`);
     otherwise signed values around the colormap's middle (as
     :func:`visualize_image_diverging`; use a diverging colormap such as ``"bwr"``).
+    ``reduction`` says how the map's channels become one value per pixel (see
+    :func:`to_2d`).
     """
-    flat = to_2d(saliency_map)
+    flat = to_2d(saliency_map, reduction=reduction)
     values = _display_values(flat, flat.shape, absolute, percentile)
     return to_uint8(_colormap(cmap)(values)[..., :3])
 
@@ -206,6 +217,7 @@ def overlay(
     alpha: float = 0.5,
     absolute: bool = True,
     percentile: float = 99,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """Blend a coloured map over an image: ``(H, W, 3)`` uint8.
 
@@ -222,30 +234,33 @@ def overlay(
         Weight of the heatmap, in [0, 1].
     absolute, percentile
         How values are scaled to colours, see :func:`heatmap`.
+    reduction : str
+        How the map's channels become one value per pixel, see :func:`to_2d`.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
     size = _image_size(image)
-    values = _display_values(saliency_map, size, absolute, percentile)
+    values = _display_values(to_2d(saliency_map, size, reduction), size, absolute, percentile)
     colours = _colormap(cmap)(values)[..., :3]
     return to_uint8((1 - alpha) * _as_rgb_float(image) + alpha * colours)
 
 
-def top_mask(saliency_map: np.ndarray, fraction: float) -> np.ndarray:
+def top_mask(saliency_map: np.ndarray, fraction: float, reduction: str = "sum") -> np.ndarray:
     """Boolean ``(H, W)`` mask of the pixels whose value is in the top ``fraction``.
 
     Pixels tied at the threshold are all kept, so region maps (XRAI) keep whole
-    regions.
+    regions.  ``reduction``: how channels become one value, see :func:`to_2d`.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be within (0, 1], got {fraction}")
-    flat = to_2d(saliency_map)
+    flat = to_2d(saliency_map, reduction=reduction)
     threshold = np.percentile(flat, 100 * (1 - fraction))
     return flat >= threshold
 
 
 def top_regions(
-    image: np.ndarray, saliency_map: np.ndarray, fraction: float = 0.1, background: int = 0
+    image: np.ndarray, saliency_map: np.ndarray, fraction: float = 0.1, background: int = 0,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """The image where the map is in its top ``fraction``, ``background`` elsewhere.
 
@@ -253,7 +268,7 @@ def top_regions(
     salient 10% / 30%" pictures.
     """
     size = _image_size(image)
-    mask = top_mask(to_2d(saliency_map, size), fraction)
+    mask = top_mask(to_2d(saliency_map, size, reduction), fraction)
     if mask.shape != size:
         raise ValueError(
             f"the map is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]}"
