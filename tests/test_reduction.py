@@ -108,3 +108,98 @@ def test_abs_sum_is_pairs_grayscale_reduction():
         np.testing.assert_allclose(
             visualize_image_grayscale(reduce_channels(image_3d, "abs_sum")),
             saliency.VisualizeImageGrayscale(image_3d), rtol=1e-12)
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def _masks():
+    masks = np.zeros((2, 5, 6), bool)
+    masks[:, 1:3, 2:5] = True
+    return masks
+
+
+@pytest.mark.parametrize("how", list(REDUCTIONS))
+def test_agreement_metrics_reduce_with_the_chosen_reduction(how):
+    from salience.metrics import agreement
+
+    masks = _masks()
+    first = np.moveaxis(MAPS, -1, 1)
+    for fn in (agreement.pointing_game, agreement.top_k_iou):
+        np.testing.assert_array_equal(fn(MAPS, masks, reduction=how), fn(EXPECTED[how], masks))
+        np.testing.assert_array_equal(fn(first, masks, channels_last=False, reduction=how),
+                                      fn(EXPECTED[how], masks))
+    table = agreement.agreement_table(MAPS, masks, reduction=how)
+    assert table == agreement.agreement_table(EXPECTED[how], masks)
+
+
+def test_the_reduction_changes_what_the_metrics_see():
+    from salience.metrics import agreement
+
+    # a pixel whose channels cancel: first by abs_max / abs_sum, last by the signed sum
+    maps = np.zeros((1, 5, 6, 3))
+    maps[0, 0, 0] = [5.0, -5.0, 0.1]
+    maps[0, 4, 5] = [0.5, 0.5, 0.5]
+    masks = np.zeros((1, 5, 6), bool)
+    masks[0, 0, 0] = True
+    assert not agreement.pointing_game(maps, masks)[0]
+    assert agreement.pointing_game(maps, masks, reduction="abs_max")[0]
+
+
+def test_insertion_and_deletion_reduce_with_the_chosen_reduction(analytic, images):
+    from salience.metrics import deletion, insertion, insertion_deletion_curves
+
+    maps = np.random.default_rng(5).normal(size=images.shape)
+    flat = reduce_channels(maps, "l2")
+    for fn in (insertion, deletion):
+        got = fn(analytic, images, maps, 1, steps=6, score="output", reduction="l2")
+        np.testing.assert_allclose(got.auc, fn(analytic, images, flat, 1, steps=6,
+                                               score="output").auc, rtol=1e-12)
+        assert not np.allclose(got.auc, fn(analytic, images, maps, 1, steps=6,
+                                           score="output").auc)
+    ins, dele = insertion_deletion_curves(analytic, images, maps, 1, steps=6, score="output",
+                                          reduction="abs_max")
+    np.testing.assert_allclose(ins.auc, insertion(analytic, images, reduce_channels(
+        maps, "abs_max"), 1, steps=6, score="output").auc, rtol=1e-12)
+
+
+def test_a_bad_reduction_stops_the_metrics_before_the_model_runs(analytic, images):
+    from salience.metrics import evaluate_maps, insertion, insertion_deletion_curves
+
+    class Counting(type(analytic)):
+        predicts = 0
+
+        def predict(self, x):
+            self.predicts += 1
+            return super().predict(x)
+
+    model = Counting()
+    maps = np.ones(images.shape)
+    for call in (
+        lambda: insertion(model, images, maps, reduction="abs"),
+        lambda: insertion_deletion_curves(model, images, maps, reduction="abs"),
+        lambda: evaluate_maps(model, images, list(np.zeros((3, 8, 8, 3), np.uint8)),
+                              {"m": maps}, None, lambda b: b, reduction="abs"),
+    ):
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            call()
+    assert model.calls == 0 and model.predicts == 0
+
+
+def test_evaluate_maps_ranks_pixels_by_the_chosen_reduction(analytic):
+    from salience.metrics import evaluate_maps
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = images / 255.0
+    maps = rng.normal(size=(2, 8, 8, 3))
+
+    def run(m, **kwargs):
+        return evaluate_maps(analytic, x, list(images), {"m": m}, np.array([0, 1]),
+                             lambda batch: np.asarray(batch) / 255.0, steps=5, **kwargs)
+
+    for how in ("abs_max", "l2", "abs_sum"):
+        assert run(maps, reduction=how) == run(reduce_channels(maps, how))
+    # the default ranks by the sum of magnitudes, as before the option existed
+    assert run(maps) == run(np.abs(maps).sum(axis=-1))
+    assert run(maps, reduction="abs_max") != run(maps)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import as_float_batch
+from ..checks import as_float_batch, check_reduction
 from ..visualize import to_2d
 from .insertion_deletion import insertion_deletion_curves
 from .pic import (
@@ -39,6 +39,7 @@ def evaluate_maps(
     batch_size: int = 32,
     steps: int = 25,
     seed: int = 0,
+    reduction: str = "abs_sum",
 ) -> list[dict[str, dict[str, float | None]]]:
     """Insertion/deletion AUC and SIC/AIC of every map, per image.
 
@@ -62,6 +63,10 @@ def evaluate_maps(
         Insertion/deletion steps (``steps + 1`` images per curve).
     seed : int
         Seed of PIC's random mask.
+    reduction : str
+        How a map's channels become the one value per pixel the metrics rank
+        (see :func:`salience.arrays.reduce_channels`); the default ``"abs_sum"``
+        ranks by magnitude, as PAIR's grayscale visualisation.
 
     Returns
     -------
@@ -78,6 +83,7 @@ def evaluate_maps(
     Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
     """
     x = as_float_batch(x, "x")
+    check_reduction(reduction)
     if len(images) != len(x):
         raise ValueError(f"images has {len(images)} entries but x has {len(x)} inputs")
     per_image: list[dict[str, dict[str, float | None]]] = [{} for _ in range(len(x))]
@@ -85,7 +91,7 @@ def evaluate_maps(
         flat = []
         for i, m in enumerate(method_maps):
             size = tuple(np.asarray(images[i]).shape[:2])
-            flat.append(_resized(to_2d(np.abs(np.asarray(m)), size), size))
+            flat.append(_resized(to_2d(m, size, reduction), size))
         flat_maps = np.stack(flat)
         ins, dele = insertion_deletion_curves(
             model, x, flat_maps, targets, steps=steps, score="softmax", batch_size=batch_size
