@@ -203,3 +203,54 @@ def test_evaluate_maps_ranks_pixels_by_the_chosen_reduction(analytic):
     # the default ranks by the sum of magnitudes, as before the option existed
     assert run(maps) == run(np.abs(maps).sum(axis=-1))
     assert run(maps, reduction="abs_max") != run(maps)
+
+
+# --- XRAI -------------------------------------------------------------------------------
+
+
+def _xrai_inputs():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    x = ndimage.gaussian_filter(rng.random((2, 24, 24, 3)), (0, 3, 3, 0))
+    attr = ndimage.gaussian_filter(rng.normal(size=x.shape), (0, 2, 2, 0))
+    masks = []
+    for r0, r1, c0, c1 in [(0, 12, 0, 12), (0, 24, 0, 8), (8, 24, 6, 24), (6, 18, 6, 18)]:
+        m = np.zeros((24, 24), bool)
+        m[r0:r1, c0:c1] = True
+        masks.append(m)
+    return x, attr, masks
+
+
+def _not_called(x, targets, keys):
+    raise AssertionError("given attributions: the model is not called")
+
+
+@pytest.mark.parametrize("how", list(REDUCTIONS))
+def test_xrai_ranks_regions_by_the_chosen_reduction(how):
+    import salience
+
+    x, attr, masks = _xrai_inputs()
+    got = salience.XRAI(segments=masks, reduction=how).explain_with_details(
+        _not_called, x, attributions=attr)
+    # the same ranking of the reduced attribution given as a gray image's
+    gray = salience.XRAI(segments=masks).explain_with_details(
+        _not_called, x[..., :1], attributions=reduce_channels(attr, how)[..., None])
+    np.testing.assert_array_equal(got.maps, gray.maps)
+    np.testing.assert_array_equal(got.ranks, gray.ranks)
+
+
+def test_xrai_keeps_pairs_channel_maximum_by_default_and_checks_the_option():
+    import salience
+
+    x, attr, masks = _xrai_inputs()
+    default = salience.XRAI(segments=masks).explain_with_details(_not_called, x,
+                                                                 attributions=attr)
+    pair_rule = salience.XRAI(segments=masks, reduction="max").explain_with_details(
+        _not_called, x, attributions=attr)
+    np.testing.assert_array_equal(default.maps, pair_rule.maps)
+    other = salience.XRAI(segments=masks, reduction="abs_sum").explain_with_details(
+        _not_called, x, attributions=attr)
+    assert not np.array_equal(default.maps, other.maps)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        salience.XRAI(reduction="mean")
