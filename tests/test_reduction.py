@@ -254,3 +254,42 @@ def test_xrai_keeps_pairs_channel_maximum_by_default_and_checks_the_option():
     assert not np.array_equal(default.maps, other.maps)
     with pytest.raises(ValueError, match="reduction must be one of"):
         salience.XRAI(reduction="mean")
+
+
+# --- salience.explain -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["abs_max", "l2", "sum"])
+def test_explain_gives_2d_maps_with_the_chosen_reduction(how, model_classes, images):
+    import salience
+
+    analytic = model_classes[0]()
+    methods = ["gradients", "input_x_gradient", "gradcam"]
+    plain = salience.explain(analytic, images, methods, 0)
+    reduced = salience.explain(analytic, images, methods, 0, reduction=how)
+    for name in ("gradients", "input_x_gradient"):
+        assert reduced.maps[name].shape == (3, 8, 8)
+        np.testing.assert_allclose(reduced.maps[name], reduce_channels(plain.maps[name], how),
+                                   rtol=1e-14)
+    # Grad-CAM's maps have no channel axis: one channel (and >= 0, so unchanged)
+    np.testing.assert_array_equal(reduced.maps["gradcam"], plain.maps["gradcam"])
+
+
+def test_explain_reduces_channels_first_maps_on_axis_1(model_classes, images):
+    import salience
+
+    first = np.moveaxis(images, -1, 1)
+    model = model_classes[0](shape=(3, 8, 8), channels_last=False)
+    plain = salience.explain(model, first, ["gradients"], 1).maps["gradients"]
+    reduced = salience.explain(model, first, ["gradients"], 1, reduction="abs_sum")
+    np.testing.assert_allclose(reduced.maps["gradients"], np.abs(plain).sum(axis=1),
+                               rtol=1e-14)
+
+
+def test_explain_refuses_a_bad_reduction_before_the_model_runs(model_classes, images):
+    import salience
+
+    model = model_classes[0]()
+    with pytest.raises(ValueError, match="reduction must be one of .* got 'norm'"):
+        salience.explain(model, images, ["gradients"], 0, reduction="norm")
+    assert model.calls == 0
