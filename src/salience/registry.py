@@ -147,20 +147,6 @@ def _entries() -> tuple[MethodEntry, ...]:
             aliases=("smooth_grad",),
         ),
         MethodEntry(
-            "vargrad", SmoothGrad,
-            "VarGrad: the variance of the gradients over 25 noisy copies of the image, where "
-            "the score is most sensitive to noise (a magnitude).",
-            {"nsamples": 25, "seed": 0, "aggregation": "vargrad"}, wraps="gradients",
-            signed=False, aliases=("var_grad",),
-        ),
-        MethodEntry(
-            "squaregrad", SmoothGrad,
-            "SquareGrad: the mean of the squared gradients over 25 noisy copies of the image "
-            "(the same map as smoothgrad, which squares as PAIR does).",
-            {"nsamples": 25, "seed": 0, "aggregation": "squaregrad"}, wraps="gradients",
-            signed=False, aliases=("square_grad", "smoothgrad2", "smoothgrad_squared"),
-        ),
-        MethodEntry(
             "integrated_gradients", IntegratedGradients,
             "Integrated Gradients from a black image, 25 steps: each pixel's share of the "
             "score difference between the image and black.",
@@ -207,6 +193,20 @@ def _entries() -> tuple[MethodEntry, ...]:
             "Input x Gradient: each pixel value times the gradient of the class score, its "
             "first-order share of the score (1 model row per image).",
             aliases=("inputxgradient", "input_times_gradient", "ixg"),
+        ),
+        MethodEntry(
+            "vargrad", SmoothGrad,
+            "VarGrad: the variance of the gradients over 25 noisy copies of the image, where "
+            "the score is most sensitive to noise (a magnitude).",
+            {"nsamples": 25, "seed": 0, "aggregation": "vargrad"}, wraps="gradients",
+            signed=False, aliases=("var_grad",),
+        ),
+        MethodEntry(
+            "squaregrad", SmoothGrad,
+            "SquareGrad: the mean of the squared gradients over 25 noisy copies of the image "
+            "(the same map as smoothgrad, which squares as PAIR does).",
+            {"nsamples": 25, "seed": 0, "aggregation": "squaregrad"}, wraps="gradients",
+            signed=False, aliases=("square_grad", "smoothgrad2", "smoothgrad_squared"),
         ),
         MethodEntry(
             "gradcam_plus_plus", GradCAMPlusPlus,
