@@ -293,3 +293,71 @@ def test_explain_refuses_a_bad_reduction_before_the_model_runs(model_classes, im
     with pytest.raises(ValueError, match="reduction must be one of .* got 'norm'"):
         salience.explain(model, images, ["gradients"], 0, reduction="norm")
     assert model.calls == 0
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def _cli_workdir(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 5))
+    torch.save(net, tmp_path / "net.pt")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / "a.png")
+    return ["explain", str(images), "--model", str(tmp_path / "net.pt"), "--trust-model",
+            "--size", "16", "--preset", "unit", "--methods", "gradients", "-q"]
+
+
+def test_cli_reduction_reaches_the_pictures_and_the_metrics(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import salience.metrics
+    from salience import visualize
+    from salience.cli import app
+
+    args = _cli_workdir(tmp_path)
+    seen = []
+    original = salience.metrics.evaluate_maps
+
+    def recording(*a, **kw):
+        seen.append(kw.get("reduction"))
+        return original(*a, **kw)
+
+    monkeypatch.setattr(salience.metrics, "evaluate_maps", recording)
+    for out, extra in (("plain", []), ("l2", ["--reduction", "l2"])):
+        result = CliRunner().invoke(app, [*args, "--metrics", "-o", str(tmp_path / out),
+                                          *extra])
+        assert result.exit_code == 0, result.output
+    assert seen == ["abs_sum", "l2"]  # metrics: abs_sum as before, or the chosen one
+    raw = np.load(tmp_path / "l2" / "maps.npz")["a__gradients"]  # every channel kept
+    assert raw.shape == (3, 16, 16)
+    for out, how in (("plain", "sum"), ("l2", "l2")):
+        png = np.asarray(Image.open(tmp_path / out / "maps" / "a__gradients.png"))
+        expected = visualize.heatmap(visualize.to_2d(raw, (16, 16), how))
+        np.testing.assert_array_equal(png, expected)
+    summary = json.loads((tmp_path / "l2" / "summary.json").read_text())
+    assert summary["settings"]["reduction"] == "l2"
+
+
+def test_cli_refuses_an_unknown_reduction_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from salience.cli import app
+
+    args = _cli_workdir(tmp_path)
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--reduction",
+                                      "mean"])
+    assert result.exit_code == 2
+    assert "--reduction must be one of 'sum', 'abs_sum', 'abs_max', 'l2', 'max', got 'mean'" \
+        in result.output
+    assert not (tmp_path / "out").exists()

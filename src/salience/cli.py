@@ -247,6 +247,7 @@ def run_explain(
     quiet: bool = False,
     follow_symlinks: bool = False,
     memory_limit: str | None = None,
+    reduction: str | None = None,
 ) -> ExplainOutcome:
     """Everything ``salience explain`` does; returns where the report is and what failed.
 
@@ -266,6 +267,10 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    if reduction is not None:
+        from .checks import check_reduction
+
+        check_reduction(reduction, "--reduction")
     limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
@@ -332,7 +337,7 @@ def run_explain(
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
     if metrics:
-        _add_metrics(entries, loaded.model, x, result, prep, batch_size)
+        _add_metrics(entries, loaded.model, x, result, prep, batch_size, reduction)
 
     scale, mean_v, std_v = prep.normalisation()
     index = write_report(
@@ -346,7 +351,9 @@ def run_explain(
         skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
         settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
                   "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
-                  "preset": prep.preset, "metrics": metrics, "device": device},
+                  "preset": prep.preset, "metrics": metrics, "device": device,
+                  "reduction": reduction},
+        reduction=reduction,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
                              failed_methods=sorted(result.errors), skipped_images=len(skipped),
@@ -426,11 +433,13 @@ def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet,
                        errors="collect")
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
+def _add_metrics(entries, model, x, result, prep, batch_size, reduction=None) -> None:
     from .metrics import evaluate_maps
 
+    # Without --reduction the metrics rank pixels by the sum of magnitudes.
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
-                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size)
+                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
+                           reduction=reduction or "abs_sum")
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
 
@@ -500,6 +509,11 @@ def explain_command(
         "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
         "images are refused before allocating (default: half of the memory available).")
     ] = None,
+    reduction: Annotated[str | None, typer.Option(
+        "--reduction", help="How a map's channels become one value per pixel in the pictures "
+        "and metrics: sum (signed), abs_sum (PAIR), abs_max (Xplique), l2 or max. Default: "
+        "pictures of the channel sum, metrics on abs_sum. maps.npz keeps every channel.")
+    ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
@@ -509,7 +523,7 @@ def explain_command(
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
             labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
-            memory_limit=memory_limit,
+            memory_limit=memory_limit, reduction=reduction,
         )
     except NothingExplainedError as err:
         _fail(str(err), code=1)

@@ -96,8 +96,8 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _map_2d(saliency_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    flat = visualize.to_2d(saliency_map, size)
+def _map_2d(saliency_map: np.ndarray, size: tuple[int, int], reduction: str) -> np.ndarray:
+    flat = visualize.to_2d(saliency_map, size, reduction)
     if flat.shape != size:
         from skimage.transform import resize
 
@@ -121,6 +121,7 @@ def write_report(
     alpha: float = 0.5,
     overwrite: bool = False,
     top_k: int = 5,
+    reduction: str | None = None,
 ) -> Path:
     """Render the report into ``out`` atomically and return the path of ``index.html``.
 
@@ -150,6 +151,9 @@ def write_report(
         Replace an existing previous report in ``out``.
     top_k : int
         Predictions listed per image.
+    reduction : str, optional
+        How each map's channels become the pictures' one value per pixel (see
+        :func:`salience.arrays.reduce_channels`); default ``"sum"``.
     """
     out = Path(out)
     with write_atomically(out, overwrite, kind="report") as tmp:
@@ -157,7 +161,7 @@ def write_report(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
             settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
-            version=__version__,
+            version=__version__, reduction=reduction or "sum",
         )
     return out / index
 
@@ -180,7 +184,8 @@ def _label(labels: Callable[[int], str] | None, index: int) -> str:
 
 
 def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
-                 descriptions, skipped, warnings, settings, cmap, alpha, top_k, version) -> str:
+                 descriptions, skipped, warnings, settings, cmap, alpha, top_k, version,
+                 reduction) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
     names = safe_names([os.path.splitext(e.name)[0] or e.name for e in entries])
@@ -202,7 +207,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         for method in explanation.maps:
             saliency_map = np.asarray(explanation.maps[method][i])
             raw[f"{safe}__{method}"] = saliency_map
-            flat = _map_2d(saliency_map, size)
+            flat = _map_2d(saliency_map, size, reduction)
             method_safe = safe_names([method])[0]
             png = f"maps/{safe}__{method_safe}.png"
             over = f"overlays/{safe}__{method_safe}.png"
