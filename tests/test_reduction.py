@@ -322,6 +322,7 @@ def test_cli_reduction_reaches_the_pictures_and_the_metrics(tmp_path, monkeypatc
     from typer.testing import CliRunner
 
     import salience.metrics
+    import salience.registry
     from salience import visualize
     from salience.cli import app
 
@@ -341,9 +342,12 @@ def test_cli_reduction_reaches_the_pictures_and_the_metrics(tmp_path, monkeypatc
     assert seen == ["abs_sum", "l2"]  # metrics: abs_sum as before, or the chosen one
     raw = np.load(tmp_path / "l2" / "maps.npz")["a__gradients"]  # every channel kept
     assert raw.shape == (3, 16, 16)
-    for out, how in (("plain", "sum"), ("l2", "l2")):
+    # Gradients are signed: the channel sum is drawn on the diverging scale; a
+    # magnitude (l2) from zero.
+    assert salience.registry.get("gradients").signed
+    for out, how, absolute in (("plain", "sum", False), ("l2", "l2", True)):
         png = np.asarray(Image.open(tmp_path / out / "maps" / "a__gradients.png"))
-        expected = visualize.heatmap(visualize.to_2d(raw, (16, 16), how))
+        expected = visualize.heatmap(visualize.to_2d(raw, (16, 16), how), absolute=absolute)
         np.testing.assert_array_equal(png, expected)
     summary = json.loads((tmp_path / "l2" / "summary.json").read_text())
     assert summary["settings"]["reduction"] == "l2"

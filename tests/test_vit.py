@@ -63,7 +63,8 @@ def test_grad_cam_on_a_token_layer_equals_a_direct_computation(prefix, layer, po
     model = st.wrap(net, layer=layer)
     values, grads = _direct_layer(net, layer, x, targets, prefix, (4, 4))
     out = model(x, targets, LAYER_KEYS)
-    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], values, rtol=1e-12)
+    # The adapter hands the patch convolution channels-last memory: float rounding only.
+    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], values, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(out[CONVOLUTION_OUTPUT_GRADIENTS], grads, rtol=1e-10,
                                atol=1e-14)
     expected = _direct_grad_cam(values, grads)
@@ -95,9 +96,10 @@ def test_gradient_methods_are_unchanged(recwarn, tiny_vit):
     net(xt)[torch.arange(2), torch.tensor(targets)].sum().backward()
     for model in (plain, with_layer):
         np.testing.assert_allclose(salience.Gradients().explain(model, x, targets),
-                                   xt.grad.numpy(), rtol=1e-12)
+                                   xt.grad.numpy(), rtol=1e-10, atol=1e-14)
         out = model(x, targets, [INPUT_OUTPUT_GRADIENTS])
-        np.testing.assert_allclose(out[INPUT_OUTPUT_GRADIENTS], xt.grad.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(out[INPUT_OUTPUT_GRADIENTS], xt.grad.numpy(), rtol=1e-10,
+                                   atol=1e-14)
     ig = salience.IntegratedGradients(steps=5)
     np.testing.assert_array_equal(ig.explain(plain, x, targets),
                                   ig.explain(with_layer, x, targets))

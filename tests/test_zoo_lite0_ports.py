@@ -63,7 +63,9 @@ def photo() -> np.ndarray:
 def coffee() -> np.ndarray:
     import skimage.data
 
-    return Preprocessing(size=(224, 224)).display(skimage.data.coffee())[None]
+    # squashed, as when the documented float32 disagreement was measured (a crop puts other
+    # activations near a kink)
+    return Preprocessing(size=(224, 224), resize="squash").display(skimage.data.coffee())[None]
 
 
 @pytest.fixture(scope="module")

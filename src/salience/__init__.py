@@ -5,43 +5,54 @@ Quick start::
     import salience
     model = salience.torch.wrap(net, layer="features.8")
     maps = salience.IntegratedGradients(steps=50).explain(model, images, targets=None)
+
+Names are imported when first used, so ``import salience`` (and the ``salience``
+command's ``--help``, ``methods`` and ``models``) start without numpy's heavier
+companions or any framework.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
-from .methods import (
-    LIME,
-    RISE,
-    XRAI,
-    BlurIG,
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    Gradients,
-    GuidedBackprop,
-    GuidedGradCAM,
-    GuidedIG,
-    HiResCAM,
-    InputXGradient,
-    IntegratedGradients,
-    KernelSHAP,
-    LayerCAM,
-    Method,
-    Occlusion,
-    ScoreCAM,
-    SmoothGrad,
-    XGradCAM,
-    XRAIResult,
-)
-from .model import (
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    GUIDED_INPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
-    CallbackModel,
-    Model,
-)
-from .runner import Explanation, explain
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from .methods import (
+        LIME,
+        RISE,
+        XRAI,
+        BlurIG,
+        EigenCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        Gradients,
+        GuidedBackprop,
+        GuidedGradCAM,
+        GuidedIG,
+        HiResCAM,
+        InputXGradient,
+        IntegratedGradients,
+        KernelSHAP,
+        LayerCAM,
+        Method,
+        Occlusion,
+        ScoreCAM,
+        SmoothGrad,
+        XGradCAM,
+        XRAIResult,
+    )
+    from .model import (
+        CONVOLUTION_LAYER_VALUES,
+        CONVOLUTION_OUTPUT_GRADIENTS,
+        GUIDED_INPUT_GRADIENTS,
+        INPUT_OUTPUT_GRADIENTS,
+        OUTPUT_LAYER_VALUES,
+        CallbackModel,
+        Model,
+    )
+    from .runner import Explanation, explain
 
 __all__ = [
     "explain",
@@ -77,12 +88,34 @@ __all__ = [
     "GUIDED_INPUT_GRADIENTS",
 ]
 
+# Where each public name lives.
+_HOMES = {
+    "explain": "runner", "Explanation": "runner",
+    **{name: "model" for name in ("Model", "CallbackModel", "CONVOLUTION_LAYER_VALUES",
+                                  "CONVOLUTION_OUTPUT_GRADIENTS", "INPUT_OUTPUT_GRADIENTS",
+                                  "OUTPUT_LAYER_VALUES", "GUIDED_INPUT_GRADIENTS")},
+}
 
-def __getattr__(name: str):
-    # Framework adapters import their framework only when first used.
-    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
-                "blackbox"):
-        import importlib
+# The submodules people reach as attributes (``salience.torch.wrap``) without importing
+# them first (any other submodule works too); adapters import their framework only then.
+_SUBMODULES = ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
+               "io", "progress", "zoo", "blackbox")
 
-        return importlib.import_module(f"{__name__}.{name}")
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        home = importlib.import_module(f"{__name__}.{_HOMES.get(name, 'methods')}")
+        value = getattr(home, name)
+        globals()[name] = value  # later look-ups are plain attribute reads
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise  # the submodule exists but needs something missing
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

@@ -371,7 +371,8 @@ def check_reshape(reshape: Any) -> Any:
     if reshape is None or callable(reshape) or (isinstance(reshape, str) and reshape == "auto"):
         return reshape
     if isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in reshape
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0
+        for v in reshape
     ):
         return (int(reshape[0]), int(reshape[1]))
     raise ValueError(

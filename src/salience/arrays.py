@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "REDUCTIONS",
+    "SIGNED_REDUCTIONS",
     "channels_last",
     "from_channels_last",
     "reduce_channels",
@@ -89,6 +90,8 @@ REDUCTIONS = {
     "l2": "the Euclidean norm over channels",
     "max": "the largest signed value over channels (PAIR's XRAI ranking)",
 }
+#: The reductions whose result keeps the map's sign (the others are magnitudes).
+SIGNED_REDUCTIONS = ("sum", "max")
 
 
 def reduce_channels(maps: Any, how: str = "sum", channel_axis: int | None = -1) -> np.ndarray:

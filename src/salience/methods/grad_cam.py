@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cam_base import CAMMethod, layer_arrays, weighted_channel_sum
+from .cam_base import GradientCAMMethod, weighted_channel_sum
 
-__all__ = ["GradCAM", "class_activation_maps", "grad_cam_weights"]
+__all__ = ["GradCAM", "grad_cam_weights"]
 
 
-class GradCAM(CAMMethod):
+class GradCAM(GradientCAMMethod):
     """Gradient-weighted class activation mapping.
 
     The map is ``ReLU(sum_k w_k A_k)`` where ``A_k`` are the chosen layer's
@@ -38,7 +38,7 @@ class GradCAM(CAMMethod):
     name = "GradCAM"
     title = "Grad-CAM"
 
-    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return np.maximum(weighted_channel_sum(grad_cam_weights(grads), values), 0)
 
 
@@ -46,8 +46,3 @@ def grad_cam_weights(grads: np.ndarray) -> np.ndarray:
     """Grad-CAM's channel weights: the gradient averaged over positions, ``(n, k)``."""
     return grads.mean(axis=(2, 3))
 
-
-def class_activation_maps(values: np.ndarray, grads: np.ndarray, is_channels_last: bool):
-    """ReLU of the gradient-weighted sum of layer channels, one map per row."""
-    values, grads = layer_arrays(values, grads, is_channels_last, "Grad-CAM")
-    return np.maximum(weighted_channel_sum(grad_cam_weights(grads), values), 0)

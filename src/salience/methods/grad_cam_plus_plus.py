@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_nonnegative
-from .cam_base import CAMMethod, weighted_channel_sum
+from .cam_base import GradientCAMMethod, weighted_channel_sum
 
 __all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
 
 
-class GradCAMPlusPlus(CAMMethod):
+class GradCAMPlusPlus(GradientCAMMethod):
     """Grad-CAM++: ``ReLU(sum_k w_k A_k)`` with ``w_k = sum_ij alpha_kij ReLU(g_kij)``.
 
     ``g`` is the gradient of the score with respect to the layer's channels
@@ -44,7 +44,7 @@ class GradCAMPlusPlus(CAMMethod):
         super().__init__(resize, broadcast, batch_size)
         self.eps = check_nonnegative(eps, "eps")
 
-    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
         weights = grad_cam_plus_plus_weights(values, grads, self.eps)
         return np.maximum(weighted_channel_sum(weights, values), 0)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cam_base import CAMMethod
+from .cam_base import GradientCAMMethod
 
 __all__ = ["HiResCAM", "hires_cam"]
 
 
-class HiResCAM(CAMMethod):
+class HiResCAM(GradientCAMMethod):
     """``ReLU(sum_k g_k * A_k)``: each position keeps its own gradient.
 
     Grad-CAM averages the gradient over positions before weighting the
@@ -32,7 +32,7 @@ class HiResCAM(CAMMethod):
     name = "HiResCAM"
     title = "HiResCAM"
 
-    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return np.maximum(hires_cam(values, grads), 0)
 
 

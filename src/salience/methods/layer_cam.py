@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cam_base import CAMMethod
+from .cam_base import GradientCAMMethod
 
 __all__ = ["LayerCAM", "layer_cam"]
 
 
-class LayerCAM(CAMMethod):
+class LayerCAM(GradientCAMMethod):
     """``ReLU(sum_k ReLU(g_k) * A_k)``.
 
     Every position of every channel is weighted by its own positive gradient,
@@ -31,7 +31,7 @@ class LayerCAM(CAMMethod):
     name = "LayerCAM"
     title = "Layer-CAM"
 
-    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return np.maximum(layer_cam(values, grads), 0)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_nonnegative
-from .cam_base import CAMMethod, weighted_channel_sum
+from .cam_base import GradientCAMMethod, weighted_channel_sum
 
 __all__ = ["XGradCAM", "xgrad_cam_weights"]
 
 
-class XGradCAM(CAMMethod):
+class XGradCAM(GradientCAMMethod):
     """Axiom-based Grad-CAM: ``ReLU(sum_k w_k A_k)`` with
     ``w_k = sum_ij (A_kij / sum_ab A_kab) g_kij``.
 
@@ -43,7 +43,7 @@ class XGradCAM(CAMMethod):
         super().__init__(resize, broadcast, batch_size)
         self.eps = check_nonnegative(eps, "eps")
 
-    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
         weights = xgrad_cam_weights(values, grads, self.eps)
         return np.maximum(weighted_channel_sum(weights, values), 0)
 

@@ -32,8 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import visualize
+from .. import registry, visualize
 from .._version import __version__
+from ..arrays import SIGNED_REDUCTIONS
+from ..io import RESIZE_MODES
+from ..metrics.evaluate import METRICS
 from ..outdir import OutputDirError, check_output_dir, write_atomically
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
 
 GENERATOR = "salience"
 REGION_FRACTIONS = (0.1, 0.3)
+#: Colour stops sampled from a colormap for the legends (CSS gradients).
+LEGEND_STOPS = 11
 
 
 @dataclass
@@ -96,15 +101,6 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _map_2d(saliency_map: np.ndarray, size: tuple[int, int], reduction: str) -> np.ndarray:
-    flat = visualize.to_2d(saliency_map, size, reduction)
-    if flat.shape != size:
-        from skimage.transform import resize
-
-        flat = resize(flat, size, order=1)
-    return flat
-
-
 def write_report(
     out: str | Path,
     entries: Sequence[ImageEntry],
@@ -118,9 +114,12 @@ def write_report(
     warnings: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
     cmap: str = "inferno",
+    signed_cmap: str = "bwr",
+    signed_alpha: float = 0.8,
     alpha: float = 0.5,
     overwrite: bool = False,
     top_k: int = 5,
+    metric_seconds: Mapping[str, float] | None = None,
     reduction: str | None = None,
 ) -> Path:
     """Render the report into ``out`` atomically and return the path of ``index.html``.
@@ -134,23 +133,34 @@ def write_report(
     explanation : salience.explain.Explanation
         Predictions, maps and timings.
     model_info : mapping
-        ``name``, ``size`` (H, W), ``channels``, ``normalisation`` for the header.
+        ``name``, ``size`` (H, W), ``channels``, ``normalisation`` and ``resize``
+        (a mode of :data:`salience.io.RESIZE_MODES`) for the header.
     labels : callable, optional
         ``labels(class_index) -> str``.
     regions : sequence of str
         Methods whose maps rank regions (XRAI): their top 10% and 30% are drawn too.
     descriptions : mapping, optional
-        A line per method for the summary.
+        A sentence per method; methods of :mod:`salience.registry` default to
+        theirs.  Whether a map is signed (diverging colours) or a magnitude
+        (colours from zero) comes from the registry too; other methods are
+        shown as magnitudes.
     skipped, warnings : sequences
-        Skipped inputs (``{"path": ..., "reason": ...}``) and warning texts to show.
+        Skipped inputs (``{"path": ..., "reason": ...}``) and notes to show.
     settings : mapping, optional
-        Command line settings recorded in ``summary.json``.
-    cmap, alpha : str, float
-        Colormap and heatmap weight of the overlays.
+        Settings of the run, shown on the page and recorded in ``summary.json``
+        (the command line's: model, methods, parameters, target, batch_size,
+        size, resize, preset, metrics, metric_score, device).
+    cmap, signed_cmap : str
+        Colormaps of magnitude and of signed maps.
+    alpha, signed_alpha : float
+        The heatmap's weight over the picture; a signed map's is largest
+        where the map is, in proportion to its magnitude (0 shows the picture).
     overwrite : bool
         Replace an existing previous report in ``out``.
     top_k : int
         Predictions listed per image.
+    metric_seconds : mapping, optional
+        Seconds the metrics took per method (all images), shown per image.
     reduction : str, optional
         How each map's channels become the pictures' one value per pixel (see
         :func:`salience.arrays.reduce_channels`); default ``"sum"``.
@@ -160,8 +170,10 @@ def write_report(
         index = _render_into(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
-            settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
-            version=__version__, reduction=reduction or "sum",
+            settings=settings or {}, cmaps={"magnitude": cmap, "signed": signed_cmap},
+            alphas={"magnitude": alpha, "signed": signed_alpha}, top_k=top_k,
+            version=__version__,
+            metric_seconds=metric_seconds or {}, reduction=reduction or "sum",
         )
     return out / index
 
@@ -183,14 +195,45 @@ def _label(labels: Callable[[int], str] | None, index: int) -> str:
         return f"class {index}"
 
 
+def _entry(method: str) -> registry.MethodEntry | None:
+    try:
+        return registry.get(method)
+    except (registry.UnknownMethodError, TypeError):
+        return None
+
+
+def _scale(method: str, reduction: str = "sum") -> str:
+    """``"signed"`` (diverging colours) or ``"magnitude"`` (from zero), from the registry;
+    a reduction through absolute values leaves only magnitudes."""
+    entry = _entry(method)
+    keeps_sign = reduction in SIGNED_REDUCTIONS
+    return "signed" if entry is not None and entry.signed and keeps_sign else "magnitude"
+
+
+def _legend(cmap: str, scale: str) -> dict[str, str]:
+    """A colour bar as a CSS gradient, with what its ends mean."""
+    stops = ", ".join(f"rgb({r}, {g}, {b})"
+                      for r, g, b in visualize.colour_stops(cmap, LEGEND_STOPS))
+    if scale == "signed":
+        return {"css": f"linear-gradient(to right, {stops})", "low": "lowers the score",
+                "middle": "0", "high": "raises the score", "cmap": cmap,
+                "text": "Signed: red pixels raise the explained class's score, blue ones "
+                        "lower it; near zero the picture shows through."}
+    return {"css": f"linear-gradient(to right, {stops})", "low": "0 (no influence)",
+            "middle": "", "high": "strongest", "cmap": cmap,
+            "text": "Magnitude: dark is no influence, bright the strongest; the top 1% of "
+                    "values all get the brightest colour."}
+
+
 def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
-                 descriptions, skipped, warnings, settings, cmap, alpha, top_k, version,
-                 reduction) -> str:
+                 descriptions, skipped, warnings, settings, cmaps, alphas, top_k, version,
+                 metric_seconds, reduction) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
     names = safe_names([os.path.splitext(e.name)[0] or e.name for e in entries])
     method_names = list(explanation.maps) + [m for m in explanation.errors
                                              if m not in explanation.maps]
+    scales = {m: _scale(m, reduction) for m in method_names}
     n = len(entries)
     tops = explanation.top(top_k) if explanation.probabilities is not None else [[]] * n
     targets = explanation.targets
@@ -207,13 +250,18 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         for method in explanation.maps:
             saliency_map = np.asarray(explanation.maps[method][i])
             raw[f"{safe}__{method}"] = saliency_map
-            flat = _map_2d(saliency_map, size, reduction)
+            flat = visualize.fit_map(saliency_map, size, reduction)
             method_safe = safe_names([method])[0]
             png = f"maps/{safe}__{method_safe}.png"
             over = f"overlays/{safe}__{method_safe}.png"
-            visualize.save_png(_inside(root, png), visualize.heatmap(flat, cmap=cmap))
+            absolute = scales[method] == "magnitude"
+            cmap = cmaps[scales[method]]
+            visualize.save_png(_inside(root, png),
+                               visualize.heatmap(flat, cmap=cmap, absolute=absolute))
             visualize.save_png(_inside(root, over),
-                               visualize.overlay(entry.display, flat, cmap=cmap, alpha=alpha))
+                               visualize.overlay(entry.display, flat, cmap=cmap,
+                                                 alpha=alphas[scales[method]],
+                                                 absolute=absolute))
             region_files = []
             if method in regions:
                 for fraction in REGION_FRACTIONS:
@@ -225,6 +273,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
             maps.append({
                 "method": method, "png": png, "overlay": over, "regions": region_files,
                 "seconds_per_image": explanation.seconds.get(method, 0.0) / max(n, 1),
+                "scale": scales[method],
             })
         images.append({
             "id": f"img-{i}",
@@ -244,29 +293,46 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         raw["targets"] = np.asarray(explanation.targets)
     if explanation.logits is not None:
         raw["logits"] = np.asarray(explanation.logits)
-    np.savez(_inside(root, "maps.npz"), **raw)
+    np.savez(_inside(root, "maps.npz"), **raw)  # type: ignore[arg-type]  # names = arrays
 
+    parameters = settings.get("parameters") or {}
+    registered = {m: _entry(m) for m in method_names}
     methods = [{
         "name": m,
-        "description": descriptions.get(m, ""),
+        "description": descriptions.get(m) or getattr(registered[m], "description", ""),
+        "family": getattr(registered[m], "family", ""),
+        "scale": scales[m],
+        "parameters": ", ".join(f"{k}={v}" for k, v in (parameters.get(m) or {}).items()),
         "seconds": float(explanation.seconds.get(m, 0.0)),
         "rows": int(explanation.rows.get(m, 0)),
         "calls": int(explanation.calls.get(m, 0)),
+        "metric_seconds_per_image": (float(metric_seconds[m]) / max(n, 1)
+                                     if m in metric_seconds else None),
         "error": explanation.errors.get(m),
     } for m in method_names]
-    metric_names = sorted({k for im in images for v in im["metrics"].values() for k in v})
+    found = {k for im in images for v in im["metrics"].values() for k in v}
+    metrics = [{"name": k, "label": METRICS[k].label, "better": METRICS[k].better,
+                "description": METRICS[k].description} for k in METRICS if k in found]
+    metrics += [{"name": k, "label": k, "better": "", "description": ""}
+                for k in sorted(found - set(METRICS))]
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    resize = model_info.get("resize")
     model = {
         "name": str(model_info.get("name", "model")),
         "size": list(model_info.get("size", (0, 0))),
         "channels": model_info.get("channels", ""),
         "normalisation": str(model_info.get("normalisation", "")),
+        "resize": resize,
+        "resize_text": RESIZE_MODES.get(resize, "") if resize else "",
     }
+    used = {scale for scale in scales.values()}
     context = {
         "model": model, "methods": methods, "images": images, "skipped": list(skipped),
         "warnings": list(warnings), "version": version, "created": created,
         "predict_seconds": float(explanation.seconds.get("predict", 0.0)),
-        "metric_names": metric_names, "thumb": 224,
+        "metrics": metrics, "thumb": 224, "settings": dict(settings),
+        "legends": {scale: _legend(cmaps[scale], scale) for scale in ("magnitude", "signed")
+                    if scale in used},
     }
     html = _environment().get_template("index.html").render(**context)
     _inside(root, "index.html").write_text(html, encoding="utf-8")
@@ -278,6 +344,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         "skipped": list(skipped), "warnings": list(warnings),
         "status": run_status(explanation, skipped),
         "failed_methods": sorted(explanation.errors),
+        "metrics": metrics,
     }
     _inside(root, "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
