@@ -102,7 +102,9 @@ def _valid(x: np.ndarray, targets) -> bool:
     if isinstance(targets, int):
         return 0 <= targets < N_CLASSES
     if isinstance(targets, list):
-        return len(targets) == len(x) and all(0 <= t < N_CLASSES for t in targets)
+        return len(targets) == len(x) and all(
+            isinstance(t, int) and 0 <= t < N_CLASSES for t in targets
+        )
     return False
 
 
