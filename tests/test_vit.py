@@ -321,3 +321,68 @@ def test_jax_token_layer_grad_cam_equals_a_direct_computation():
     with pytest.raises(ValueError, match="at least 16 tokens"):
         salience.GradCAM().explain(nine, x, targets)
     assert nine.trace_count == 0
+
+
+# --- the command line --------------------------------------------------------------------
+
+_VIT_ARCH = '''
+import torch
+from torch import nn
+
+
+class TinyViT(nn.Module):
+    def __init__(self, dim=16, patch=4, classes=5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1)
+        return self.head(self.blocks(tokens)[:, 0])
+
+
+def tiny_vit():
+    return TinyViT()
+'''
+
+
+def test_cli_grad_cam_on_a_vit_block_equals_the_python_api(tmp_path, monkeypatch):
+    # The CLI's --layer on a transformer block: the adapters' default reshape='auto'
+    # lays its tokens out on the patch grid, as salience.torch.wrap does in Python.
+    Image = pytest.importorskip("PIL.Image")
+    typer_testing = pytest.importorskip("typer.testing")
+    from salience.cli import app
+    from salience.io import Preprocessing, load_image
+
+    (tmp_path / "salience_vit_arch.py").write_text(_VIT_ARCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import salience_vit_arch as arch
+
+    torch.save(arch.tiny_vit().state_dict(), tmp_path / "vit.pt")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                    ).save(tmp_path / "imgs" / "a.png")
+    layer = "blocks.layers.1.norm1"
+    result = typer_testing.CliRunner().invoke(app, [str(a) for a in (
+        "explain", tmp_path / "imgs", "--model", tmp_path / "vit.pt", "--arch",
+        "salience_vit_arch:tiny_vit", "--layer", layer, "--methods", "gradcam", "--size",
+        "16", "--preset", "unit", "--out", tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+
+    net = arch.tiny_vit()
+    net.load_state_dict(torch.load(tmp_path / "vit.pt", weights_only=True))
+    prep = Preprocessing(size=(16, 16), channels=3, preset="unit")
+    x = prep.model_input([prep.display(load_image(tmp_path / "imgs" / "a.png"))])
+    model = st.wrap(net.eval(), layer=layer)
+    assert model(x, [0], LAYER_KEYS)[CONVOLUTION_LAYER_VALUES].shape == (1, 16, 4, 4)
+    expected = salience.explain(model, x, ["gradcam"])
+    maps = np.load(tmp_path / "out" / "maps.npz")
+    assert np.abs(maps["a__gradcam"]).max() > 0
+    np.testing.assert_allclose(maps["a__gradcam"], expected.maps["gradcam"][0], rtol=1e-5,
+                               atol=1e-7)

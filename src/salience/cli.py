@@ -496,7 +496,9 @@ def explain_command(
     arch: Annotated[str | None, typer.Option(
         help="package.module:function building the architecture of a state_dict.")] = None,
     layer: Annotated[str | None, typer.Option(
-        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
+        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d). A vision "
+        "transformer's block works too: its patch tokens are laid out on their square "
+        "grid.")] = None,
     trust_model: Annotated[bool, typer.Option(
         "--trust-model", help="Load model files in ways that can run code they hold: whole "
         "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
