@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import to_numpy, working_dtype
+from .arrays import REDUCTIONS, to_numpy, working_dtype
 from .numeric import as_random_state
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "check_nonnegative",
     "check_nonnegative_int",
     "check_positive_int",
+    "check_reduction",
     "check_seed",
     "resolve_targets",
 ]
@@ -102,6 +103,15 @@ def check_fraction(value: Any, name: str, *, allow_zero: bool = True) -> float:
     if not (np.isfinite(value) and low_ok and value <= 1):
         raise ValueError(f"{name} must be in {interval}, got {value}")
     return value
+
+
+def check_reduction(how: Any, name: str = "reduction") -> str:
+    """Validate a channel reduction name (see :data:`salience.arrays.REDUCTIONS`)."""
+    if not isinstance(how, str) or how not in REDUCTIONS:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, REDUCTIONS))}, got {how!r}"
+        )
+    return how
 
 
 def check_seed(seed: Any) -> Any:

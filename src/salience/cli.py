@@ -270,6 +270,7 @@ def run_explain(
     quiet: bool = False,
     follow_symlinks: bool = False,
     memory_limit: str | None = None,
+    reduction: str | None = None,
 ) -> ExplainOutcome:
     """Everything ``salience explain`` does; returns where the report is and what failed.
 
@@ -290,6 +291,10 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    if reduction is not None:
+        from .checks import check_reduction
+
+        check_reduction(reduction, "--reduction")
     limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
@@ -360,7 +365,7 @@ def run_explain(
                          errors="collect")
         if metrics:
             metric_seconds = _add_metrics(entries, loaded.model, x, result, prep, batch_size,
-                                          bar)
+                                          bar, reduction)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
 
@@ -379,8 +384,9 @@ def run_explain(
                   "parameters": {m: dict(registry.get(m).parameters) for m in names},
                   "target": target, "batch_size": batch_size, "size": list(prep.size),
                   "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
-                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device},
-        metric_seconds=metric_seconds,
+                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device,
+                  "reduction": reduction},
+        metric_seconds=metric_seconds, reduction=reduction,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
                              failed_methods=sorted(result.errors), skipped_images=len(skipped),
@@ -452,14 +458,17 @@ def _progress_bar(quiet: bool, console, image_names: list[str]):
         yield bar
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size, bar) -> dict[str, float]:
+def _add_metrics(entries, model, x, result, prep, batch_size, bar,
+                 reduction=None) -> dict[str, float]:
     """Fill each entry's metric values; returns the metrics' seconds per method."""
     from .metrics import evaluate_maps
 
     seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
                            lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
-                           progress=bar, seconds=seconds)
+                           progress=bar, seconds=seconds,
+                           # without --reduction: ranked by the sum of magnitudes
+                           reduction=reduction or "abs_sum")
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
     return seconds
@@ -487,7 +496,9 @@ def explain_command(
     arch: Annotated[str | None, typer.Option(
         help="package.module:function building the architecture of a state_dict.")] = None,
     layer: Annotated[str | None, typer.Option(
-        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
+        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d). A vision "
+        "transformer's block works too: its patch tokens are laid out on their square "
+        "grid.")] = None,
     trust_model: Annotated[bool, typer.Option(
         "--trust-model", help="Load model files in ways that can run code they hold: whole "
         "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
@@ -535,6 +546,11 @@ def explain_command(
         "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
         "images are refused before allocating (default: half of the memory available).")
     ] = None,
+    reduction: Annotated[str | None, typer.Option(
+        "--reduction", help="How a map's channels become one value per pixel in the pictures "
+        "and metrics: sum (signed), abs_sum (PAIR), abs_max (Xplique), l2 or max. Default: "
+        "pictures of the channel sum, metrics on abs_sum. maps.npz keeps every channel.")
+    ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
@@ -544,7 +560,7 @@ def explain_command(
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
             labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
-            memory_limit=memory_limit,
+            memory_limit=memory_limit, reduction=reduction,
         )
     except NothingExplainedError as err:
         _fail(str(err), code=1)

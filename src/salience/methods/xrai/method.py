@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ...arrays import channels_last, spatial_axes, to_channels_last, to_numpy
+from ...arrays import channels_last, reduce_channels, spatial_axes, to_channels_last, to_numpy
 from ...checks import (
     as_float_batch,
     check_finite,
     check_nonnegative,
     check_nonnegative_int,
     check_positive_int,
+    check_reduction,
     check_seed,
     resolve_targets,
 )
@@ -85,7 +86,8 @@ class XRAI(Method):
     Integrated Gradients is computed from each baseline (default: a constant
     image at the input's minimum and one at its maximum; every input, baseline
     and path step share one schedule) and averaged; its maximum over channels
-    gives a per-pixel attribution.  The image is over-segmented at several
+    (or another ``reduction``) gives a per-pixel attribution.  The image is
+    over-segmented at several
     scales (:func:`felzenszwalb_masks`) and regions are added greedily,
     each time the one whose not-yet-covered pixels have the highest mean
     attribution (``'full'``), or in the order of their own mean (``'fast'``).
@@ -120,6 +122,11 @@ class XRAI(Method):
         Largest number of IG rows per model call.
     seed : None, int or numpy Generator
         Randomness for ``'uniform'`` baselines (None: fresh draws every call).
+    reduction : str
+        How the attribution's channels become the per-pixel value regions are
+        ranked by: ``"max"`` (the default, PAIR's rule, the largest signed
+        value), or ``"sum"``, ``"abs_sum"``, ``"abs_max"``, ``"l2"`` (see
+        :func:`salience.arrays.reduce_channels`).
 
     Returns
     -------
@@ -144,6 +151,7 @@ class XRAI(Method):
         segments: Any = None,
         batch_size: int = 32,
         seed: Any = None,
+        reduction: str = "max",
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
         self.seed = check_seed(seed)
@@ -159,6 +167,7 @@ class XRAI(Method):
         self.min_pixel_diff = check_nonnegative_int(min_pixel_diff, "min_pixel_diff")
         self.segments = segments
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.reduction = check_reduction(reduction)
 
     def _rows_per_input(self) -> int:
         return len(self._baseline_spec()) * self.steps
@@ -220,7 +229,8 @@ class XRAI(Method):
                 model, x, targets, attributions, copies)
             if pending is not None:
                 segments = _collect_segments(pending)
-        per_pixel = _pixel_attribution(attributions, x.ndim, is_last)
+        per_pixel = reduce_channels(
+            attributions, self.reduction, None if x.ndim == 3 else (-1 if is_last else 1))
         maps = np.empty((n, height, width), dtype=np.float64)
         ranks = np.empty((n, height, width), dtype=np.int64)
         n_regions = np.empty(n, dtype=np.int64)
@@ -275,13 +285,6 @@ def _as_attribution(attributions: Any, shape: tuple[int, ...]) -> np.ndarray:
         arr = arr.astype(np.float64)
     check_finite(arr, "attributions")
     return arr
-
-
-def _pixel_attribution(attributions: np.ndarray, x_ndim: int, is_last: bool) -> np.ndarray:
-    """Largest attribution over channels per pixel (n, H, W), as PAIR does."""
-    if x_ndim == 3:
-        return attributions
-    return attributions.max(axis=-1 if is_last else 1)
 
 
 def _segment_in_background(pool: WorkerPool, image: np.ndarray) -> list[Job[SegmentMasks]]:
