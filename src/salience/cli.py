@@ -323,8 +323,9 @@ def run_explain(
     layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
     if layerless:
         raise CliError(
-            f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
-            "module name) with a state_dict/pickled model, or drop it from --methods"
+            f"{', '.join(layerless)} needs a convolutional layer (or a vision transformer block); "
+            "pass --layer NAME (a dotted module name) with a state_dict/pickled model, or drop it "
+            "from --methods"
         )
 
     _check_run_memory(len(files) if files is not None else len(SAMPLE_IMAGES), prep,
@@ -578,7 +579,7 @@ def methods_command() -> None:
     from . import registry
 
     for entry in registry.METHODS.values():
-        extra = " (needs a convolutional layer)" if entry.needs_layer else ""
+        extra = " (needs a convolutional layer or a ViT block)" if entry.needs_layer else ""
         typer.echo(f"{entry.name:22s} {entry.description}{extra}")
 
 
