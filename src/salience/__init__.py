@@ -58,8 +58,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    # Dataset runs need pyarrow and zarr (salience[dataset]): imported when first used,
+    # and kept out of __all__ like the adapters, so `import *` needs no extra.
+    if name in ("explain_dataset", "open_results"):
+        from . import dataset
+
+        return getattr(dataset, name)
     # Framework adapters import their framework only when first used.
-    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry"):
+    if name in ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
+                "dataset"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

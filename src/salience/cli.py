@@ -7,6 +7,9 @@ and writes ``salience-report/index.html``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain"]
+__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain", "run_explain_dataset"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
@@ -169,7 +172,6 @@ def run_explain(
     """
     from . import registry
     from .io import ImageReadError, LargeImageWarning, find_images, load_image
-    from .loading import load_labels, load_model
     from .report import ImageEntry, check_output_dir, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
@@ -186,20 +188,10 @@ def run_explain(
     if files is not None and not files:
         raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
 
-    loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
-                        channels_last=channels_last)
-    if labels is not None:
-        loaded.labels = load_labels(labels)
-    prep = loaded.preprocessing.with_(size=_size(size), preset=preset, resize=resize,
-                                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                                      channels=channels)
-    names = _method_names(methods, loaded.has_layer)
-    layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
-    if layerless:
-        raise CliError(
-            f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
-            "module name) with a state_dict/pickled model, or drop it from --methods"
-        )
+    loaded, prep, names = _model_and_methods(
+        model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+        channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
+        mean=mean, std=std, channels=channels, methods=methods)
 
     entries, skipped, warned = [], [], []
     sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
@@ -248,6 +240,171 @@ def run_explain(
     return index
 
 
+def _model_and_methods(*, model, arch, layer, trust_model, device, channels_last, labels, size,
+                       preset, resize, mean, std, channels, methods):
+    """The model, its preprocessing with the command line's changes, and the method
+    names (``explain`` and ``explain-dataset`` share it)."""
+    from . import registry
+    from .loading import load_labels, load_model
+
+    loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+                        channels_last=channels_last)
+    if labels is not None:
+        loaded.labels = load_labels(labels)
+    prep = loaded.preprocessing.with_(size=_size(size), preset=preset, resize=resize,
+                                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                      channels=channels)
+    names = _method_names(methods, loaded.has_layer)
+    layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
+    if layerless:
+        raise CliError(
+            f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
+            "module name) with a state_dict/pickled model, or drop it from --methods"
+        )
+    return loaded, prep, names
+
+
+def run_explain_dataset(
+    sources: list[Path],
+    *,
+    out: Path,
+    model: str | None = None,
+    arch: str | None = None,
+    layer: str | None = None,
+    trust_model: bool = False,
+    methods: str | None = None,
+    target: str | None = None,
+    batch_size: int = 32,
+    metrics: bool = False,
+    device: str | None = None,
+    preset: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    size: str | None = None,
+    resize: str | None = None,
+    channels: int | None = None,
+    channels_last: bool | None = None,
+    labels: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    resume: bool = True,
+    report_sample: int = 8,
+    seed: int = 0,
+    map_dtype: str = "float32",
+    quiet: bool = False,
+):
+    """Everything ``salience explain-dataset`` does; returns the
+    :class:`~salience.dataset.DatasetSummary`.
+
+    Raises :class:`CliError` (and the loaders' and the store's ``ValueError``
+    subclasses) on bad input.
+    """
+    from .dataset import explain_dataset
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()  # the command owns its process: keep large blocks for reuse
+    if engine not in ("local", "ray"):
+        raise CliError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local" and (address is not None or workers != 2 or gpus_per_worker):
+        raise CliError("--address, --workers and --gpus-per-worker need --engine ray")
+    if batch_size <= 0:
+        raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    _method_names(methods)  # unknown names fail before any work
+    loaded, prep, names = _model_and_methods(
+        model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+        channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
+        mean=mean, std=std, channels=channels, methods=methods)
+    options = {}
+    model_arg: Any = loaded
+    if engine == "ray":
+        options = {"workers": workers, "address": address, "cpus_per_worker": cpus_per_worker,
+                   "gpus_per_worker": gpus_per_worker}
+        # Each Ray worker loads the model itself, from the same arguments.
+        model_arg = functools.partial(_load_in_worker, model, arch, layer, trust_model, device,
+                                      channels_last, os.getcwd())
+    bar = _DatasetProgress(quiet, _stderr_console())
+    with bar:
+        return explain_dataset(
+            [str(p) for p in sources], model_arg, names, out,
+            targets=_target(target, loaded.labels, 0), engine=engine, batch_size=batch_size,
+            resume=resume, metrics=metrics, preprocessing=prep, labels=loaded.labels, seed=seed,
+            map_dtype=map_dtype, report_sample=report_sample,
+            model_id=_model_id(model, arch, layer, loaded), progress=bar.update, **options)
+
+
+def _load_in_worker(model, arch, layer, trust_model, device, channels_last, cwd):
+    """The model as a Ray worker loads it (``--arch`` modules are found in ``cwd``)."""
+    from .loading import load_model
+
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+                      channels_last=channels_last)
+
+
+def _model_id(model: str | None, arch: str | None, layer: str | None, loaded) -> str:
+    """The model's identity in the store: the built-in name, or the file's hash."""
+    parts = [loaded.name]
+    path = Path(model) if model else None
+    if path is not None and path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        parts.append(f"file sha256:{digest.hexdigest()[:16]}")
+    if layer is not None:
+        parts.append(f"layer {layer}")
+    return "; ".join(parts)
+
+
+class _DatasetProgress:
+    """The dataset command's progress bar: images, images/s, time left, failures."""
+
+    def __init__(self, quiet: bool, console) -> None:
+        self.show = not quiet and _is_terminal()
+        self.console = console
+        self.bar = None
+        self.task = None
+        self.start = None
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TextColumn("ETA"),
+                                TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
+                                console=self.console, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, done: int, failed: int, skipped: int, total: int | None) -> None:
+        if self.bar is None:
+            return
+        import time
+
+        now = time.perf_counter()
+        if self.task is None:
+            self.start = now
+            self.task = self.bar.add_task("explaining", total=total, rate="", failed="")
+        rate = (done + failed) / (now - self.start) if now > self.start else 0.0
+        self.bar.update(self.task, completed=done + failed, rate=f"{rate:.2f} images/s",
+                        failed=f"{failed} failed" if failed else "")
+
+
 def _rounded(values) -> list[float]:
     return [round(float(v), 4) for v in values]
 
@@ -289,6 +446,46 @@ def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
 # --- typer commands -------------------------------------------------------------------
 
 
+# Options shared by `explain` and `explain-dataset`.
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Built-in model name (see `salience models`) or a model file: "
+    "state_dict (.pt/.pth, with --arch), TorchScript, torch.export (.pt2), Keras .keras. "
+    "Default: efficientnet-lite0.")]
+ArchOption = Annotated[str | None, typer.Option(
+    help="package.module:function building the architecture of a state_dict.")]
+LayerOption = Annotated[str | None, typer.Option(
+    help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")]
+TrustModelOption = Annotated[bool, typer.Option(
+    "--trust-model", help="Allow unpickling Python objects from the model file (can run "
+    "arbitrary code: only for files you trust).")]
+MethodsOption = Annotated[str | None, typer.Option(
+    "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
+    "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")]
+TargetOption = Annotated[str | None, typer.Option(
+    "--target", "-t", help="Class to explain for every image: index or label name. "
+    "Default: each image's top class.")]
+BatchSizeOption = Annotated[int, typer.Option(
+    "--batch-size", "-b", help="Largest number of rows per model call.")]
+MetricsOption = Annotated[bool, typer.Option(
+    "--metrics", help="Add insertion/deletion AUC and SIC/AIC per map.")]
+DeviceOption = Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")]
+PresetOption = Annotated[str | None, typer.Option(
+    help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")]
+MeanOption = Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")]
+StdOption = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+SizeOption = Annotated[str | None, typer.Option(
+    help="Model input size: N or HEIGHTxWIDTH (default: the model's).")]
+ResizeOption = Annotated[str | None, typer.Option(
+    help="squash (whole image, default) or crop (shorter side, centre crop).")]
+ChannelsOption = Annotated[int | None, typer.Option(
+    help="Channels the model takes (1 or 3; default: from its first layer).")]
+ChannelsLastOption = Annotated[bool, typer.Option(
+    "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")]
+LabelsOption = Annotated[str | None, typer.Option(
+    help="Class names: 'imagenet' or a text file with one name per line.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")]
+
+
 @app.callback(invoke_without_command=True)
 def _root(ctx: typer.Context) -> None:
     """Explain image models with saliency maps.  With no command: ``salience explain``."""
@@ -301,48 +498,29 @@ def explain_command(
     images: Annotated[list[Path] | None, typer.Argument(
         help="Image files or folders (searched recursively). Default: scikit-image's sample "
              "photos chelsea, coffee, astronaut.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Built-in model name (see `salience models`) or a model file: "
-        "state_dict (.pt/.pth, with --arch), TorchScript, torch.export (.pt2), Keras .keras. "
-        "Default: efficientnet-lite0.")] = None,
-    arch: Annotated[str | None, typer.Option(
-        help="package.module:function building the architecture of a state_dict.")] = None,
-    layer: Annotated[str | None, typer.Option(
-        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
-    trust_model: Annotated[bool, typer.Option(
-        "--trust-model", help="Allow unpickling Python objects from the model file (can run "
-        "arbitrary code: only for files you trust).")] = False,
-    methods: Annotated[str | None, typer.Option(
-        "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
-        "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")] = None,
-    target: Annotated[str | None, typer.Option(
-        "--target", "-t", help="Class to explain for every image: index or label name. "
-        "Default: each image's top class.")] = None,
+    model: ModelOption = None,
+    arch: ArchOption = None,
+    layer: LayerOption = None,
+    trust_model: TrustModelOption = False,
+    methods: MethodsOption = None,
+    target: TargetOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path(
         "salience-report"),
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Largest number of rows per model call.")] = 32,
-    metrics: Annotated[bool, typer.Option(
-        "--metrics", help="Add insertion/deletion AUC and SIC/AIC per map.")] = False,
+    batch_size: BatchSizeOption = 32,
+    metrics: MetricsOption = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing report directory.")] = False,
-    device: Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")] = None,
-    mean: Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
-    size: Annotated[str | None, typer.Option(
-        help="Model input size: N or HEIGHTxWIDTH (default: the model's).")] = None,
-    resize: Annotated[str | None, typer.Option(
-        help="squash (whole image, default) or crop (shorter side, centre crop).")] = None,
-    channels: Annotated[int | None, typer.Option(
-        help="Channels the model takes (1 or 3; default: from its first layer).")] = None,
-    channels_last: Annotated[bool, typer.Option(
-        "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")] = False,
-    labels: Annotated[str | None, typer.Option(
-        help="Class names: 'imagenet' or a text file with one name per line.")] = None,
+    device: DeviceOption = None,
+    preset: PresetOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    channels: ChannelsOption = None,
+    channels_last: ChannelsLastOption = False,
+    labels: LabelsOption = None,
     cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
@@ -356,6 +534,71 @@ def explain_command(
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     typer.echo(f"Report written to {index}")
+
+
+@app.command("explain-dataset")
+def explain_dataset_command(
+    sources: Annotated[list[Path], typer.Argument(
+        help="Image files, folders (searched recursively) or list files (.txt: one path per "
+             "line; .csv/.tsv/.parquet: a 'path' column, optional 'target' and 'label').",
+        show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Store directory (records, maps, summary); a run stopped "
+        "for any reason continues where it was when started again.")],
+    engine: Annotated[str, typer.Option(
+        help="local (this process) or ray (Ray Data; pip install salience\\[ray]).")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (with --engine ray; default: start Ray here).")] = None,
+    workers: Annotated[int, typer.Option(
+        help="Model workers (Ray actors) with --engine ray.")] = 2,
+    cpus_per_worker: Annotated[float, typer.Option(
+        help="CPUs each Ray model worker reserves.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(
+        help="GPUs each Ray model worker reserves (use with --device cuda).")] = 0.0,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="Continue the store in --out (skip images it has), or "
+        "replace it.")] = True,
+    report_sample: Annotated[int, typer.Option(
+        help="Images with their own page in the HTML summary.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of random methods (SmoothGrad).")] = 0,
+    map_dtype: Annotated[str, typer.Option(
+        help="Precision of the stored maps: float32 or float16.")] = "float32",
+    model: ModelOption = None,
+    arch: ArchOption = None,
+    layer: LayerOption = None,
+    trust_model: TrustModelOption = False,
+    methods: MethodsOption = None,
+    target: TargetOption = None,
+    batch_size: BatchSizeOption = 32,
+    metrics: MetricsOption = False,
+    device: DeviceOption = None,
+    preset: PresetOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    channels: ChannelsOption = None,
+    channels_last: ChannelsLastOption = False,
+    labels: LabelsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Explain every image of a dataset into a resumable store of Parquet records,
+    Zarr maps and an HTML summary."""
+    try:
+        summary = run_explain_dataset(
+            sources, out=out, model=model, arch=arch, layer=layer, trust_model=trust_model,
+            methods=methods, target=target, batch_size=batch_size, metrics=metrics,
+            device=device, preset=preset, mean=mean, std=std, size=size, resize=resize,
+            channels=channels, channels_last=channels_last or None, labels=labels,
+            engine=engine, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker, resume=resume, report_sample=report_sample,
+            seed=seed, map_dtype=map_dtype, quiet=quiet)
+    except (CliError, ValueError, FileNotFoundError, ImportError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; what was committed stays in {out}: run the same command again "
+              "to finish", code=130)
+    typer.echo(str(summary))
 
 
 @app.command("methods")

@@ -1,0 +1,183 @@
+"""The HTML summary of a dataset store: counts, runs, plots per method, failures and
+a sample of image pages drawn by the report renderer (:func:`salience.report.write_report`).
+
+Written into the store's folder::
+
+    index.html      the summary
+    plots/*.png     time per image and metric distributions per method
+    samples/        a report of ``sample`` images (the ones with the smallest ids,
+                    so the sample does not depend on the engine or on resuming)
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import ImageReadError, Preprocessing, load_image
+from .store import Results, write_atomically
+from .work import METRIC_FIELDS
+
+__all__ = ["write_summary"]
+
+#: Failed images listed by name in the summary (all are in the records).
+MAX_LISTED_FAILURES = 100
+
+
+def write_summary(results: Results, preprocessing: Preprocessing, *,
+                  labels: Callable[[int], str] | None = None, sample: int = 8) -> Path:
+    """Write ``index.html``, ``plots/`` and ``samples/`` into the store; return the
+    path of ``index.html``."""
+    import jinja2
+
+    out = results.out
+    records = results.records.to_pylist()
+    ok = [r for r in records if r["status"] == "ok"]
+    methods = results.methods
+    metric_names = [m for m, _ in METRIC_FIELDS] if results.manifest["parameters"].get(
+        "metrics") else []
+    plots = _write_plots(out, ok, methods, metric_names)
+    samples = _write_samples(results, ok, preprocessing, labels, sample) if sample else None
+    rows = []
+    for name in methods:
+        done = [r for r in ok if r.get(f"{name}.status") == "ok"]
+        seconds = [r[f"{name}.seconds"] for r in ok if r.get(f"{name}.seconds") is not None]
+        rows.append({
+            "name": name, "done": len(done),
+            "failed": sum(1 for r in ok if r.get(f"{name}.status") == "failed"),
+            "seconds": float(np.mean(seconds)) if seconds else None,
+            "metrics": {m: _mean([r.get(f"{name}.{m}") for r in done]) for m in metric_names},
+            "errors": sorted({r[f"{name}.error"] for r in ok if r.get(f"{name}.error")})[:5],
+        })
+    failures = [r for r in records if r["status"] == "failed"]
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("salience.dataset", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined)
+    page = environment.get_template("summary.html").render(
+        manifest=results.manifest, parameters=results.manifest["parameters"],
+        total=len(records), ok=len(ok), failures=failures[:MAX_LISTED_FAILURES],
+        failed=len(failures), methods=rows, metric_names=metric_names, plots=plots,
+        samples=samples, runs=results.manifest["runs"])
+    index = out / "index.html"
+    write_atomically(index, page.encode("utf-8"))
+    return index
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _swap_in(fresh: Path, target: Path) -> None:
+    """Replace the folder ``target`` by ``fresh`` (renames; the old one is deleted)."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        target.rename(old)
+    fresh.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_plots(out: Path, ok: list[dict], methods: list[str],
+                 metric_names: list[str]) -> list[dict[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fresh = out / f".plots.tmp-{uuid.uuid4().hex[:8]}"
+    fresh.mkdir()
+    plots = []
+    wanted = [("seconds", "seconds per image", "time per image (s)")]
+    wanted += [(m, m.replace("_", " "), m.replace("_", " ")) for m in metric_names]
+    try:
+        for field, title, axis in wanted:
+            data = [[r[f"{m}.{field}"] for r in ok if r.get(f"{m}.{field}") is not None
+                     and np.isfinite(r[f"{m}.{field}"])] for m in methods]
+            if not any(data):
+                continue
+            figure, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2), dpi=100)
+            ax.boxplot([d if d else [np.nan] for d in data], showfliers=True)
+            ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
+            ax.set_ylabel(axis)
+            ax.set_title(f"{title} ({len(ok)} images)", fontsize=10)
+            figure.tight_layout()
+            figure.savefig(fresh / f"{field}.png")
+            plt.close(figure)
+            plots.append({"file": f"plots/{field}.png", "title": title})
+        _swap_in(fresh, out / "plots")
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    return plots
+
+
+def _write_samples(results: Results, ok: list[dict], prep: Preprocessing, labels,
+                   sample: int) -> dict[str, Any] | None:
+    """Pages of the ``sample`` images with the smallest ids, drawn from the stored maps."""
+    from .. import registry
+    from ..report import ImageEntry, write_report
+    from ..runner import Explanation
+
+    entries, chosen = [], []
+    for record in sorted(ok, key=lambda r: r["id"]):
+        if len(entries) == sample:
+            break
+        if record["path"] is None:
+            continue  # rows of a Dataset given as arrays: no file to draw on
+        try:
+            image = load_image(record["path"])
+        except ImageReadError:
+            continue  # moved or deleted since the run
+        entries.append(ImageEntry(name=record["name"], display=prep.display(image, record["name"]),
+                                  source=record["path"], original_size=tuple(image.shape[:2])))
+        chosen.append(record)
+    if not entries:
+        return None
+    methods = [m for m in results.methods if all(r.get(f"{m}.status") == "ok" for r in chosen)]
+    maps = {m: np.stack([results.map(r["id"], m).astype(np.float32) for r in chosen])
+            for m in methods}
+    explanation = Explanation(logits=None, probabilities=_probabilities(chosen),
+                              targets=np.array([r["target"] if r["target"] is not None else -1
+                                                for r in chosen]), maps=maps)
+    explanation.seconds = {m: float(sum(r[f"{m}.seconds"] or 0 for r in chosen))
+                           for m in methods}
+    for record, entry in zip(chosen, entries):
+        entry.metrics = {m: {k: record.get(f"{m}.{k}") for k, _ in METRIC_FIELDS
+                             if f"{m}.{k}" in record} for m in methods}
+        entry.metrics = {m: v for m, v in entry.metrics.items() if v}
+    known = {m: registry.METHODS.get(m) for m in methods}
+    prm = results.manifest["parameters"]["preprocessing"]
+    fresh = results.out / f".samples.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_report(
+            fresh, entries, explanation,
+            model_info={"name": str(results.manifest["parameters"].get("model")),
+                        "size": tuple(prm["size"]), "channels": prm["channels"],
+                        "normalisation": prm["preset"]},
+            labels=labels, regions=[m for m, e in known.items() if e is not None and e.regions],
+            descriptions={m: e.description for m, e in known.items() if e is not None},
+            settings={"sample_of": results.out.name, "ids": [r["id"] for r in chosen]},
+        )
+        _swap_in(fresh, results.out / "samples")
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    return {"file": "samples/index.html", "count": len(entries)}
+
+
+def _probabilities(records: list[dict]) -> np.ndarray | None:
+    """A probability table holding each image's stored top classes (zeros elsewhere),
+    which is all the report shows of it."""
+    tops = [(r["top_classes"] or [], r["top_probabilities"] or []) for r in records]
+    if not any(classes for classes, _ in tops):
+        return None
+    width = 1 + max(max(classes) for classes, _ in tops if classes)
+    table = np.zeros((len(records), width))
+    for i, (classes, probabilities) in enumerate(tops):
+        table[i, classes] = probabilities
+    return table
