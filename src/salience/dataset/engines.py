@@ -15,6 +15,7 @@ and hand the results to the store's writer; they compute nothing themselves.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections import deque
@@ -153,8 +154,22 @@ class LocalEngine:
 def _local_batches(job: Job) -> Iterator[dict[str, Any]]:
     size = job.plan.batch_size
     if job.items is not None:
-        return item_batches(job.items, size)
-    return iter(job.dataset.iter_batches(batch_size=size, batch_format="numpy"))
+        yield from item_batches(job.items, size)
+        return
+    with _quiet_ray_data(job.dataset):
+        yield from job.dataset.iter_batches(batch_size=size, batch_format="numpy")
+
+
+@contextlib.contextmanager
+def _quiet_ray_data(dataset: Any) -> Iterator[None]:
+    """No Ray Data progress output while a run reads a Dataset (the caller shows its own)."""
+    context = dataset.context
+    bars = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = bars
 
 
 class _ExplainActor:
@@ -204,9 +219,6 @@ class RayEngine:
     def run(self, job: Job) -> None:
         ray = _import_ray()
         started = self._start(ray)
-        context = ray.data.DataContext.get_current()
-        bars = context.enable_progress_bars
-        context.enable_progress_bars = False  # the caller shows its own progress
         try:
             plan = job.plan
             if job.items is not None:
@@ -223,12 +235,12 @@ class RayEngine:
                 compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
                 batch_size=plan.batch_size, batch_format="numpy")
-            for batch in explained.iter_batches(batch_size=None, batch_format="numpy"):
-                commit = job.write(batch)
-                if job.progress is not None:
-                    job.progress(commit)
+            with _quiet_ray_data(explained):
+                for batch in explained.iter_batches(batch_size=None, batch_format="numpy"):
+                    commit = job.write(batch)
+                    if job.progress is not None:
+                        job.progress(commit)
         finally:
-            context.enable_progress_bars = bars
             if started:
                 ray.shutdown()
 

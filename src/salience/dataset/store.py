@@ -321,8 +321,7 @@ class StoreWriter:
     def _load_index(self) -> None:
         """Ids in the store, the newest record's file size and time per path (to
         skip unchanged files without reading them), and the next free map row."""
-        table = _read_records(self.out, columns=["id", "path", "file_size", "file_mtime_ns",
-                                                 "map_index", "run", "commit"])
+        table = _read_records(self.out, columns=["id", "path", "file_size", "file_mtime_ns"])
         self.done_ids: set[str] = set(table.column("id").to_pylist())
         self.files: dict[str, tuple[int, int]] = {}
         for path, size, mtime in zip(table.column("path").to_pylist(),
@@ -330,9 +329,7 @@ class StoreWriter:
                                      table.column("file_mtime_ns").to_pylist()):
             if path is not None:
                 self.files[path] = (size, mtime)
-        rows = table.column("map_index").to_numpy(zero_copy_only=False)
-        rows = rows[~np.isnan(rows.astype(np.float64))] if len(rows) else rows
-        self._next_row = self._aligned(int(rows.max()) + 1) if len(rows) else 0
+        self._next_row = self._aligned(_rows_used(self.out))
 
     def _aligned(self, row: int) -> int:
         return -(-row // self.shard_rows) * self.shard_rows
@@ -480,28 +477,31 @@ class StoreWriter:
     def _trim_maps(self) -> None:
         if not (self.out / MAPS).is_dir():
             return
-        table = _read_records(self.out, columns=["map_index", "run", "commit", "id", "path"])
-        rows = table.column("map_index").to_numpy(zero_copy_only=False).astype(np.float64)
-        used = int(np.nanmax(rows)) + 1 if np.isfinite(rows).any() else 0
+        used = _rows_used(self.out)
         group = self._maps_group()
         for name in self.methods:
             if name in group and group[name].shape[0] > used:
                 group[name].resize((used, *group[name].shape[1:]))
 
     def _compact(self) -> None:
-        """One Parquet file instead of one per commit, swapped in as a whole folder."""
+        """One Parquet file instead of one per commit, swapped in as a whole folder;
+        the parts are copied one at a time, so memory holds one part (and the keys)."""
         import pyarrow.parquet as pq
 
-        records = self.out / RECORDS
-        parts = sorted(records.glob("*.parquet"))
+        parts = _parts(self.out)
         if len(parts) <= 1:
             return
-        table = _read_records(self.out)
+        keep = _kept_rows(parts)
         tag = uuid.uuid4().hex[:8]
         fresh = self.out / f".{RECORDS}.compact-{tag}"
         fresh.mkdir()
-        pq.write_table(table, fresh / f"part-{self.run:04d}-compacted.parquet")
+        with pq.ParquetWriter(fresh / f"part-{self.run:04d}-compacted.parquet",
+                              self.schema) as sink:
+            for part, rows in zip(parts, keep):
+                if len(rows):
+                    sink.write_table(pq.read_table(part).take(rows).cast(self.schema))
         old = self.out / f".{RECORDS}.old-{tag}"
+        records = self.out / RECORDS
         records.rename(old)
         fresh.rename(records)
         shutil.rmtree(old, ignore_errors=True)
@@ -517,47 +517,85 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _read_records(out: Path, columns: Iterable[str] | None = None):
-    """Every committed record, each image once (see the module docs)."""
+def _parts(out: Path) -> list[Path]:
+    records = out / RECORDS
+    return sorted(records.glob("*.parquet")) if records.is_dir() else []
+
+
+def _rows_used(out: Path) -> int:
+    """One more than the largest map row any committed record points to."""
+    import pyarrow.parquet as pq
+
+    used = 0
+    for part in _parts(out):
+        rows = pq.read_table(part, columns=["map_index"]).column("map_index").drop_null()
+        if len(rows):
+            used = max(used, int(np.max(rows.to_numpy())) + 1)
+    return used
+
+
+#: What decides which record of an image is kept.
+_KEY_COLUMNS = ["id", "path", "run", "commit"]
+
+
+def _kept_rows(parts: Sequence[Path]) -> list[np.ndarray]:
+    """Per part, the rows to keep: the first record of each id and, per path, the
+    newest (by run and commit).  Reads only the key columns."""
+    import pyarrow.parquet as pq
+
+    keys = [pq.read_table(p, columns=_KEY_COLUMNS) for p in parts]
+    sizes = [k.num_rows for k in keys]
+    if not sum(sizes):
+        return [np.zeros(0, dtype=np.int64) for _ in parts]
+    run = np.concatenate([k.column("run").to_numpy(zero_copy_only=False) for k in keys])
+    commit = np.concatenate([k.column("commit").to_numpy(zero_copy_only=False) for k in keys])
+    ids = np.concatenate([np.asarray(k.column("id").to_pylist(), dtype=object) for k in keys])
+    paths = np.concatenate([np.asarray(k.column("path").to_pylist(), dtype=object)
+                            for k in keys])
+    del keys
+    order = np.lexsort((commit, run))  # commit order
+    _, first = np.unique(ids[order].astype(str), return_index=True)
+    keep = np.zeros(len(order), dtype=bool)
+    keep[first] = True
+    sorted_paths = paths[order]
+    has_path = np.flatnonzero(keep & (sorted_paths != None))  # noqa: E711 - elementwise
+    if len(has_path):
+        named = sorted_paths[has_path].astype(str)
+        _, last_from_end = np.unique(named[::-1], return_index=True)
+        keep[has_path] = False
+        keep[has_path[::-1][last_from_end]] = True
+    kept = np.sort(order[keep])
+    bounds = np.cumsum([0, *sizes])
+    return [kept[(kept >= a) & (kept < b)] - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _read_records(out: Path, columns: Iterable[str] | None = None,
+                  ids: Iterable[str] | None = None):
+    """Every committed record (or those of ``ids``), each image once (see the module
+    docs), in the order of the files; ``columns`` limits what is read."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     columns = None if columns is None else list(columns)
-    parts = sorted((out / RECORDS).glob("*.parquet")) if (out / RECORDS).is_dir() else []
-    tables = [pq.read_table(p, columns=columns) for p in parts]
-    if not tables:
+    parts = _parts(out)
+    if not parts:
         if columns is None:
             raise StoreError(f"{out} holds no records yet")
         return pa.table({c: pa.array([], type=_column_type(c)) for c in columns})
-    table = pa.concat_tables(tables, promote_options="default")
-    return _each_image_once(table)
+    wanted = None if ids is None else pa.array(list(ids), type=pa.string())
+    tables = []
+    for part, rows in zip(parts, _kept_rows(parts)):
+        if wanted is not None:
+            found = pc.is_in(pq.read_table(part, columns=["id"]).column("id"), wanted)
+            rows = rows[found.to_numpy(zero_copy_only=False)[rows]]
+        tables.append(pq.read_table(part, columns=columns).take(rows))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _column_type(name: str):
     kinds = dict(IMAGE_COLUMNS) | dict(_EXTRA_COLUMNS)
     return _arrow_type(kinds.get(name, "string"))
-
-
-def _each_image_once(table):
-    """Keep the first record of each id and, per path, the newest record."""
-    if table.num_rows == 0:
-        return table
-    run = table.column("run").to_numpy(zero_copy_only=False)
-    commit = table.column("commit").to_numpy(zero_copy_only=False)
-    order = np.lexsort((commit, run))
-    ids = np.asarray(table.column("id").to_pylist(), dtype=object)[order]
-    _, first = np.unique(ids.astype(str), return_index=True)
-    keep = np.zeros(len(order), dtype=bool)
-    keep[first] = True
-    paths = np.asarray(table.column("path").to_pylist(), dtype=object)[order]
-    has_path = np.flatnonzero(keep & (paths != None))  # noqa: E711 - elementwise
-    if len(has_path):
-        named = paths[has_path].astype(str)
-        _, last_from_end = np.unique(named[::-1], return_index=True)
-        newest = has_path[::-1][last_from_end]
-        keep[has_path] = False
-        keep[newest] = True
-    return table.take(np.sort(order[keep]))
 
 
 class Results:
@@ -580,24 +618,51 @@ class Results:
             raise StoreError(f"{str(self.out)!r} is not a salience dataset store (no {MANIFEST})")
         self.manifest = json.loads(path.read_text(encoding="utf-8"))
         self.methods = list(self.manifest["layout"]["methods"])
-        self.records = _read_records(self.out, columns=None) if any(
-            (self.out / RECORDS).glob("*.parquet")) else record_schema(
-                self.methods, bool(self.manifest["parameters"].get("metrics"))
-            ).empty_table()
-        ids = self.records.column("id").to_pylist()
-        self._row_of = {image: i for i, image in enumerate(ids)}
+        self._records = None
+        self._row_of: dict[str, int] | None = None
         self._group = None
 
+    @property
+    def records(self):
+        """Every record (read on first use)."""
+        if self._records is None:
+            self._records = self.table()
+        return self._records
+
+    def table(self, columns: Sequence[str] | None = None, ids: Iterable[str] | None = None):
+        """The records (of ``ids`` only, if given) with only ``columns``, each image
+        once, read now."""
+        if not _parts(self.out):
+            empty = record_schema(self.methods,
+                                  bool(self.manifest["parameters"].get("metrics"))).empty_table()
+            return empty if columns is None else empty.select(list(columns))
+        return _read_records(self.out, columns, ids)
+
+    def _index(self, image_id: str) -> int:
+        if self._row_of is None:
+            self._row_of = {image: i for i, image in
+                            enumerate(self.records.column("id").to_pylist())}
+        try:
+            return self._row_of[image_id]
+        except KeyError:
+            raise KeyError(f"no image with id {image_id!r} in {str(self.out)!r}") from None
+
     def __len__(self) -> int:
+        if self._records is None:
+            return self.table(["id"]).num_rows
         return self.records.num_rows
 
     def __contains__(self, image_id: object) -> bool:
-        return image_id in self._row_of
+        try:
+            self._index(str(image_id))
+        except KeyError:
+            return False
+        return True
 
     @property
     def ids(self) -> list[str]:
         """Image ids in record order."""
-        return list(self._row_of)
+        return self.records.column("id").to_pylist()
 
     @property
     def complete(self) -> bool:
@@ -606,13 +671,12 @@ class Results:
 
     def record(self, image_id: str) -> dict[str, Any]:
         """The record of one image as a dict."""
+        if self._records is None:  # one record: no need to read them all
+            found = _read_records(self.out, ids=[image_id]) if _parts(self.out) else None
+            if found is None or not found.num_rows:
+                raise KeyError(f"no image with id {image_id!r} in {str(self.out)!r}")
+            return found.to_pylist()[0]
         return self.records.slice(self._index(image_id), 1).to_pylist()[0]
-
-    def _index(self, image_id: str) -> int:
-        try:
-            return self._row_of[image_id]
-        except KeyError:
-            raise KeyError(f"no image with id {image_id!r} in {str(self.out)!r}") from None
 
     def maps(self, method: str):
         """The Zarr array of one method's maps (rows: the records' ``map_index``)."""

@@ -11,16 +11,17 @@ Written into the store's folder::
 
 from __future__ import annotations
 
+import heapq
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..io import ImageReadError, Preprocessing, load_image
-from .store import Results, write_atomically
+from .store import Results, record_schema, write_atomically
 from .work import METRIC_FIELDS
 
 __all__ = ["write_summary"]
@@ -36,41 +37,63 @@ def write_summary(results: Results, preprocessing: Preprocessing, *,
     import jinja2
 
     out = results.out
-    records = results.records.to_pylist()
-    ok = [r for r in records if r["status"] == "ok"]
+    wanted = ["id", "name", "status", "error"] + [
+        f"{m}.{field}" for m in results.methods
+        for field in ("status", "error", "seconds", *(k for k, _ in METRIC_FIELDS))]
+    table = results.table([c for c in wanted if c in _columns(results)])
+    ok = _is(table, "status", "ok")
     methods = results.methods
     metric_names = [m for m, _ in METRIC_FIELDS] if results.manifest["parameters"].get(
         "metrics") else []
-    plots = _write_plots(out, ok, methods, metric_names)
-    samples = _write_samples(results, ok, preprocessing, labels, sample) if sample else None
+    plots = _write_plots(out, table, ok, methods, metric_names)
+    samples = _write_samples(results, table, ok, preprocessing, labels, sample) if sample \
+        else None
     rows = []
     for name in methods:
-        done = [r for r in ok if r.get(f"{name}.status") == "ok"]
-        seconds = [r[f"{name}.seconds"] for r in ok if r.get(f"{name}.seconds") is not None]
+        done = ok & _is(table, f"{name}.status", "ok")
+        errors = table.column(f"{name}.error").filter(ok).unique().drop_null().to_pylist()
         rows.append({
-            "name": name, "done": len(done),
-            "failed": sum(1 for r in ok if r.get(f"{name}.status") == "failed"),
-            "seconds": float(np.mean(seconds)) if seconds else None,
-            "metrics": {m: _mean([r.get(f"{name}.{m}") for r in done]) for m in metric_names},
-            "errors": sorted({r[f"{name}.error"] for r in ok if r.get(f"{name}.error")})[:5],
+            "name": name, "done": int(done.sum()),
+            "failed": int((ok & _is(table, f"{name}.status", "failed")).sum()),
+            "seconds": _mean(_floats(table, f"{name}.seconds")[ok]),
+            "metrics": {m: _mean(_floats(table, f"{name}.{m}")[done]) for m in metric_names},
+            "errors": sorted(errors)[:5],
         })
-    failures = [r for r in records if r["status"] == "failed"]
+    failed = np.flatnonzero(_is(table, "status", "failed"))
+    failures = table.take(failed[:MAX_LISTED_FAILURES]).select(["name", "error"]).to_pylist()
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("salience.dataset", "templates"),
         autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined)
     page = environment.get_template("summary.html").render(
         manifest=results.manifest, parameters=results.manifest["parameters"],
-        total=len(records), ok=len(ok), failures=failures[:MAX_LISTED_FAILURES],
-        failed=len(failures), methods=rows, metric_names=metric_names, plots=plots,
+        total=table.num_rows, ok=int(ok.sum()), failures=failures, failed=len(failed),
+        methods=rows, metric_names=metric_names, plots=plots,
         samples=samples, runs=results.manifest["runs"])
     index = out / "index.html"
     write_atomically(index, page.encode("utf-8"))
     return index
 
 
-def _mean(values: Sequence[Any]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
+def _mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _columns(results: Results) -> set[str]:
+    return set(record_schema(results.methods,
+                             bool(results.manifest["parameters"].get("metrics"))).names)
+
+
+def _is(table, column: str, value: str) -> np.ndarray:
+    """Rows whose string ``column`` equals ``value`` (nulls are not)."""
+    import pyarrow.compute as pc
+
+    equal = pc.fill_null(pc.equal(table.column(column), value), False)
+    return equal.to_numpy(zero_copy_only=False)
+
+
+def _floats(table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _swap_in(fresh: Path, target: Path) -> None:
@@ -82,7 +105,7 @@ def _swap_in(fresh: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_plots(out: Path, ok: list[dict], methods: list[str],
+def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
                  metric_names: list[str]) -> list[dict[str, str]]:
     import matplotlib
 
@@ -96,15 +119,15 @@ def _write_plots(out: Path, ok: list[dict], methods: list[str],
     wanted += [(m, m.replace("_", " "), m.replace("_", " ")) for m in metric_names]
     try:
         for field, title, axis in wanted:
-            data = [[r[f"{m}.{field}"] for r in ok if r.get(f"{m}.{field}") is not None
-                     and np.isfinite(r[f"{m}.{field}"])] for m in methods]
-            if not any(data):
+            data = [_floats(table, f"{m}.{field}")[ok] for m in methods]
+            data = [d[np.isfinite(d)] for d in data]
+            if not any(len(d) for d in data):
                 continue
             figure, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2), dpi=100)
-            ax.boxplot([d if d else [np.nan] for d in data], showfliers=True)
+            ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=True)
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
             ax.set_ylabel(axis)
-            ax.set_title(f"{title} ({len(ok)} images)", fontsize=10)
+            ax.set_title(f"{title} ({int(ok.sum())} images)", fontsize=10)
             figure.tight_layout()
             figure.savefig(fresh / f"{field}.png")
             plt.close(figure)
@@ -116,17 +139,21 @@ def _write_plots(out: Path, ok: list[dict], methods: list[str],
     return plots
 
 
-def _write_samples(results: Results, ok: list[dict], prep: Preprocessing, labels,
+def _write_samples(results: Results, table, ok: np.ndarray, prep: Preprocessing, labels,
                    sample: int) -> dict[str, Any] | None:
     """Pages of the ``sample`` images with the smallest ids, drawn from the stored maps."""
     from .. import registry
     from ..report import ImageEntry, write_report
     from ..runner import Explanation
 
+    ids = table.column("id").filter(ok).to_pylist()
+    candidates = heapq.nsmallest(4 * sample, ids)  # a few spare for unreadable files
+    found = {r["id"]: r for r in results.table(ids=candidates).to_pylist()}
     entries, chosen = [], []
-    for record in sorted(ok, key=lambda r: r["id"]):
+    for image in candidates:
         if len(entries) == sample:
             break
+        record = found[image]
         if record["path"] is None:
             continue  # rows of a Dataset given as arrays: no file to draw on
         try:

@@ -16,9 +16,10 @@ format), so the same batches travel through threads or a Ray cluster.
 
 Methods with an integer seed (SmoothGrad's noise, ``'uniform'`` baselines)
 draw their randomness per image, from a seed derived from the run's seed, the
-method's own seed and the image's content hash: an image's map does not depend
-on which images share its batch, so engines, worker counts and resumed runs
-give the same maps.  Such methods are called image by image.
+method's own seed and a hash of the image's model input: an image's map does
+not depend on which images share its batch, so engines, worker counts and
+resumed runs give the same maps (and a file and the same image given as an
+array too).  Such methods are called image by image.
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ def explain_batch(model: Any, batch: Mapping[str, np.ndarray], plan: Plan) -> di
     start = time.perf_counter()
     x = np.asarray(batch["x"])[ok]
     targets = _targets(model, x, np.asarray(batch["target"])[ok], plan)
-    digests = [str(d) for d in batch["content_hash"][ok]]
+    digests = [content_hash(row) for row in x]  # an image's draws follow its pixels
     segments = batch["segments"][ok] if "segments" in batch else None
     methods = {name: _for_batch(name, m, plan, digests, segments)
                for name, m in plan.methods.items()}
