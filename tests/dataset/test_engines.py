@@ -116,11 +116,12 @@ def test_a_local_run_killed_by_sigkill_resumes_to_the_same_store(local_store, da
             process.kill()
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     committed = open_results(out)
-    assert not committed.complete and 8 <= len(committed) < local_store[0].total
+    n_committed = len(committed)
+    assert not committed.complete and 8 <= n_committed < local_store[0].total
     assert json.loads((out / "manifest.json").read_text())["runs"][0]["finished"] is None
 
     summary = run_explain_dataset([dataset_dir], out=out, **args)
-    assert summary.skipped == len(committed)
+    assert summary.skipped == n_committed
     assert summary.done + summary.failed + summary.skipped == local_store[0].total
     resumed = open_results(out)
     assert resumed.complete and len(_parts(out)) == 1

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import math
+import os
+import pickle
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -172,6 +175,66 @@ def _quiet_ray_data(dataset: Any) -> Iterator[None]:
         context.enable_progress_bars = bars
 
 
+# Ray Data keeps columns in Arrow blocks.  Its tensor columns (ndarrays of rows) were
+# seen to fail converting sliced blocks back to numpy ("buffer is too small for
+# requested array"), so between stages every array row travels as .npy bytes and
+# every other object (XRAI's regions) pickled: plain binary columns.
+_NPY, _PICKLED = "#npy", "#pickled"
+
+
+def _to_ray(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch as one-dimensional columns of numbers, strings and bytes."""
+    out: dict[str, np.ndarray] = {}
+    for name, column in batch.items():
+        column = np.asarray(column)
+        if column.ndim > 1:
+            out[name + _NPY] = _objects([_npy_bytes(row) for row in column])
+        elif column.dtype == object and not all(v is None or isinstance(v, str)
+                                                for v in column):
+            out[name + _PICKLED] = _objects([pickle.dumps(v, protocol=5) for v in column])
+        else:
+            out[name] = column
+    return out
+
+
+def _from_ray(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The inverse of :func:`_to_ray`."""
+    out: dict[str, Any] = {}
+    for name, column in batch.items():
+        if name.endswith(_NPY):
+            # A block may join batches that lacked the column (a method that failed on a
+            # whole batch): such rows hold nothing that is read, and get zeros.
+            rows = [None if b is None else np.load(io.BytesIO(b), allow_pickle=False)
+                    for b in column]
+            present = [r for r in rows if r is not None]
+            if present:
+                out[name[: -len(_NPY)]] = np.stack(
+                    [np.zeros_like(present[0]) if r is None else r for r in rows])
+        elif name.endswith(_PICKLED):
+            out[name[: -len(_PICKLED)]] = _objects([pickle.loads(b) for b in column])
+        else:
+            out[name] = column
+    return out
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _npy_bytes(row: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, row, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _prepare_for_ray(batch: dict[str, np.ndarray], plan: Plan,
+                     done: frozenset[str]) -> dict[str, np.ndarray]:
+    """The CPU stage as a Ray task."""
+    return _to_ray(prepare_batch(_from_ray(batch), plan, done))
+
+
 class _ExplainActor:
     """A Ray actor of the model stage: builds the model once, then explains batches."""
 
@@ -180,7 +243,7 @@ class _ExplainActor:
         self.model = build_model(factory, plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return explain_batch(self.model, batch, self.plan)
+        return _to_ray(explain_batch(self.model, _from_ray(batch), self.plan))
 
 
 class RayEngine:
@@ -228,7 +291,7 @@ class RayEngine:
             else:
                 source = job.dataset
             prepared = source.map_batches(
-                prepare_batch, fn_kwargs={"plan": plan, "done": job.done},
+                _prepare_for_ray, fn_kwargs={"plan": plan, "done": job.done},
                 batch_size=plan.batch_size, batch_format="numpy", num_cpus=self.prepare_cpus)
             explained = prepared.map_batches(
                 _ExplainActor, fn_constructor_kwargs={"factory": job.factory, "plan": plan},
@@ -237,7 +300,7 @@ class RayEngine:
                 batch_size=plan.batch_size, batch_format="numpy")
             with _quiet_ray_data(explained):
                 for batch in explained.iter_batches(batch_size=None, batch_format="numpy"):
-                    commit = job.write(batch)
+                    commit = job.write(_from_ray(batch))
                     if job.progress is not None:
                         job.progress(commit)
         finally:
@@ -256,8 +319,18 @@ class RayEngine:
         ray.init(num_cpus=max(usable_cores(), math.ceil(needed)),
                  num_gpus=math.ceil(self.workers * self.gpus_per_worker) or None,
                  object_store_memory=self.object_store_mb * 2**20,
-                 include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+                 include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 runtime_env=_same_imports())
         return True
+
+
+def _same_imports() -> dict[str, Any]:
+    """Local workers import the salience this process runs (and the rest of its
+    PYTHONPATH, made absolute): workers may start in another directory."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    entries = [here] + [os.path.abspath(e) for e in
+                        os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(entries))}}
 
 
 def _item_row(item: Item) -> dict[str, Any]:

@@ -353,8 +353,9 @@ def explain_batch(model: Any, batch: Mapping[str, np.ndarray], plan: Plan) -> di
                                   if name in batch}
     out["skipped"] = np.asarray(batch["skipped"])
     out["seconds"] = np.full(n, np.nan)
-    out["top_classes"] = np.full((n, 0), -1, dtype=np.int64)
-    out["top_probabilities"] = np.full((n, 0), np.nan)
+    # top_k columns in every batch (-1 and NaN pad a model with fewer classes).
+    out["top_classes"] = np.full((n, plan.top_k), -1, dtype=np.int64)
+    out["top_probabilities"] = np.full((n, plan.top_k), np.nan)
     for name in plan.methods:
         for column, kind in method_columns(name, plan.metrics):
             out[column] = (np.full(n, None, dtype=object) if kind == "string"
@@ -376,10 +377,8 @@ def explain_batch(model: Any, batch: Mapping[str, np.ndarray], plan: Plan) -> di
     top = result.top(plan.top_k)
     if top:
         k = len(top[0])
-        out["top_classes"] = np.full((n, k), -1, dtype=np.int64)
-        out["top_probabilities"] = np.full((n, k), np.nan)
-        out["top_classes"][ok] = [[c for c, _ in row] for row in top]
-        out["top_probabilities"][ok] = [[p for _, p in row] for row in top]
+        out["top_classes"][ok, :k] = [[c for c, _ in row] for row in top]
+        out["top_probabilities"][ok, :k] = [[p for _, p in row] for row in top]
     values = _metric_values(model, x, batch, ok, result, plan) if plan.metrics else None
     for name in plan.methods:
         _method_record(out, name, ok, result, values, plan)
