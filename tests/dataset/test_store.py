@@ -248,6 +248,8 @@ def test_bad_list_files_and_arguments_fail_before_any_work(small_dir, tmp_path, 
         (small_dir, {"targets": -2}, ValueError, "targets must be an int >= 0"),
         (small_dir, {"engine": "spark"}, ValueError, "engine must be one of"),
         (small_dir, {"workers": 2}, ValueError, "engine 'local' takes no option"),
+        (small_dir, {"preprocessing": kit.PREP.with_(channels_last=True)}, ValueError,
+         "the model takes channels-first inputs but the preprocessing gives channels-last"),
     ]
     for source, kwargs, error, message in cases:
         with pytest.raises(error, match=message):

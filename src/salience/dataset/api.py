@@ -20,7 +20,7 @@ from ..checks import check_nonnegative_int, check_positive_int
 from ..io import Preprocessing
 from ..methods.base import Method
 from ..runner import resolve_methods
-from .engines import Engine, Job, build_model, get_engine
+from .engines import Engine, Job, build_model, check_layout, get_engine
 from .sources import is_ray_dataset, list_items
 from .store import Commit, StoreWriter, open_results
 from .work import MAP_DTYPES, Plan
@@ -168,10 +168,11 @@ def explain_dataset(
     factory = _factory(model)
     built = None
     if engine.name == "local" or factory is None:
-        built = build_model(factory or (lambda: model), Plan(
-            resolved, preprocessing or _default_preprocessing(loaded), batch_size))
+        built = build_model(factory or (lambda: model))
     if preprocessing is None:
         preprocessing = _default_preprocessing(loaded, built)
+    if built is not None:
+        check_layout(built, preprocessing)
     if labels is None and loaded is not None:
         labels = loaded.labels
     plan = Plan(resolved, preprocessing, batch_size, targets, bool(metrics), top_k, map_dtype,

@@ -34,7 +34,8 @@ from .sources import Item, item_batches, item_columns
 from .store import Commit
 from .work import Plan, explain_batch, prepare_batch
 
-__all__ = ["ENGINES", "Engine", "Job", "LocalEngine", "RayEngine", "build_model", "get_engine"]
+__all__ = ["ENGINES", "Engine", "Job", "LocalEngine", "RayEngine", "build_model", "check_layout",
+           "get_engine"]
 
 
 @dataclass
@@ -80,9 +81,9 @@ class Engine(Protocol):
     def run(self, job: Job) -> None: ...
 
 
-def build_model(factory: Callable[[], Any], plan: Plan) -> Any:
+def build_model(factory: Callable[[], Any], plan: Plan | None = None) -> Any:
     """Call ``factory`` and wrap what it returns (a LoadedModel, a framework model
-    or a salience Model); its input layout must match the preprocessing."""
+    or a salience Model); with a plan, check the model's layout against it."""
     from .._adapter import wrap_native
     from ..loading import LoadedModel
 
@@ -90,14 +91,23 @@ def build_model(factory: Callable[[], Any], plan: Plan) -> Any:
     if isinstance(built, LoadedModel):
         built = built.model
     model = wrap_native(built)
-    layout = getattr(model, "channels_last", None)
-    if layout is not None and bool(layout) != plan.preprocessing.channels_last:
-        raise ValueError(
-            f"the model takes {'channels-last' if layout else 'channels-first'} inputs but the "
-            f"preprocessing gives {'channels-last' if plan.preprocessing.channels_last else 'channels-first'} "
-            "ones; set Preprocessing(channels_last=...) to match the model"
-        )
+    if plan is not None:
+        check_layout(model, plan.preprocessing)
     return model
+
+
+def check_layout(model: Any, preprocessing: Any) -> None:
+    """Raise if the model's input layout is not the one the preprocessing gives."""
+    layout = getattr(model, "channels_last", None)
+    if layout is not None and bool(layout) != preprocessing.channels_last:
+        def name(last: bool) -> str:
+            return "channels-last" if last else "channels-first"
+
+        raise ValueError(
+            f"the model takes {name(bool(layout))} inputs but the preprocessing gives "
+            f"{name(preprocessing.channels_last)} ones; set Preprocessing(channels_last=...) "
+            "to match the model"
+        )
 
 
 class LocalEngine:

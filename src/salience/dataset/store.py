@@ -8,8 +8,8 @@ readable with pyarrow/pandas/DuckDB, zarr and a JSON parser alone)::
                       top classes, per method seconds, map statistics, metrics,
                       status and error); ``map_index`` is the image's row in the maps
     maps.zarr/<name>  one array per method, shaped (rows, *map shape), one chunk
-                      per image, sharded by ``shard_rows`` images; NaN in rows no
-                      record points to
+                      per image (uncompressed), sharded by ``shard_rows`` images; NaN
+                      in rows no record points to
     index.html, plots/, samples/   the HTML summary (:mod:`salience.dataset.summary`)
 
 One writer (:class:`StoreWriter`) serves every engine.  It commits a batch by
@@ -453,7 +453,10 @@ class StoreWriter:
         return group.create_array(
             name, shape=(self._aligned(max(needed, 4 * self.shard_rows)), *shape),
             chunks=(1, *shape), shards=(self.shard_rows, *shape), dtype=self.map_dtype,
-            fill_value=np.nan, attributes={"method": name, "rows": "map_index of the records"},
+            # Saliency maps hardly compress (zstd saved 6-7% on EfficientNet-Lite0's
+            # gradient and IG maps for ~1 ms per map): stored raw, written at disk speed.
+            compressors=None, fill_value=np.nan,
+            attributes={"method": name, "rows": "map_index of the records"},
         )
 
     # ----------------------------------------------------------------- ending
