@@ -178,16 +178,22 @@ def test_each_image_once_even_with_a_part_written_twice(small_dir, tmp_path, kit
     assert pq.read_table(records).num_rows == 6
 
 
-def test_an_interrupted_compaction_is_undone_by_the_next_run(small_dir, tmp_path, kit):
+def test_an_interrupted_compaction_and_temporaries_are_cleaned_by_the_next_run(small_dir, tmp_path, kit):
     out = tmp_path / "out"
     kit.explain_here(out, small_dir, ["gradients"], batch_size=2)
     # Killed between the compaction's two renames: records/ moved away, the new one
     # not yet in place.
     (out / "records").rename(out / ".records.old-deadbeef")
     (out / ".records.compact-deadbeef").mkdir()
+    # And temporaries of other writes cut short: summary folders, the manifest, a chunk.
+    (out / ".plots.tmp-12345678").mkdir()
+    (out / ".manifest.json.tmp-12345678").write_text("{")
+    chunk = next(p for p in (out / "maps.zarr" / "gradients").rglob("*") if p.is_file())
+    (chunk.parent / f"{chunk.name}.0123abcd.partial").write_bytes(b"half")
     summary = kit.explain_here(out, small_dir, ["gradients"], batch_size=2)
     assert (summary.done, summary.skipped, summary.total) == (0, 6, 6)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".records")) == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock"]
+    assert not list((out / "maps.zarr").rglob("*.partial"))
 
 
 def test_float16_maps_are_the_float32_maps_rounded(small_dir, tmp_path, kit):

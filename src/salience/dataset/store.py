@@ -260,11 +260,13 @@ class StoreWriter:
         olds = sorted(self.out.glob(f".{RECORDS}.old-*"))
         if not records.exists() and olds:
             olds[0].rename(records)  # the compaction's rename had not finished
-        for leftover in [*self.out.glob(f".{RECORDS}.old-*"),
-                         *self.out.glob(f".{RECORDS}.compact-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        for tmp in [*self.out.glob(".*.tmp-*"), *records.glob(".*.tmp-*")]:
-            tmp.unlink(missing_ok=True)
+        leftovers = [*self.out.glob(f".{RECORDS}.compact-*"), *self.out.glob(".*.old-*"),
+                     *self.out.glob(".*.tmp-*"), *records.glob(".*.tmp-*")]
+        for leftover in leftovers:  # temporary files and folders of writes never finished
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         maps = self.out / MAPS
         if maps.is_dir():
             for partial in maps.rglob("*.partial"):
