@@ -139,7 +139,7 @@ class _Lock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = None
+        self.file: Any = None
 
     def acquire(self) -> None:
         self.file = open(self.path, "a+")  # noqa: SIM115 - held until release()
@@ -234,7 +234,7 @@ class StoreWriter:
             self._lock.release()
             raise
         self._commit = 0
-        self._group = None
+        self._group: Any = None
         self.explained = self.failed = self.skipped = 0
 
     # ----------------------------------------------------------------- opening
@@ -623,9 +623,9 @@ class Results:
             raise StoreError(f"{str(self.out)!r} is not a salience dataset store (no {MANIFEST})")
         self.manifest = json.loads(path.read_text(encoding="utf-8"))
         self.methods = list(self.manifest["layout"]["methods"])
-        self._records = None
+        self._records: Any = None
         self._row_of: dict[str, int] | None = None
-        self._group = None
+        self._group: Any = None
 
     @property
     def records(self):

@@ -149,7 +149,8 @@ def _write_samples(results: Results, table, ok: np.ndarray, prep: Preprocessing,
     ids = table.column("id").filter(ok).to_pylist()
     candidates = heapq.nsmallest(4 * sample, ids)  # a few spare for unreadable files
     found = {r["id"]: r for r in results.table(ids=candidates).to_pylist()}
-    entries, chosen = [], []
+    entries: list[Any] = []
+    chosen: list[dict[str, Any]] = []
     for image in candidates:
         if len(entries) == sample:
             break

@@ -414,9 +414,9 @@ def _for_batch(name: str, method: Method, plan: Plan, digests: list[str],
     if name in plan.segmented and segments is not None:
         per_image = list(segments)
         if not _is_seeded(method):
-            method = copy.copy(method)
-            method.segments = per_image
-            return method
+            given: Any = copy.copy(method)
+            given.segments = per_image
+            return given
     if _is_seeded(method):
         return _ImageByImage(method, digests, plan.seed, per_image)
     return method
@@ -438,15 +438,15 @@ def _image_seed(run_seed: int, level: int, own: int, digest: str) -> int:
 
 def _reseeded(method: Method, run_seed: int, digest: str, level: int = 0) -> Method:
     """A copy of ``method`` (and of the methods it wraps) whose integer seeds are
-    replaced by seeds derived from the image's content hash."""
-    method = copy.copy(method)
-    seed = getattr(method, "seed", None)
+    replaced by seeds derived from a hash of the image's model input."""
+    copied: Any = copy.copy(method)
+    seed = getattr(copied, "seed", None)
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        method.seed = _image_seed(run_seed, level, int(seed), digest)
-    inner = getattr(method, "method", None)
+        copied.seed = _image_seed(run_seed, level, int(seed), digest)
+    inner = getattr(copied, "method", None)
     if isinstance(inner, Method):
-        method.method = _reseeded(inner, run_seed, digest, level + 1)
-    return method
+        copied.method = _reseeded(inner, run_seed, digest, level + 1)
+    return copied
 
 
 class _ImageByImage(Method):
@@ -466,7 +466,7 @@ class _ImageByImage(Method):
     def _explain(self, model: Any, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         parts = []
         for i in range(len(x)):
-            method = _reseeded(self.method, self.run_seed, self.digests[i])
+            method: Any = _reseeded(self.method, self.run_seed, self.digests[i])
             if self.segments is not None:
                 method.segments = [self.segments[i]]
             one = None if targets is None else targets[i:i + 1]
