@@ -305,11 +305,17 @@ class RayEngine:
                 batch_size=plan.batch_size, batch_format="numpy", num_cpus=self.prepare_cpus)
             explained = prepared.map_batches(
                 _ExplainActor, fn_constructor_kwargs={"factory": job.factory, "plan": plan},
-                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                # One batch at a time per actor: queued batches would wait behind a busy
+                # actor while another is free (with few batches, one actor took them all).
+                compute=ray.data.ActorPoolStrategy(size=self.workers,
+                                                   max_tasks_in_flight_per_actor=1),
                 num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
                 batch_size=plan.batch_size, batch_format="numpy")
             with _quiet_ray_data(explained):
-                for batch in explained.iter_batches(batch_size=None, batch_format="numpy"):
+                # No prefetching: it held each finished batch back until the next one
+                # was done, so a stopped run lost one more batch than it had to.
+                for batch in explained.iter_batches(batch_size=None, batch_format="numpy",
+                                                    prefetch_batches=0):
                     commit = job.write(_from_ray(batch))
                     if job.progress is not None:
                         job.progress(commit)
