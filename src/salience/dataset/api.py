@@ -135,8 +135,9 @@ def explain_dataset(
         same); default: the class and a hash of the weights (PyTorch, Keras),
         or the factory's name.
     progress : callable, optional
-        ``progress(done, failed, skipped, total)`` after each committed batch;
-        ``total`` (images to do) is None when unknown.
+        ``progress(done, failed, skipped, total)`` after each committed batch, from
+        the thread that commits (the local engine's writer thread); ``total``
+        (images to do) is None when unknown.
     **engine_options
         For ``engine='ray'``: ``workers`` (model actors, default 2),
         ``address`` (a running cluster; default: start Ray here),
