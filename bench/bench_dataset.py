@@ -15,7 +15,8 @@ Claims:
   are steady rates, from the first committed batch to the last: starting Ray and
   each actor's model is a one-off cost per run (reported apart; on a cluster it
   is paid once per job, not per image).  Ray's workers run at niceness 0 here,
-  as the local engine does (Ray's default is 15).
+  as the local engine does (Ray's default is 15, which loses to other processes
+  on a shared machine).
 
 Every run writes a fresh store; timings are ``DatasetSummary.seconds`` (model
 loading and the HTML summary excluded, as they are once per run).  The notes
@@ -161,9 +162,9 @@ def _ray_rows(folder: Path, root: Path, n: int, method: str, local_rate: float, 
 
     from salience.loading import load_model
 
-    # Ray starts its workers at niceness 15; the local engine runs at 0.  On a shared
-    # machine that alone made actors ~1.5x slower than the same code in this process,
-    # so the workers run at 0 here, like everything else timed.
+    # Ray starts its workers at niceness 15; the local engine runs at 0.  On this shared
+    # machine an actor timed 1.0x to 1.5x the same code in this process with it, so
+    # the workers run at 0 here, like everything else timed.
     ray.init(num_cpus=3, object_store_memory=300 * 2**20, include_dashboard=False,
              log_to_driver=False, logging_level="ERROR",
              _system_config={"worker_niceness": 0})
