@@ -1,32 +1,42 @@
-# Every target sets up its own virtual environment on first use.
+# Every target sets up its own virtual environment on first use: `make demo` installs only
+# what the demo needs (PyTorch and the report); `make test` adds every framework and tool.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
+TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: venv test demo lint bench bench-quick clean
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml requirements-test.txt
-	$(PYTHON) -m venv $(VENV)
+$(DEMO_STAMP): pyproject.toml requirements-demo.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dev]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -r requirements-demo.txt -e '.[demo]'
+	touch $(DEMO_STAMP)
 
-test: venv
+$(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dev]'
+	# grad-cam requires torchvision, which cannot sit beside the pinned torch; its tests
+	# import it beside a stand-in, so its own dependency list is skipped.
+	$(PY) -m pip install -q --no-deps grad-cam==1.5.7
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-lint: venv
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(PY) -m salience.demo --out demo-out
 
-bench: venv
+bench: $(TEST_STAMP)
 	$(PY) bench/run.py --out bench/RESULTS.md
 
-bench-quick: venv
+bench-quick: $(TEST_STAMP)
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 
 clean:

@@ -242,7 +242,27 @@ def cases(quick: bool, occ: int) -> list[tuple[str, str, list[str], int, int, Ca
         ("GuidedBackprop", "", GRAD, 1, 1, lambda b: salience.GuidedBackprop(batch_size=b)),
         ("GuidedIG", f"steps={gsteps}", GRAD, GUIDED_IG_IMAGES, gsteps,
          lambda b: salience.GuidedIG(steps=gsteps, batch_size=b)),
+        *new_method_cases(quick),
     ]
+
+
+def new_method_cases(quick: bool) -> list[tuple[str, str, list[str], int, int, Callable]]:
+    """Issue 15's methods that run on one kind of row (Score-CAM's and Guided
+    Grad-CAM's mixed rows are benchmarked in PyTorch, bench_core)."""
+    masks, samples = (24, 24) if quick else (500, 200)
+    cases = [("InputXGradient", "", GRAD, 1, 1, lambda b: salience.InputXGradient(batch_size=b))]
+    for name in ("GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"):
+        cases.append((name, "resize", LAYER, 1, 1,
+                      lambda b, name=name: getattr(salience, name)(batch_size=b)))
+    cases += [
+        ("RISE", f"n_masks={masks}", SCORES, 1, masks,
+         lambda b: salience.RISE(n_masks=masks, seed=0, batch_size=b)),
+        ("LIME", f"n_samples={samples}", SCORES, 1, samples,
+         lambda b: salience.LIME(n_samples=samples, seed=0, batch_size=b)),
+        ("KernelSHAP", f"n_samples={samples}", SCORES, 1, samples,
+         lambda b: salience.KernelSHAP(n_samples=samples, seed=0, batch_size=b)),
+    ]
+    return cases
 
 
 def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:

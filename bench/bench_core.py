@@ -41,6 +41,7 @@ from common import (
     time_interleaved,
     tiny_setup,
 )
+from peers import captum_input_x_gradient, captum_surrogate, grad_cam_peer
 
 import salience
 from salience.model import (
@@ -72,6 +73,12 @@ class Case:
     # The method sends at most one row per image per model call (Guided IG's lockstep
     # walk), so its floor is at that batch size at most.
     lockstep: bool = False
+    # Another peer library (pytorch-grad-cam): make(setup, best) -> callable or None.
+    peer: Callable[[ModelSetup, int], Callable[[], Any] | None] | None = None
+    peer_name: str = ""
+    # Rows of different kinds (Guided Grad-CAM: guided and layer gradients; Score-CAM:
+    # a layer row, then forward rows): (keys, rows per image) each, floored apart.
+    floor_parts: Callable[[ModelSetup], list[tuple[list[str], int]]] | None = None
 
 
 # ---------------------------------------------------------------- Captum
@@ -219,7 +226,9 @@ def cases(model_name: str, quick: bool, occlusion_size: int) -> list[Case]:
         lambda b: salience.GradCAM(resize=True, batch_size=b),
         lambda ref, x, f, a, b: ref.GradCam().GetMask(x, f, a, should_resize=True,
                                                       three_dims=False),
-        captum_gradcam, target=floor_target))
+        captum_gradcam, target=floor_target, peer=grad_cam_peer("GradCAM"),
+        peer_name="pytorch-grad-cam"))
+    out += new_method_cases(quick, tiny, floor_target)
     if hasattr(salience, "GuidedBackprop"):
         out.append(Case(
             "GuidedBackprop", "", [GUIDED_INPUT_GRADIENTS], lambda s: 1,
@@ -233,6 +242,44 @@ def cases(model_name: str, quick: bool, occlusion_size: int) -> list[Case]:
             lambda ref, x, f, a, b: ref.GuidedIG().GetMask(
                 x, f, a, x_steps=steps, x_baseline=None, fraction=0.25, max_dist=0.02),
             None, target=floor_target, lockstep=True))
+    return out
+
+
+def new_method_cases(quick: bool, tiny: bool, floor_target: dict[str, str]) -> list[Case]:
+    """Input x Gradient, the CAM family, RISE, LIME and Kernel SHAP (issue 15), beside
+    pytorch-grad-cam or Captum where they have the method."""
+    masks, samples = (500, 200) if quick else (2000, 1000)
+    surrogate_target = {} if tiny else {"EfficientNet-Lite0": "<= 1.15x floor"}
+    out = [Case("InputXGradient", "", GRAD, lambda s: 1,
+                lambda b: salience.InputXGradient(batch_size=b), None,
+                captum_input_x_gradient, target=floor_target)]
+    for name in ("GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"):
+        out.append(Case(
+            name, "resize", LAYER, lambda s: 1,
+            lambda b, name=name: getattr(salience, name)(resize=True, batch_size=b), None,
+            target=floor_target, peer=grad_cam_peer(name), peer_name="pytorch-grad-cam"))
+    out.append(Case(
+        "ScoreCAM", "resize, one forward row per channel", [OUTPUT_LAYER_VALUES],
+        lambda s: 1 + _layer_channels(s), lambda b: salience.ScoreCAM(batch_size=b), None,
+        target=floor_target, peer=grad_cam_peer("ScoreCAM"), peer_name="pytorch-grad-cam",
+        floor_parts=lambda s: [([CONVOLUTION_LAYER_VALUES], 1),
+                               ([OUTPUT_LAYER_VALUES], _layer_channels(s))]))
+    out.append(Case(
+        "GuidedGradCAM", "", [GUIDED_INPUT_GRADIENTS], lambda s: 2,
+        lambda b: salience.GuidedGradCAM(batch_size=b), None, target=floor_target,
+        floor_parts=lambda s: [([GUIDED_INPUT_GRADIENTS], 1), (LAYER, 1)]))
+    out.append(Case(
+        "RISE", f"n_masks={masks}, grid_size=7, p=0.5", [OUTPUT_LAYER_VALUES],
+        lambda s: masks, lambda b: salience.RISE(n_masks=masks, seed=0, batch_size=b), None,
+        deterministic=False, target=surrogate_target))
+    for name, kind in (("LIME", "lime"), ("KernelSHAP", "kernel_shap")):
+        out.append(Case(
+            name, f"n_samples={samples}, SLIC n_segments=50 (in the timed call)",
+            [OUTPUT_LAYER_VALUES], lambda s: samples,
+            lambda b, name=name: getattr(salience, name)(n_samples=samples, seed=0,
+                                                         batch_size=b),
+            None, captum_surrogate(kind, samples, 50), deterministic=False,
+            target=surrogate_target))
     return out
 
 
@@ -280,9 +327,13 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
     rows = n * case.rows_per_image(setup)
     target0 = int(setup.targets[0])
     most = n if case.lockstep else rows
-    best = floor_batch_size(setup.model, setup.x[:1], case.keys, target0, max_rows=max(rows, 1))
-    floor = floor_callable(setup.model, setup.x[:1], rows, case.keys, target0,
-                           batch_size=min(best, most))
+    if case.floor_parts is not None:
+        floor = _floor_of_parts(case.floor_parts(setup), setup, target0)
+    else:
+        best = floor_batch_size(setup.model, setup.x[:1], case.keys, target0,
+                                max_rows=max(rows, 1))
+        floor = floor_callable(setup.model, setup.x[:1], rows, case.keys, target0,
+                               batch_size=min(best, most))
     b = case.batch or floor.batch_size
     method = case.salience(b)
     fns: dict[str, Any] = {
@@ -291,6 +342,7 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
         "captum": (case.captum(setup, floor.batch_size)
                    if case.captum is not None and captum_ok else None),
         "floor": floor,
+        "peer": case.peer(setup, floor.batch_size) if case.peer is not None else None,
     }
     start = time.perf_counter()
     t = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
@@ -303,6 +355,9 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
             notes.append(f"max rel. diff vs reference {diff:.1e}")
     if case.reference is None:
         notes.append("no PyTorch-usable reference method")
+    if t["peer"] is not None:
+        notes.append(f"{case.peer_name} {t['peer'].best:.3g} s "
+                     f"({t['peer'].best / t['salience'].best:.2f}x salience's time)")
     row = make_row(
         "core methods", case.method, setup.name,
         f"{n} image{'s' if n > 1 else ''} {setup.x.shape[2]}px"
@@ -314,6 +369,28 @@ def measure(case: Case, setup: ModelSetup, repeats: int, warmup: bool,
     )
     goal = case.target.get(setup.name)
     return judge(row, goal) if goal and n == 1 else row
+
+
+def _floor_of_parts(parts: list[tuple[list[str], int]], setup: ModelSetup, target: int):
+    """One floor for rows of several kinds: each kind's rows at its best batch size."""
+    n = len(setup.x)
+    floors = []
+    for keys, per_image in parts:
+        best = floor_batch_size(setup.model, setup.x[:1], keys, target, max_rows=n * per_image)
+        floors.append(floor_callable(setup.model, setup.x[:1], n * per_image, keys, target,
+                                     batch_size=best))
+
+    def run() -> None:
+        for floor in floors:
+            floor()
+
+    run.batch_size = max(f.batch_size for f in floors)  # type: ignore[attr-defined]
+    return run
+
+
+def _layer_channels(setup: ModelSetup) -> int:
+    values = setup.model(setup.x[:1], setup.targets[:1], [CONVOLUTION_LAYER_VALUES])
+    return int(values[CONVOLUTION_LAYER_VALUES].shape[1])  # the torch adapter: (n, C, h, w)
 
 
 def _note_pair_default_blur(rows: list[dict]) -> None:

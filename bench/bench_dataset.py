@@ -59,11 +59,11 @@ class _Rate:
         self.first = self.last = None
         self.at_first = self.at_last = 0
 
-    def __call__(self, done: int, failed: int, skipped: int, total) -> None:
+    def __call__(self, event) -> None:  # a salience.progress.ProgressEvent per commit
         now = time.perf_counter()
         if self.first is None:
-            self.first, self.at_first = now, done + failed
-        self.last, self.at_last = now, done + failed
+            self.first, self.at_first = now, event.completed
+        self.last, self.at_last = now, event.completed
 
     @property
     def steady(self) -> float | None:

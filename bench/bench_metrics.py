@@ -76,7 +76,8 @@ def pic_row(quick: bool) -> dict:
             pic.estimate_image_entropy(pic.create_blurred_image(img, revealed | mask))
 
     fns = {
-        "salience": lambda: pic.compute_pic_metric(*args, **kwargs),
+        # batch_size is salience's extension (PAIR, and salience by default: one image per call)
+        "salience": lambda: pic.compute_pic_metric(*args, **kwargs, batch_size=rows),
         "reference": lambda: _reference_pic(*args, **kwargs),
         "floor": floor_callable(setup.model, setup.x[:1], rows, FORWARD, target),
         "image work": image_work,
@@ -92,7 +93,8 @@ def pic_row(quick: bool) -> dict:
         "griddata on the process's default BLAS threads)"
     )
     row = make_row("metrics", "PIC (SIC) curve", setup.name,
-                   f"1 image 224px, {len(thresholds)} thresholds", t["salience"].best,
+                   f"1 image 224px, {len(thresholds)} thresholds, salience batch_size={rows}",
+                   t["salience"].best,
                    reference_s=t["reference"].best, floor_s=t["floor"].best, notes=notes)
     return judge(row, "<= 1.2x floor")
 

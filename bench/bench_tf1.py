@@ -95,9 +95,10 @@ def run(quick: bool) -> list[dict]:
         ("GradientSaliency", "GetMask",
          lambda c: c.GradientSaliency(graph, session, y, x), lambda m: m.GetMask(image, {}),
          grad, 1, 1),
+        # GetSmoothedMask: one noisy sample per session.run in both libraries, as in PAIR.
         ("GradientSaliency", "GetSmoothedMask nsamples=25",
          lambda c: c.GradientSaliency(graph, session, y, x),
-         _seeded_call(lambda m: m.GetSmoothedMask(image, {}, nsamples=25)), grad, 25, 25),
+         _seeded_call(lambda m: m.GetSmoothedMask(image, {}, nsamples=25)), grad, 25, 1),
         ("IntegratedGradients", f"x_steps={steps}, batch_size={steps}",
          lambda c: c.IntegratedGradients(graph, session, y, x),
          lambda m: m.GetMask(image, {}, x_steps=steps, batch_size=steps), grad, steps, steps),
@@ -115,10 +116,13 @@ def run(quick: bool) -> list[dict]:
          lambda m: m.GetMask(image, {}), guided, 1, 1),
         ("GuidedBackprop", "GetSmoothedMask nsamples=25",
          lambda c: _guided(c, ref, graph, session, y, x, tmp),
-         _seeded_call(lambda m: m.GetSmoothedMask(image, {}, nsamples=25)), guided, 25, 25),
-        ("Occlusion", f"size={occ} ({occ_rows} windows)",
+         _seeded_call(lambda m: m.GetSmoothedMask(image, {}, nsamples=25)), guided, 25, 1),
+        ("Occlusion", f"size={occ} ({occ_rows} windows), salience batch_size=64 (extension)",
          lambda c: c.Occlusion(graph, session, y, x),
-         lambda m: m.GetMask(image, {}, size=occ), [y], occ_rows, 64),
+         # PAIR runs one window per session.run; salience does too unless asked to batch.
+         lambda m: m.GetMask(image, {}, size=occ,
+                             **({"batch_size": 64} if isinstance(m, ours.Occlusion) else {})),
+         [y], occ_rows, 64),
     ]
     rows = []
     for method, setting, build, call, fetches, n_rows, batch in cases:

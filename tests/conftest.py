@@ -104,3 +104,46 @@ def images():
 def model_classes():
     """(AnalyticModel, LinearModel): the classes themselves, for tests that build their own."""
     return AnalyticModel, LinearModel
+
+
+@pytest.fixture
+def png_claiming():
+    """``png_claiming(path, width, height, mode="RGB")``: a tiny PNG whose header claims that
+    size; it cannot be decoded, so a check that refuses it must run before decoding."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def make(path, width, height, mode="RGB"):
+        Image.new(mode, (4, 4)).save(path)
+        data = bytearray(path.read_bytes())
+        ihdr = 8 + 4  # after the signature and the chunk length
+        data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
+        crc = zlib.crc32(bytes(data[ihdr: ihdr + 17]))
+        data[ihdr + 17: ihdr + 21] = struct.pack(">I", crc)
+        path.write_bytes(bytes(data))
+        return path
+
+    return make
+
+
+class _NumpyWithOldQuantile:
+    """numpy, with ``quantile(interpolation=)`` (gone in numpy 2) mapped to ``method=``."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def quantile(a, q, *args, interpolation=None, **kwargs):
+        if interpolation is not None:
+            kwargs["method"] = interpolation
+        return np.quantile(a, q, *args, **kwargs)
+
+
+@pytest.fixture
+def pair_guided_ig_on_numpy2(monkeypatch):
+    """Let the reference's Guided IG (``saliency.core.guided_ig``, also behind
+    ``saliency.tf1.GuidedIG``) run on numpy >= 2, for one test."""
+    guided_ig = pytest.importorskip("saliency.core.guided_ig")
+    monkeypatch.setattr(guided_ig, "np", _NumpyWithOldQuantile())

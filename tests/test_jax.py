@@ -216,7 +216,7 @@ def test_guided_backprop_is_refused_clearly(model, images):
 
 
 def test_gradcam_needs_a_layer_split(params, images):
-    with pytest.raises(ValueError, match="layer="):
+    with pytest.raises(ValueError, match="layer_fn=... and head_fn="):
         salience.GradCAM().explain(sj.wrap(cnn, params), images, 0)
     with pytest.raises(ValueError, match="both layer_fn.*only layer_fn"):
         sj.wrap(cnn, params, layer_fn=features)
@@ -247,11 +247,31 @@ def test_non_2d_output_needs_target_fn(params, images):
 
 
 def test_bad_targets(model, images):
-    with pytest.raises(ValueError, match="target 4 is out of range.*4 outputs"):
-        model(images, np.array([0, 1, 4, 0, 0]), [INPUT_OUTPUT_GRADIENTS])
-    with pytest.raises(ValueError, match="3 columns.*4 values"):
+    before = (model.trace_count, CALLS["features"])
+    model.output_width(images)  # the one shape-only evaluation, at most
+    assert CALLS["features"] - before[1] <= 1
+    before = (model.trace_count, CALLS["features"])
+    for targets, bad in ((np.array([0, 1, 4, 0, 0]), "4"), (-1, "-1"), (2**32 + 1, "4294967297"),
+                         ([1e20, 0, 0, 0, 0], r"1e\+20")):
+        with pytest.raises(ValueError, match=rf"targets must be >= 0 and < 4 \(the model has 4 "
+                                             rf"outputs\), got {bad}$"):
+            model(images, targets, [INPUT_OUTPUT_GRADIENTS])
+        with pytest.raises(ValueError, match="targets must be >= 0 and < 4"):
+            salience.IntegratedGradients(steps=3).explain(model, images, targets)
+    with pytest.raises(ValueError, match="one-hot/weight targets have 3 columns.*4 outputs"):
         model(images, np.ones((5, 3), np.float32), [INPUT_OUTPUT_GRADIENTS])
+    with pytest.raises(ValueError, match="targets must be >= 0 and < 4"):
+        model.call_model_function()(images, -2, [INPUT_OUTPUT_GRADIENTS])
+    assert (model.trace_count, CALLS["features"]) == before  # nothing traced or run
     with pytest.raises(ValueError, match="batch_size"):
         sj.wrap(cnn, batch_size=0)
     with pytest.raises(ValueError, match="channels"):
         sj.wrap(cnn, channels=-1)
+
+
+def test_wrong_rank_is_named_before_compiling(model, images):
+    before = model.trace_count
+    with pytest.raises(ValueError, match=r"fails on one row of x \(x has shape \(10, 10, 3\)"
+                                         r".*rank and layout"):
+        salience.Gradients().explain(model, images[0], 0)
+    assert model.trace_count == before

@@ -242,23 +242,51 @@ def _relu_state(model):
             for layer in model.layers]
 
 
-def test_guided_relus_restored_after_an_exception():
+def test_guided_trace_leaves_the_layers_alone_also_when_it_raises():
     model = mlp(keras)
     before = _relu_state(model)
+    seen = []
 
     def broken(outputs, targets):
+        seen.append(_relu_state(model))
         raise RuntimeError("boom")
 
     wrapped = sk.wrap(model, target_fn=broken)
     x = np.zeros((2, 4, 4, 2), np.float32)
     with pytest.raises(RuntimeError, match="boom"):
         wrapped(x, None, [GUIDED_INPUT_GRADIENTS])
+    assert seen == [before]  # nothing was swapped while the guided graph was traced
     assert _relu_state(model) == before
-    with pytest.raises(KeyError):
-        with sk.guided_relus(model):
-            assert _relu_state(model) != before
-            raise KeyError("inside")
-    assert _relu_state(model) == before
+
+
+class RawRelu(keras.Model):
+    """A subclassed model applying tf.nn.relu itself (no layer to swap)."""
+
+    def __init__(self, weights, wrap_in_function=False):
+        super().__init__()
+        self.w1, self.w2 = (tf.constant(w, tf.float32) for w in weights)
+        relu = tf.function(tf.nn.relu) if wrap_in_function else tf.nn.relu
+        self.relu = relu
+
+    def call(self, x):
+        return tf.matmul(self.relu(tf.matmul(x, self.w1)), self.w2)
+
+
+def test_raw_relu_of_a_subclassed_model_is_guided():
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(size=(3, 6)), rng.normal(size=(6, 2))
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    model = RawRelu((w1, w2))
+    got = salience.GuidedBackprop().explain(sk.wrap(model), x, 1)
+    pre = x.astype(np.float64) @ w1
+    expected = (np.maximum(w2[:, 1], 0) * (pre > 0)) @ w1.T
+    assert not np.allclose(expected, ((w2[:, 1] * (pre > 0)) @ w1.T))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    hidden = sk.wrap(RawRelu((w1, w2), wrap_in_function=True))
+    with pytest.raises(ValueError, match="cannot reach the ReLUs inside .*PartitionedCall"):
+        salience.GuidedBackprop().explain(hidden, x, 1)
+    np.testing.assert_allclose(salience.Gradients().explain(hidden, x, 1),
+                               (w2[:, 1] * (pre > 0)) @ w1.T, rtol=1e-5, atol=1e-6)
 
 
 # -- the model is left untouched --------------------------------------------------------------
@@ -352,7 +380,24 @@ def test_non_2d_output_needs_target_fn(images):
 
 
 def test_bad_targets(wrapped, images):
-    with pytest.raises(ValueError, match="target 4 is out of range.*4 outputs"):
-        wrapped(images, np.array([0, 1, 4, 0, 0]), [INPUT_OUTPUT_GRADIENTS])
-    with pytest.raises(ValueError, match="3 columns.*4 values"):
+    calls = wrapped.trace_count
+    for targets, bad in ((np.array([0, 1, 4, 0, 0]), "4"), (-1, "-1"), (2**32 + 1, "4294967297"),
+                         (np.array([1e20, 0, 0, 0, 0]), r"1e\+20")):
+        with pytest.raises(ValueError, match=rf"targets must be >= 0 and < 4 \(the model has 4 "
+                                             rf"outputs\), got {bad}$"):
+            wrapped(images, targets, [INPUT_OUTPUT_GRADIENTS])
+        with pytest.raises(ValueError, match="targets must be >= 0 and < 4"):
+            salience.Gradients().explain(wrapped, images, targets)
+    with pytest.raises(ValueError, match="one-hot/weight targets have 3 columns.*4 outputs"):
         wrapped(images, np.ones((5, 3), np.float32), [INPUT_OUTPUT_GRADIENTS])
+    with pytest.raises(ValueError, match="targets must be >= 0 and < 4"):
+        wrapped.call_model_function()(images, {"class_idx_str": 9}, [INPUT_OUTPUT_GRADIENTS])
+    assert wrapped.trace_count == calls  # refused before anything was traced or run
+
+
+def test_wrong_rank_is_named_before_tracing(wrapped, images):
+    calls = wrapped.trace_count
+    with pytest.raises(ValueError, match=r"x has shape \(12, 12, 3\) but the model takes "
+                                         r"batches shaped \(None, 12, 12, 3\)"):
+        salience.Gradients().explain(wrapped, images[0], 0)
+    assert wrapped.trace_count == calls

@@ -62,3 +62,14 @@ def test_build_takes_overrides():
     ig = registry.build("ig", batch_size=3, steps=4)
     assert ig.steps == 4 and ig.batch_size == 3
     assert np.isclose(registry.build("smoothgrad", nsamples=2).nsamples, 2)
+
+
+def test_the_new_methods_say_what_they_need():
+    for name in ("gradcam_plus_plus", "xgradcam", "hirescam", "layercam", "eigencam",
+                 "scorecam", "guided_gradcam"):
+        assert registry.get(name).needs_layer and registry.get(name).family == "cam"
+    assert registry.get("eigencam").keys == {salience.CONVOLUTION_LAYER_VALUES}
+    assert not registry.get("input_x_gradient").needs_layer
+    assert registry.score_only_names() == ["occlusion", "rise", "lime", "kernel_shap"]
+    assert registry.canonical_name("Grad-CAM++") == "gradcam_plus_plus"
+    assert registry.canonical_name("SHAP") == "kernel_shap"

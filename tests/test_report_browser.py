@@ -53,9 +53,14 @@ window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var bad = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
                 .map(function (i) { return i.getAttribute('src'); });
+  var strips = Array.prototype.slice.call(document.querySelectorAll('figure .legend .strip'));
+  var drawn = strips.filter(function (s) {
+    return s.offsetWidth > 100 && getComputedStyle(s).backgroundImage.indexOf('linear-gradient') === 0;
+  });
   var out = document.createElement('pre');
   out.id = 'probe';
-  out.textContent = JSON.stringify({n: imgs.length, bad: bad, errors: window.__probeErrors});
+  out.textContent = JSON.stringify({n: imgs.length, bad: bad, errors: window.__probeErrors,
+                                    legends: drawn.length});
   document.body.appendChild(out);
 });
 </script>"""
@@ -117,7 +122,7 @@ def report(tmp_path_factory) -> Path:
     return root / "report"
 
 
-def test_every_image_loads_without_console_errors(report, tmp_path):
+def test_every_image_and_legend_loads_without_console_errors(report, tmp_path):
     html = (report / "index.html").read_text(encoding="utf-8")
     probe = report / "probe.html"
     probe.write_text(
@@ -132,8 +137,9 @@ def test_every_image_loads_without_console_errors(report, tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout, re.S)
     assert found, f"the probe did not run; DOM starts with {run.stdout[:300]!r}"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    # 2 originals + 2 images x 3 methods overlays
+    # 2 originals + 2 images x 3 methods overlays, each with its colour legend drawn
     assert result["n"] == 2 + 2 * 3
+    assert result["legends"] == 2 * 3
     assert result["bad"] == [], f"images that did not load: {result['bad']}"
     assert result["errors"] == []
     assert _console_lines(run.stderr) == []

@@ -102,11 +102,13 @@ def test_targets_in_every_form(net, x):
 
 
 def test_predict_and_scores(net, x):
+    # float32 rounding: the adapter's convolutions run on channels-last memory
     model = st.wrap(net, batch_size=3)
-    np.testing.assert_allclose(model.predict(x), _outputs(net, x), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(x), _outputs(net, x), rtol=1e-5, atol=1e-7)
     out = model(x, np.array([0, 1, 2, 0]), [OUTPUT_LAYER_VALUES])
     np.testing.assert_allclose(out[OUTPUT_LAYER_VALUES],
-                               _outputs(net, x)[np.arange(4), [0, 1, 2, 0]], rtol=1e-6)
+                               _outputs(net, x)[np.arange(4), [0, 1, 2, 0]], rtol=1e-5,
+                               atol=1e-7)
 
 
 def _reference_layer(module, layer_name, x, targets):
@@ -203,7 +205,9 @@ def test_a_double_precision_module_keeps_float64(net, x):
     assert {v.dtype for v in out.values()} == {np.dtype(np.float64)}
     xt = torch.tensor(x64, requires_grad=True)
     expected, = torch.autograd.grad(copy.deepcopy(net).eval()(xt)[:, 2].sum(), xt)
-    np.testing.assert_array_equal(out[INPUT_OUTPUT_GRADIENTS], expected.numpy())
+    # float64 precision (not float32's); the adapter's convolution order differs
+    np.testing.assert_allclose(out[INPUT_OUTPUT_GRADIENTS], expected.numpy(), rtol=1e-12,
+                               atol=1e-18)
     assert model.predict(x64).dtype == np.float64
 
 
@@ -259,6 +263,7 @@ def test_module_untouched(keys, net, x):
 def test_module_untouched_after_exception_inside_forward(net, x):
     before = _prepare(net)
     model = st.wrap(net, layer="features.2")
+    model.predict(x)  # the output shape is known now: the next calls go straight to forward
     net.explode = True
     for keys in ([INPUT_OUTPUT_GRADIENTS], ALL_KEYS, [OUTPUT_LAYER_VALUES]):
         with pytest.raises(RuntimeError, match="boom inside forward"):
@@ -270,9 +275,21 @@ def test_module_untouched_after_exception_inside_forward(net, x):
     assert not net.features[2]._forward_hooks
 
 
+def test_a_model_failing_on_its_first_row_is_named_and_untouched(net, x):
+    before = _prepare(net)
+    net.explode = True
+    with pytest.raises(ValueError, match=r"fails on one row of x \(x has shape \(4, 3, 8, 8\).*"
+                                         r"RuntimeError: boom inside forward") as info:
+        salience.Gradients().explain(st.wrap(net), x, 0)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    net.explode = False
+    _assert_same(before, _state(net))
+
+
 def test_module_untouched_after_a_bad_target(net, x):
     before = _prepare(net)
-    with pytest.raises(ValueError, match="target 7 is out of range"):
+    with pytest.raises(ValueError, match=r"targets must be >= 0 and < 3 \(the model has 3 "
+                                         r"outputs\), got 7"):
         salience.GradCAM().explain(st.wrap(net, layer="features.2"), x, 7)
     _assert_same(before, _state(net))
 
@@ -390,3 +407,134 @@ def test_a_module_writing_into_its_input_changes_no_array(x):
     maps = salience.Occlusion(size=3, stride=3).explain(model, x)
     top = first.argmax(axis=1)
     np.testing.assert_array_equal(maps, salience.Occlusion(size=3, stride=3).explain(model, x, top))
+
+
+# ---------------------------------------------------------------- checks before any work
+
+
+class CountingForwards(nn.Module):
+    """Records each forward pass: its rows and whether gradients were on."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.forwards = []
+
+    def forward(self, x):
+        self.forwards.append((len(x), torch.is_grad_enabled()))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    "targets, shown",
+    [(-1, "-1"), (3, "3"), (2**32 + 1, "4294967297"), (2**70, str(2**70)),
+     ([1e20, 0, 0, 0], r"1e\+20"), (np.array([0, 1, 5, 0]), "5"),
+     (torch.tensor([0, -2, 1, 1]), "-2")],
+)
+def test_targets_out_of_range_are_refused_before_any_gradient_work(net, x, targets, shown):
+    counting = CountingForwards(net)
+    model = st.wrap(counting, layer="inner.features.2")
+    message = rf"targets must be >= 0 and < 3 \(the model has 3 outputs\), got {shown}$"
+    for method in (salience.Gradients(), salience.IntegratedGradients(steps=3),
+                   salience.GradCAM(), salience.GuidedBackprop()):
+        with pytest.raises(ValueError, match=message):
+            method.explain(model, x, targets)
+    with pytest.raises(ValueError, match=message):
+        model.call_model_function()(x, {"class_idx_str": targets}, [INPUT_OUTPUT_GRADIENTS])
+    # only the gradient-free probe of one row that tells the model's width
+    assert counting.forwards == [(1, False)]
+
+
+def test_one_hot_targets_of_the_wrong_width(net, x):
+    with pytest.raises(ValueError, match="one-hot/weight targets have 4 columns but the model "
+                                         "has 3 outputs"):
+        salience.Gradients().explain(st.wrap(net), x, np.eye(4)[[0, 1, 2, 3]])
+
+
+@pytest.mark.parametrize("method", [
+    salience.Gradients(), salience.SmoothGrad(salience.Gradients(), nsamples=2, seed=0),
+    salience.IntegratedGradients(steps=3), salience.GuidedIG(steps=3),
+    salience.GuidedBackprop()], ids=lambda m: type(m).__name__)
+def test_an_image_without_its_batch_axis_is_named(net, x, method):
+    counting = CountingForwards(net)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 8, 8\).*x must be a batch "
+                                         r"\(n, \*input_shape\).*channels-first \(n, C, H, W\)"):
+        method.explain(st.wrap(counting), x[0], 0)
+    assert all(not with_grad for _, with_grad in counting.forwards)
+
+
+def test_a_model_taking_one_fixed_batch_size_is_probed_with_the_whole_batch(net, x):
+    class FixedBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, t):
+            if len(t) != 4:
+                raise RuntimeError("this export takes batches of exactly 4")
+            return self.inner(t)
+
+    maps = salience.Gradients(batch_size=4).explain(st.wrap(FixedBatch()), x, [0, 1, 2, 1])
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, [0, 1, 2, 1]), rtol=1e-5,
+                               atol=1e-7)
+
+
+# ---------------------------------------------------------------- memory layout
+
+
+class RecordsLayout(nn.Module):
+    """Records, per forward pass, whether its input lies in channels-last memory."""
+
+    def __init__(self, inner, flatten_by_view=False):
+        super().__init__()
+        self.inner = inner
+        self.flatten_by_view = flatten_by_view
+        self.channels_last_memory = []
+
+    def forward(self, t):
+        self.channels_last_memory.append(
+            t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous())
+        if self.flatten_by_view:
+            t.view(len(t), -1)  # a view of the input needs contiguous memory
+        return self.inner(t)
+
+
+def test_convolutions_get_channels_last_memory_on_cpu(net, x):
+    recording = RecordsLayout(net)
+    model = st.wrap(recording)
+    targets = np.array([0, 1, 2, 1])
+    maps = salience.Gradients(batch_size=4).explain(model, x, targets)
+    model.predict(x)
+    assert recording.channels_last_memory == [True, True, True]  # probe, gradients, predict
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, targets), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_a_module_needing_contiguous_memory_gets_it(net, x):
+    recording = RecordsLayout(net, flatten_by_view=True)
+    model = st.wrap(recording)
+    targets = np.array([0, 1, 2, 1])
+    maps = salience.Gradients(batch_size=4).explain(model, x, targets)
+    # the probe met the refusal and retried in contiguous memory, which every later call uses
+    assert recording.channels_last_memory == [True, False, False]
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, targets), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_a_channels_last_module_gets_contiguous_memory(x):
+    class TakesHWC(nn.Module):  # (n, H, W, C) in, as Keras-style ports take it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.head = nn.Linear(2 * 6 * 6, 3)
+            self.contiguous = []
+
+        def forward(self, t):
+            self.contiguous.append(t.is_contiguous())
+            return self.head(self.conv(t.permute(0, 3, 1, 2)).flatten(1))
+
+    module = TakesHWC()
+    model = st.wrap(module, channels_last=True)
+    hwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    model(hwc, np.zeros(4, dtype=np.int64), [INPUT_OUTPUT_GRADIENTS])
+    assert module.contiguous == [True, True]  # probe, gradients

@@ -36,6 +36,16 @@ ALL_METHODS = [
     salience.BlurIG(max_sigma=2, steps=3),
     salience.Occlusion(size=3),
     salience.GradCAM(),
+    salience.InputXGradient(),
+    salience.GradCAMPlusPlus(),
+    salience.XGradCAM(),
+    salience.HiResCAM(),
+    salience.LayerCAM(),
+    salience.EigenCAM(),
+    salience.ScoreCAM(batch_size=8),
+    salience.RISE(n_masks=20, grid_size=2, seed=0),
+    salience.LIME(n_samples=20, n_segments=4, seed=0),
+    salience.KernelSHAP(n_samples=20, n_segments=4, seed=0),
 ]
 IDS = [type(m).__name__ for m in ALL_METHODS]
 
@@ -44,7 +54,13 @@ def _x(n=2):
     return np.random.default_rng(0).normal(size=(n, 8, 8, 3))
 
 
-@pytest.mark.parametrize("method", ALL_METHODS, ids=IDS)
+# Guided Grad-CAM needs guided gradients, which the analytic model does not give: it
+# joins the checks that must stop before any model call.
+BEFORE_ANY_CALL = [*ALL_METHODS, salience.GuidedGradCAM()]
+BEFORE_ANY_CALL_IDS = [*IDS, "GuidedGradCAM"]
+
+
+@pytest.mark.parametrize("method", BEFORE_ANY_CALL, ids=BEFORE_ANY_CALL_IDS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("targets", [None, 0])
 def test_non_finite_input(method, bad, targets, model):
@@ -55,7 +71,7 @@ def test_non_finite_input(method, bad, targets, model):
     assert _ran(model) == 0
 
 
-@pytest.mark.parametrize("method", ALL_METHODS, ids=IDS)
+@pytest.mark.parametrize("method", BEFORE_ANY_CALL, ids=BEFORE_ANY_CALL_IDS)
 def test_empty_batch(method, model):
     with pytest.raises(ValueError, match=r"x is an empty batch \(shape \(0, 8, 8, 3\)\)"):
         method.explain(model, np.zeros((0, 8, 8, 3)), 0)
@@ -108,12 +124,31 @@ def test_baseline_of_wrong_shape(shape, targets, model):
         lambda v: salience.Gradients(batch_size=v),
         lambda v: salience.Occlusion(batch_size=v),
         lambda v: salience.GradCAM(batch_size=v),
+        lambda v: salience.InputXGradient(batch_size=v),
+        lambda v: salience.GradCAMPlusPlus(batch_size=v),
+        lambda v: salience.XGradCAM(batch_size=v),
+        lambda v: salience.HiResCAM(batch_size=v),
+        lambda v: salience.LayerCAM(batch_size=v),
+        lambda v: salience.EigenCAM(batch_size=v),
+        lambda v: salience.ScoreCAM(batch_size=v),
+        lambda v: salience.GuidedGradCAM(batch_size=v),
+        lambda v: salience.RISE(n_masks=v),
+        lambda v: salience.RISE(grid_size=v),
+        lambda v: salience.RISE(batch_size=v),
+        lambda v: salience.LIME(n_samples=v),
+        lambda v: salience.LIME(n_segments=v),
+        lambda v: salience.LIME(max_sweeps=v),
+        lambda v: salience.LIME(batch_size=v),
+        lambda v: salience.KernelSHAP(n_samples=v),
+        lambda v: salience.KernelSHAP(n_segments=v),
+        lambda v: salience.KernelSHAP(batch_size=v),
     ],
 )
 @pytest.mark.parametrize("value", [0, -3])
 def test_counts_must_be_positive(make, value):
-    with pytest.raises(ValueError, match=rf"(steps|nsamples|batch_size) must be a positive int, "
-                                         rf"got {value}"):
+    with pytest.raises(ValueError, match=rf"(steps|nsamples|batch_size|n_masks|grid_size|"
+                                         rf"n_samples|n_segments|max_sweeps) must be a positive "
+                                         rf"int, got {value}"):
         make(value)
 
 
@@ -323,11 +358,13 @@ def test_facade_does_not_modify_inputs(model):
     np.testing.assert_array_equal(base, b0)
 
 
-@pytest.mark.parametrize(
-    "method",
-    [salience.BlurIG(), salience.Occlusion(), salience.GradCAM()],
-    ids=["BlurIG", "Occlusion", "GradCAM"],
-)
+SPATIAL = [salience.BlurIG(), salience.Occlusion(), salience.GradCAM(), salience.GradCAMPlusPlus(),
+           salience.XGradCAM(), salience.HiResCAM(), salience.LayerCAM(), salience.EigenCAM(),
+           salience.ScoreCAM(), salience.GuidedGradCAM(), salience.RISE(), salience.LIME(),
+           salience.KernelSHAP()]
+
+
+@pytest.mark.parametrize("method", SPATIAL, ids=[type(m).__name__ for m in SPATIAL])
 def test_spatial_methods_reject_non_images_before_predict(method, model):
     with pytest.raises(ValueError, match="needs images shaped"):
         method.explain(model, np.zeros((2, 4)))
@@ -348,3 +385,62 @@ def test_facade_uint8_image_and_baseline_do_not_wrap_around(model_classes):
     mask = core.IntegratedGradients().GetMask(image, linear.call_model_function(1),
                                               x_baseline=white, x_steps=3)
     np.testing.assert_allclose(mask, (10.0 - 255.0) * linear.V[1], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- new methods' parameters
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: salience.GradCAMPlusPlus(eps=-1e-6), ValueError, "eps must be a finite number"),
+        (lambda: salience.XGradCAM(eps=float("nan")), ValueError, "eps must be a finite number"),
+        (lambda: salience.ScoreCAM(resize=False, broadcast=True), ValueError,
+         "broadcast=True needs resize=True"),
+        (lambda: salience.RISE(p=0), ValueError, r"p must be in \(0, 1\], got 0.0"),
+        (lambda: salience.RISE(p=1.5), ValueError, r"p must be in \(0, 1\], got 1.5"),
+        (lambda: salience.RISE(baseline=float("inf")), ValueError, "baseline must be finite"),
+        (lambda: salience.RISE(seed="x"), TypeError, "seed must be None, an int"),
+        (lambda: salience.LIME(kernel_width=0), ValueError, "kernel_width must be > 0"),
+        (lambda: salience.LIME(alpha=-0.1), ValueError, "alpha must be a finite number >= 0"),
+        (lambda: salience.LIME(baseline=float("nan")), ValueError, "baseline must be finite"),
+        (lambda: salience.LIME(feature_mask=np.zeros((8, 8))), ValueError,
+         r"feature_mask must be an int array.*float64"),
+        (lambda: salience.LIME(feature_mask=np.zeros(8, int)), ValueError,
+         r"feature_mask must be an int array.*shape \(8,\)"),
+        (lambda: salience.LIME(feature_mask=np.zeros((8, 8), int), coalitions=[[0, 2]]),
+         ValueError, "coalitions must be a non-empty \\(n_samples, n_features\\) array of 0s"),
+        (lambda: salience.LIME(coalitions=[[0, 1]]), ValueError, "coalitions need a feature_mask"),
+        (lambda: salience.KernelSHAP(n_samples=1), ValueError, "n_samples must be >= 2"),
+        (lambda: salience.KernelSHAP(feature_mask=np.zeros((8, 8), int),
+                                     coalitions=[[1, 1], [0, 1]]),
+         ValueError, "must include an all-ones row and an all-zeros row"),
+    ],
+)
+def test_new_methods_check_their_parameters_when_built(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+FOUR = np.repeat(np.arange(4), 16).reshape(8, 8)  # four features of an 8x8 image
+
+
+@pytest.mark.parametrize(
+    "method, match",
+    [
+        (salience.RISE(grid_size=9), "grid_size=9 is larger than the image"),
+        (salience.LIME(feature_mask=np.zeros((8, 7), int)),
+         r"feature_mask has shape \(8, 7\); expected the images' \(H, W\) = \(8, 8\)"),
+        (salience.KernelSHAP(feature_mask=np.zeros((3, 8, 8), int)),
+         r"feature_mask has shape \(3, 8, 8\).*one mask per image \(2, 8, 8\)"),
+        (salience.LIME(feature_mask=FOUR, coalitions=np.eye(3, dtype=int)),
+         "coalitions have 3 columns but feature_mask has 4 features"),
+        (salience.KernelSHAP(feature_mask=np.stack([FOUR, FOUR // 2]),
+                             coalitions=[[1, 1, 1, 1], [0, 0, 0, 0]]),
+         "coalitions have 4 columns but feature_mask of image 1 has 2 features"),
+    ],
+)
+def test_new_methods_check_inputs_before_predict(method, match, model):
+    with pytest.raises(ValueError, match=match):
+        method.explain(model, _x())
+    assert _ran(model) == 0

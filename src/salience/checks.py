@@ -22,6 +22,7 @@ __all__ = [
     "check_nonnegative",
     "check_nonnegative_int",
     "check_positive_int",
+    "check_progress",
     "check_seed",
     "resolve_targets",
 ]
@@ -87,7 +88,7 @@ def check_nonnegative(value: Any, name: str) -> float:
     """Validate a finite real number >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number >= 0, got {value!r}")
-    if not np.isfinite(value) or value < 0:
+    if not np.isfinite(float(value)) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
 
@@ -116,7 +117,10 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
 
     Accepted: None (the model's top class when it has ``predict``; otherwise
     left to the model), an int, a sequence/array of ``n`` ints, or an
-    ``(n, n_outputs)`` float array of weights such as one-hot rows.
+    ``(n, n_outputs)`` float array of weights such as one-hot rows.  When the
+    model tells its width (``model.output_width(x)``, as the adapters do),
+    class indices must lie in ``[0, width)`` and weight rows have ``width``
+    columns; every form gets the same message.
     """
     n = x.shape[0]
     if targets is None:
@@ -126,10 +130,17 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
         return np.asarray(np.argmax(np.asarray(predict(x)), axis=-1), dtype=np.int64)
     if isinstance(targets, bool):
         raise TypeError(f"targets must be an int, ints or one-hot rows, got {targets!r}")
+    width = getattr(model, "output_width", None)
+    width = width(x) if callable(width) else None
+    if isinstance(targets, np.ndarray) and targets.dtype == np.int64 and targets.shape == (n,):
+        _check_class_indices(targets, width)  # already resolved (a chunk's targets): only the range
+        return targets
     if isinstance(targets, numbers.Integral):
+        _check_class_indices(np.array([targets], dtype=object), width)
         return np.full(n, int(targets), dtype=np.int64)
     arr = to_numpy(targets)
     if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
+        _check_class_indices(arr.reshape(1), width)
         return np.full(n, int(arr), dtype=np.int64)
     if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.number):
         raise TypeError(
@@ -143,10 +154,41 @@ def resolve_targets(model: Any, x: np.ndarray, targets: Any) -> np.ndarray | Non
         )
     if arr.ndim == 1:
         if not np.issubdtype(arr.dtype, np.integer):
+            check_finite(arr.astype(np.float64), "targets")
             if not np.all(np.equal(np.mod(arr, 1), 0)):
                 raise TypeError(f"targets must be class indices (ints), got {arr.dtype} values")
-        if (arr < 0).any():
-            raise ValueError(f"targets must be >= 0, got {arr.min()}")
+        _check_class_indices(arr, width)
         return arr.astype(np.int64)
+    if width is not None and arr.shape[1] != width:
+        raise ValueError(
+            f"one-hot/weight targets have {arr.shape[1]} columns but the model has {width} "
+            "outputs per row"
+        )
     check_finite(arr.astype(np.float64), "targets")
     return arr.astype(np.float32)
+
+
+def _check_class_indices(indices: np.ndarray, width: int | None) -> None:
+    """Class indices must be >= 0, below the model's width when known, and fit int64."""
+    if indices.dtype == object or indices.size <= 256:
+        # Python ints are exact however large, and a short list's min and max cost
+        # less than two numpy reductions (this runs on every model call).
+        values = indices.tolist()
+        low, high = min(values), max(values)
+    else:
+        low, high = indices.min().item(), indices.max().item()
+    limit = width if width is not None else 2**63
+    if low < 0 or high >= limit:
+        bound = (f" and < {width} (the model has {width} outputs)" if width is not None
+                 else " and < 2**63" if high >= limit else "")
+        raise ValueError(f"targets must be >= 0{bound}, got {low if low < 0 else high}")
+
+
+def check_progress(progress: Any) -> None:
+    """Raise TypeError unless ``progress`` is True, False, None or a callable (see
+    :func:`salience.progress.progress_stage`)."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(
+            f"progress must be True, False, None or a callable taking a ProgressEvent, got "
+            f"{type(progress).__name__}"
+        )

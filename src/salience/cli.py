@@ -1,24 +1,29 @@
 """The ``salience`` command: ``salience explain`` turns images and a model into an HTML report.
 
-Run ``salience explain --help`` for the options.  With no arguments it explains
-scikit-image's sample photos with the built-in EfficientNet-Lite0 (ImageNet)
-and writes ``salience-report/index.html``.
+Run ``salience --help`` for the commands and ``salience explain --help`` for the
+options.  ``salience explain`` with no image explains scikit-image's sample
+photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
+``salience-report/index.html``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-__all__ = ["app", "main", "SAMPLE_IMAGES", "run_explain", "run_explain_dataset"]
+__all__ = ["app", "main", "SAMPLE_IMAGES", "ExplainOutcome", "NothingExplainedError",
+           "run_explain", "run_explain_dataset"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
@@ -32,6 +37,10 @@ app = typer.Typer(
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class NothingExplainedError(CliError):
+    """Every method failed (the report lists why): exit status 1."""
 
 
 def _stderr_console():
@@ -72,6 +81,80 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return values[0], values[1]
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def _bytes(text: str) -> int:
+    """``8GB``, ``500 MB``, ``2GiB``, ``1e9`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise CliError(f"--memory-limit must be a size such as 8GB or 500MB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _available_memory() -> int | None:
+    """Memory available to a new allocation now (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: The memory limit when the machine does not say how much it has.
+FALLBACK_MEMORY_LIMIT = 4 * 10**9
+
+
+def _memory_limit(text: str | None) -> tuple[int, str]:
+    """The limit in bytes and where it came from (for messages)."""
+    if text is not None:
+        return _bytes(text), "--memory-limit"
+    available = _available_memory()
+    if available is None:
+        return FALLBACK_MEMORY_LIMIT, "the default limit"
+    return available // 2, "half of the memory available now"
+
+
+def _run_bytes(n_images: int, size: tuple[int, int], channels: int, n_methods: int,
+               batch_size: int) -> int:
+    """A lower bound of what a run keeps in memory: the images at the model's size, the model
+    input and every method's maps in float32, and a batch of rows with their gradients."""
+    pixels = size[0] * size[1]
+    per_map = channels * pixels * 4
+    return (n_images * pixels * 3 + n_images * per_map * (1 + n_methods)
+            + 3 * min(batch_size, n_images) * per_map)
+
+
+def _limit_for(need: int) -> str:
+    """A --memory-limit value with a quarter of headroom over an estimate."""
+    from .io import format_bytes
+
+    return format_bytes(need * 1.25).replace(" ", "")
+
+
+def _check_run_memory(n_images, prep, n_methods, batch_size, limit, source) -> None:
+    from .io import format_bytes
+
+    need = _run_bytes(n_images, prep.size, prep.channels, n_methods, batch_size)
+    if need > limit:
+        height, width = prep.size
+        raise CliError(
+            f"this run would need at least {format_bytes(need)} of memory ({n_images} image(s) "
+            f"at {height}x{width}x{prep.channels}, {n_methods} method(s), batch size "
+            f"{batch_size}), more than {format_bytes(limit)} ({source}); use a smaller --size, "
+            f"fewer images, methods or --batch-size, or pass --memory-limit "
+            f"{_limit_for(need)} if the machine has it"
+        )
+
+
 def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
     from . import registry
 
@@ -96,6 +179,28 @@ def _method_names(text: str | None, has_layer: bool | None = None) -> list[str]:
     if not names:
         raise CliError(f"--methods is empty; valid methods: {', '.join(registry.names())}")
     return names
+
+
+def _method_notes(text: str | None, has_layer: bool) -> list[str]:
+    """What the user should know about how ``--methods`` was read: names taken as
+    another method's, and default methods the model cannot run."""
+    from . import registry
+
+    if text is None:
+        if has_layer:
+            return []
+        dropped = [m for m in registry.DEFAULT_METHODS if registry.get(m).needs_layer]
+        return [f"{', '.join(dropped)} (a default method) left out: this model gives no "
+                "convolutional layer for it (TorchScript and torch.export archives cannot "
+                "hook one; a state_dict with --arch, and --layer NAME if needed, can)"
+                ] if dropped else []
+    notes = []
+    for raw in (part.strip() for part in text.split(",")):
+        if raw and raw.lower() != "all":
+            name = registry.canonical_name(raw)
+            if name != raw:
+                notes.append(f"--methods {raw!r} is read as {name!r}")
+    return notes
 
 
 def _target(text: str | None, labels, n: int) -> Any:
@@ -165,14 +270,18 @@ def run_explain(
     labels: str | None = None,
     cmap: str = "inferno",
     quiet: bool = False,
-) -> Path:
-    """Everything ``salience explain`` does; returns the path of ``index.html``.
+    follow_symlinks: bool = False,
+    memory_limit: str | None = None,
+) -> ExplainOutcome:
+    """Everything ``salience explain`` does; returns where the report is and what failed.
 
-    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input.
+    Raises :class:`CliError` (and the loaders' ``ValueError`` subclasses) on bad input, and
+    :class:`NothingExplainedError` after writing the report when every method failed.
     """
     from . import registry
-    from .io import ImageReadError, LargeImageWarning, find_images, load_image
-    from .report import ImageEntry, check_output_dir, write_report
+    from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
+    from .metrics.insertion_deletion import DEFAULT_SCORE
+    from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
     from .runtime import retain_freed_memory
 
@@ -182,26 +291,43 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
-    files = find_images(images) if images else None
-    if files is not None and not files:
-        raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
+    warned: list[str] = []
+    files = None
+    if images:
+        search = search_images(images, exclude=[out], follow_symlinks=follow_symlinks)
+        for note in search.notes:
+            warned.append(note)
+            say(f"[yellow]note:[/yellow] {note}", markup=True)
+        files = search.files
+        if not files:
+            raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
 
     loaded, prep, names = _model_and_methods(
         model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
         channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
-        mean=mean, std=std, channels=channels, methods=methods)
+        mean=mean, std=std, channels=channels, methods=methods, notes=warned, say=say)
 
-    entries, skipped, warned = [], [], []
-    sources = ([(_display_name(p, images), str(p), p) for p in files] if files is not None
-               else _sample_images())
+    _check_run_memory(len(files) if files is not None else len(SAMPLE_IMAGES), prep,
+                      len(names), batch_size, limit, limit_source)
+
+    entries, skipped = [], []
+    sources = ([(_display_name(p, images or []), str(p), p) for p in files]
+               if files is not None else _sample_images())
     for name, source, item in sources:
         try:
-            image = load_image(item) if isinstance(item, Path) else np.asarray(item)
+            image = (_read_image(item, limit) if isinstance(item, Path)
+                     else np.asarray(item))
+        except ImageTooLargeError as err:
+            reason = f"{err.reason}; pass --memory-limit {_limit_for(err.need)} to read it"
+            skipped.append({"path": source, "reason": reason})
+            say(f"[yellow]skipped[/yellow] {source}: {reason}", markup=True)
+            continue
         except ImageReadError as err:
-            skipped.append({"path": source, "reason": str(err)})
-            say(f"[yellow]skipped[/yellow] {err}", markup=True)
+            skipped.append({"path": source, "reason": err.reason})
+            say(f"[yellow]skipped[/yellow] {source}: {err.reason}", markup=True)
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeImageWarning)
@@ -216,34 +342,74 @@ def run_explain(
 
     x = prep.model_input([e.display for e in entries])
     targets = _target(target, loaded.labels, len(entries))
-    result = _explain_with_progress(explain, loaded.model, x, names, targets, batch_size,
-                                    quiet, console, len(entries))
+    metric_seconds: dict[str, float] = {}
+    with _progress_bar(quiet, console, [e.name for e in entries]) as bar:
+        result = explain(loaded.model, x, names, targets, batch_size, progress=bar,
+                         errors="collect")
+        if metrics:
+            metric_seconds = _add_metrics(entries, loaded.model, x, result, prep, batch_size,
+                                          bar)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
-    if metrics:
-        _add_metrics(entries, loaded.model, x, result, prep, batch_size)
 
     scale, mean_v, std_v = prep.normalisation()
     index = write_report(
         out, entries, result,
         model_info={"name": loaded.name, "size": prep.size, "channels": prep.channels,
                     "normalisation": f"{prep.preset}: (x*{scale:.4g} - {_rounded(mean_v)}) / "
-                                     f"{_rounded(std_v)}"},
+                                     f"{_rounded(std_v)}",
+                    "resize": prep.resize},
         labels=loaded.labels,
         regions=[m for m in result.maps if registry.get(m).regions],
         descriptions={m: registry.get(m).description for m in names},
         skipped=skipped, warnings=warned, cmap=cmap, overwrite=overwrite,
-        settings={"model": model or "efficientnet-lite0", "methods": names, "target": target,
-                  "batch_size": batch_size, "size": list(prep.size), "resize": prep.resize,
-                  "preset": prep.preset, "metrics": metrics, "device": device},
+        settings={"model": model or "efficientnet-lite0", "methods": names,
+                  "parameters": {m: dict(registry.get(m).parameters) for m in names},
+                  "target": target, "batch_size": batch_size, "size": list(prep.size),
+                  "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
+                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device},
+        metric_seconds=metric_seconds,
     )
-    return index
+    outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
+                             failed_methods=sorted(result.errors), skipped_images=len(skipped),
+                             images=len(entries))
+    if outcome.status == "failed":
+        raise NothingExplainedError(outcome.line())
+    return outcome
+
+
+@dataclass
+class ExplainOutcome:
+    """What ``salience explain`` did; ``status`` is also in the report's ``summary.json``."""
+
+    index: Path
+    status: str
+    failed_methods: list[str]
+    skipped_images: int
+    images: int
+
+    def line(self) -> str:
+        """The command's last line."""
+        failures = []
+        if self.failed_methods:
+            failures.append(f"{len(self.failed_methods)} method(s) failed "
+                            f"({', '.join(self.failed_methods)})")
+        if self.skipped_images:
+            failures.append(f"{self.skipped_images} of {self.images + self.skipped_images} "
+                            "image(s) skipped")
+        if self.status == "failed":
+            return (f"nothing was explained: {'; '.join(failures)}; the report listing the "
+                    f"errors is {self.index}")
+        if failures:
+            return f"Report written to {self.index}, with failures: {'; '.join(failures)}"
+        return f"Report written to {self.index}"
 
 
 def _model_and_methods(*, model, arch, layer, trust_model, device, channels_last, labels, size,
-                       preset, resize, mean, std, channels, methods):
+                       preset, resize, mean, std, channels, methods, notes, say):
     """The model, its preprocessing with the command line's changes, and the method
-    names (``explain`` and ``explain-dataset`` share it)."""
+    names; notes on how ``--methods`` was read go to ``notes`` and ``say``
+    (``explain`` and ``explain-dataset`` share it)."""
     from . import registry
     from .loading import load_labels, load_model
 
@@ -255,6 +421,9 @@ def _model_and_methods(*, model, arch, layer, trust_model, device, channels_last
                                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                       channels=channels)
     names = _method_names(methods, loaded.has_layer)
+    for note in _method_notes(methods, loaded.has_layer):
+        notes.append(note)
+        say(f"[yellow]note:[/yellow] {note}", markup=True)
     layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
     if layerless:
         raise CliError(
@@ -300,12 +469,16 @@ def run_explain_dataset(
     :class:`~salience.dataset.DatasetSummary`.
 
     Raises :class:`CliError` (and the loaders' and the store's ``ValueError``
-    subclasses) on bad input.
+    subclasses) on bad input, and :class:`NothingExplainedError` when no image
+    was explained and some failed (the store holds why).
     """
     from .dataset import explain_dataset
+    from .io import LargeImageWarning
     from .runtime import retain_freed_memory
 
     retain_freed_memory()  # the command owns its process: keep large blocks for reuse
+    console = _stderr_console()
+    say = (lambda *_a, **_k: None) if quiet else console.print
     if engine not in ("local", "ray"):
         raise CliError(f"--engine must be local or ray, got {engine!r}")
     if engine == "local" and (address is not None or workers != 2 or gpus_per_worker):
@@ -316,8 +489,8 @@ def run_explain_dataset(
     loaded, prep, names = _model_and_methods(
         model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
         channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
-        mean=mean, std=std, channels=channels, methods=methods)
-    options = {}
+        mean=mean, std=std, channels=channels, methods=methods, notes=[], say=say)
+    options: dict[str, Any] = {}
     model_arg: Any = loaded
     if engine == "ray":
         options = {"workers": workers, "address": address, "cpus_per_worker": cpus_per_worker,
@@ -325,14 +498,19 @@ def run_explain_dataset(
         # Each Ray worker loads the model itself, from the same arguments.
         model_arg = functools.partial(_load_in_worker, model, arch, layer, trust_model, device,
                                       channels_last, os.getcwd())
-    bar = _DatasetProgress(quiet, _stderr_console())
-    with bar:
-        return explain_dataset(
+    with _progress_bar(quiet, console, []) as bar, warnings.catch_warnings():
+        # Each record holds its image's size: no warning per large photo of a dataset.
+        warnings.simplefilter("ignore", LargeImageWarning)
+        summary = explain_dataset(
             [str(p) for p in sources], model_arg, names, out,
             targets=_target(target, loaded.labels, 0), engine=engine, batch_size=batch_size,
             resume=resume, metrics=metrics, preprocessing=prep, labels=loaded.labels, seed=seed,
             map_dtype=map_dtype, report_sample=report_sample,
-            model_id=_model_id(model, arch, layer, loaded), progress=bar.update, **options)
+            model_id=_model_id(model, arch, layer, loaded), progress=bar, **options)
+    if summary.done == 0 and summary.failed:
+        raise NothingExplainedError(
+            f"nothing was explained: {summary}; the records in {out} say why each failed")
+    return summary
 
 
 def _load_in_worker(model, arch, layer, trust_model, device, channels_last, cwd):
@@ -360,49 +538,18 @@ def _model_id(model: str | None, arch: str | None, layer: str | None, loaded) ->
     return "; ".join(parts)
 
 
-class _DatasetProgress:
-    """The dataset command's progress bar: images, images/s, time left, failures."""
+def _read_image(path: Path, limit: int) -> np.ndarray:
+    """``load_image`` with the run's memory limit in place of Pillow's fixed pixel limit."""
+    from PIL import Image
 
-    def __init__(self, quiet: bool, console) -> None:
-        self.show = not quiet and _is_terminal()
-        self.console = console
-        self.bar = None
-        self.task = None
-        self.start = None
+    from .io import load_image
 
-    def __enter__(self):
-        if self.show:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TextColumn("ETA"),
-                                TimeRemainingColumn(), TextColumn("{task.fields[failed]}"),
-                                console=self.console, transient=False)
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def update(self, done: int, failed: int, skipped: int, total: int | None) -> None:
-        if self.bar is None:
-            return
-        import time
-
-        now = time.perf_counter()
-        if self.task is None:
-            self.start = now
-            self.task = self.bar.add_task("explaining", total=total, rate="", failed="")
-        rate = (done + failed) / (now - self.start) if now > self.start else 0.0
-        self.bar.update(self.task, completed=done + failed, rate=f"{rate:.2f} images/s",
-                        failed=f"{failed} failed" if failed else "")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the command owns its process; restored below
+    try:
+        return load_image(path, max_bytes=limit)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _rounded(values) -> list[float]:
@@ -414,36 +561,39 @@ def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _explain_with_progress(explain, model, x, names, targets, batch_size, quiet, console, n):
-    show = not quiet and _is_terminal()
-    if not show:
-        return explain(model, x, names, targets, batch_size, errors="collect")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, console, image_names: list[str]):
+    """The run's progress bar on a terminal (None when quiet or piped)."""
+    if quiet or not _is_terminal():
+        yield None
+        return
+    from .progress import ProgressBar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("explaining", total=n * len(names))
-        done: dict[str, int] = {}
-
-        def progress(method: str, images_done: int) -> None:
-            step = images_done - done.get(method, 0)
-            done[method] = images_done
-            bar.update(task, advance=step, description=f"{method}")
-
-        return explain(model, x, names, targets, batch_size, progress=progress,
-                       errors="collect")
+    with ProgressBar(image_names=image_names, console=console) as bar:
+        yield bar
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size) -> None:
+def _add_metrics(entries, model, x, result, prep, batch_size, bar) -> dict[str, float]:
+    """Fill each entry's metric values; returns the metrics' seconds per method."""
     from .metrics import evaluate_maps
 
+    seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
-                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size)
+                           lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
+                           progress=bar, seconds=seconds)
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
+    return seconds
 
 
 # --- typer commands -------------------------------------------------------------------
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    """Explain image models with saliency maps."""
+    if ctx.invoked_subcommand is None:  # no command: say what there is, start no work
+        typer.echo(ctx.get_help())
 
 
 # Options shared by `explain` and `explain-dataset`.
@@ -456,8 +606,9 @@ ArchOption = Annotated[str | None, typer.Option(
 LayerOption = Annotated[str | None, typer.Option(
     help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")]
 TrustModelOption = Annotated[bool, typer.Option(
-    "--trust-model", help="Allow unpickling Python objects from the model file (can run "
-    "arbitrary code: only for files you trust).")]
+    "--trust-model", help="Load model files in ways that can run code they hold: whole "
+    "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
+    "Keras files without safe_mode. Only for files you trust.")]
 MethodsOption = Annotated[str | None, typer.Option(
     "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
     "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")]
@@ -467,7 +618,8 @@ TargetOption = Annotated[str | None, typer.Option(
 BatchSizeOption = Annotated[int, typer.Option(
     "--batch-size", "-b", help="Largest number of rows per model call.")]
 MetricsOption = Annotated[bool, typer.Option(
-    "--metrics", help="Add insertion/deletion AUC and SIC/AIC per map.")]
+    "--metrics", help="Score each map's faithfulness: insertion/deletion AUC on the "
+    "class probability (RISE) and SIC/AIC (PIC); 50 to 80 more model rows per map.")]
 DeviceOption = Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")]
 PresetOption = Annotated[str | None, typer.Option(
     help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")]
@@ -476,7 +628,8 @@ StdOption = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229
 SizeOption = Annotated[str | None, typer.Option(
     help="Model input size: N or HEIGHTxWIDTH (default: the model's).")]
 ResizeOption = Annotated[str | None, typer.Option(
-    help="squash (whole image, default) or crop (shorter side, centre crop).")]
+    help="crop (default: shorter side to the model's size, centre cut out, aspect ratio "
+    "kept) or squash (whole image, stretched to the model's size).")]
 ChannelsOption = Annotated[int | None, typer.Option(
     help="Channels the model takes (1 or 3; default: from its first layer).")]
 ChannelsLastOption = Annotated[bool, typer.Option(
@@ -484,13 +637,6 @@ ChannelsLastOption = Annotated[bool, typer.Option(
 LabelsOption = Annotated[str | None, typer.Option(
     help="Class names: 'imagenet' or a text file with one name per line.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")]
-
-
-@app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
-    """Explain image models with saliency maps.  With no command: ``salience explain``."""
-    if ctx.invoked_subcommand is None:
-        explain_command()
 
 
 @app.command("explain")
@@ -519,21 +665,36 @@ def explain_command(
     channels: ChannelsOption = None,
     channels_last: ChannelsLastOption = False,
     labels: LabelsOption = None,
-    cmap: Annotated[str, typer.Option(help="Matplotlib colormap of the heatmaps.")] = "inferno",
+    cmap: Annotated[str, typer.Option(
+        help="Matplotlib colormap of magnitude maps (signed maps are blue-white-red).")
+    ] = "inferno",
     quiet: QuietOption = False,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
+        "them, and search linked folders (default: skip them with a note).")] = False,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
+        "images are refused before allocating (default: half of the memory available).")
+    ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
     try:
-        index = run_explain(
+        outcome = run_explain(
             images, model=model, arch=arch, layer=layer, trust_model=trust_model,
             methods=methods, target=target, out=out, batch_size=batch_size, metrics=metrics,
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
-            labels=labels, cmap=cmap, quiet=quiet,
+            labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
+            memory_limit=memory_limit,
         )
+    except NothingExplainedError as err:
+        _fail(str(err), code=1)
     except (CliError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    typer.echo(f"Report written to {index}")
+    except MemoryError:
+        _fail("ran out of memory; use a smaller --size, fewer images or methods, or a smaller "
+              "--batch-size")
+    typer.echo(outcome.line())
 
 
 @app.command("explain-dataset")
@@ -593,8 +754,12 @@ def explain_dataset_command(
             engine=engine, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
             gpus_per_worker=gpus_per_worker, resume=resume, report_sample=report_sample,
             seed=seed, map_dtype=map_dtype, quiet=quiet)
+    except NothingExplainedError as err:
+        _fail(str(err), code=1)
     except (CliError, ValueError, FileNotFoundError, ImportError) as err:
         _fail(str(err))
+    except MemoryError:
+        _fail("ran out of memory; use a smaller --size or --batch-size")
     except KeyboardInterrupt:
         _fail(f"interrupted; what was committed stays in {out}: run the same command again "
               "to finish", code=130)
@@ -620,11 +785,14 @@ def models_command() -> None:
         typer.echo(f"{name:22s} {description}")
     typer.echo("")
     typer.echo("Model files (--model PATH):")
-    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function")
+    typer.echo("  PyTorch state_dict (.pt/.pth) with --arch package.module:function "
+               "(weights-only reader)")
     typer.echo("  TorchScript archive (torch.jit.save)")
-    typer.echo("  torch.export archive (torch.export.save, .pt2)")
+    typer.echo("  torch.export archive (torch.export.save, .pt2): inspected first; pickles, "
+               "guard code or\n    unusual shape expressions need --trust-model")
     typer.echo("  Keras .keras file (loaded with safe_mode)")
     typer.echo("  pickled nn.Module (torch.save(model)): only with --trust-model")
+    typer.echo("--trust-model lets a file run code it holds: use it only for files you trust.")
 
 
 def main() -> None:

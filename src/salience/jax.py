@@ -33,10 +33,17 @@ chunks of any further size are padded (by repeating their last row, whose
 results are dropped) to the smallest compiled size that fits within the next
 power of two, or to that power of two, which bounds the number of compilations
 whatever the number of inputs.
+
+Concurrency
+-----------
+The wrapped functions are pure, so calls from several threads run concurrently
+and give the serial results; the adapter's own bookkeeping (compiled sizes,
+compiled functions) is updated under a lock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,15 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._adapter import FrameworkModel, score_rule_error
+from ._adapter import INPUT, INPUT_AND_LAYER, SCORES, CallKind, FrameworkModel, target_fn_error
 from .checks import check_positive_int
-from .model import (
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    GUIDED_INPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
-)
 
 __all__ = ["wrap", "JaxModel"]
 
@@ -145,6 +145,8 @@ class JaxModel(FrameworkModel):
     """
 
     supports_guided = False
+    layer_hint = ("wrap the function split at the layer, with layer_fn=... and head_fn=... "
+                  "(see salience.jax)")
 
     def __init__(self, fn, params=None, *, layer_fn=None, head_fn=None, target_fn=None,
                  channels_last=True, batch_size=64, channels=None, batched=True,
@@ -183,7 +185,8 @@ class JaxModel(FrameworkModel):
         self._layer = None if layer_fn is None else self._lift(layer_fn, params is None, batched)
         self._head = None if head_fn is None else self._lift(head_fn, params is None, batched)
         self._jitted: dict[str, Callable] = {}
-        self._out_shapes: dict[tuple, Any] = {}
+        self._target_fn_checked: set[tuple] = set()
+        self._lock = threading.Lock()
 
     @staticmethod
     def _lift(f: Callable, no_params: bool, batched: bool) -> Callable:
@@ -202,58 +205,50 @@ class JaxModel(FrameworkModel):
             return jnp.take_along_axis(outputs, targets[:, None], axis=1)[:, 0]
         return (outputs * targets.astype(outputs.dtype)).sum(axis=1)
 
-    def _check(self, x: np.ndarray, targets: np.ndarray | None) -> None:
-        """Shape and range checks from abstract evaluation, before any real work."""
+    def _probe(self, x: np.ndarray) -> tuple[int, ...] | None:
+        """The output shape by abstract evaluation: nothing is compiled or run."""
+        out = jax.eval_shape(self._apply, self._params,
+                             jax.ShapeDtypeStruct(x.shape, jnp.float32))
+        return tuple(out.shape) if hasattr(out, "shape") else None
+
+    def _check_target_fn(self, x: np.ndarray, targets: np.ndarray | None) -> None:
+        """That ``target_fn`` gives one score per row, by abstract evaluation (once per shape)."""
         key = (x.shape[1:], None if targets is None else (targets.ndim, targets.shape[1:]))
-        if key not in self._out_shapes:
-            spec = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
-            out = jax.eval_shape(self._apply, self._params, spec)
-            if self.target_fn is not None:
-                t_spec = None if targets is None else jax.ShapeDtypeStruct(
-                    (1, *targets.shape[1:]), jnp.int32 if targets.ndim == 1 else jnp.float32)
-                scores = jax.eval_shape(self.target_fn, out, t_spec)
-                if getattr(scores, "shape", None) != (1,):
-                    raise ValueError(
-                        "target_fn must return an array of one score per row, shape (n,), "
-                        f"got shape {getattr(scores, 'shape', type(scores).__name__)} for a "
-                        "batch of 1")
-            elif not hasattr(out, "shape") or len(out.shape) != 2:
-                raise score_rule_error(
-                    (None, *out.shape[1:]) if hasattr(out, "shape") else (type(out).__name__,))
-            self._out_shapes[key] = out
-        out = self._out_shapes[key]
-        if self.target_fn is not None or targets is None:
+        if self.target_fn is None or key in self._target_fn_checked:
             return
-        n_out = out.shape[1]
-        if targets.ndim == 1 and int(targets.max()) >= n_out:
-            raise ValueError(
-                f"target {int(targets.max())} is out of range for a model with {n_out} outputs")
-        if targets.ndim == 2 and targets.shape[1] != n_out:
-            raise ValueError(
-                f"one-hot/weight targets have {targets.shape[1]} columns but the model "
-                f"outputs {n_out} values per row")
+        out = jax.eval_shape(self._apply, self._params,
+                             jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
+        t_spec = None if targets is None else jax.ShapeDtypeStruct(
+            (1, *targets.shape[1:]), jnp.int32 if targets.ndim == 1 else jnp.float32)
+        scores = jax.eval_shape(self.target_fn, out, t_spec)
+        if getattr(scores, "shape", None) != (1,):
+            raise target_fn_error(
+                f"shape {getattr(scores, 'shape', type(scores).__name__)} for a batch of 1", 1)
+        self._target_fn_checked.add(key)
 
     # -- compiled functions ------------------------------------------------------
 
     def _padded_size(self, kind: str, x: np.ndarray) -> int:
         """The chunk size to run ``x`` at (see the module docs)."""
         n = len(x)
-        sizes = self._sizes.setdefault((kind, x.shape[1:]), set())
-        if n in sizes:
-            return n
-        if len(sizes) < self.max_compiled_sizes:
-            sizes.add(n)
-            return n
-        limit = _next_power_of_two(n)  # never more than twice the rows
-        fitting = [s for s in sizes if n <= s <= limit]
-        size = min(fitting) if fitting else limit
-        sizes.add(size)
-        return size
+        with self._lock:
+            sizes = self._sizes.setdefault((kind, x.shape[1:]), set())
+            if n in sizes:
+                return n
+            if len(sizes) < self.max_compiled_sizes:
+                sizes.add(n)
+                return n
+            limit = _next_power_of_two(n)  # never more than twice the rows
+            fitting = [s for s in sizes if n <= s <= limit]
+            size = min(fitting) if fitting else limit
+            sizes.add(size)
+            return size
 
     def _compiled(self, kind: str) -> Callable:
-        fn = self._jitted.get(kind)
-        if fn is None:
-            fn = self._jitted[kind] = jax.jit(self._body(kind))
+        with self._lock:
+            fn = self._jitted.get(kind)
+            if fn is None:
+                fn = self._jitted[kind] = jax.jit(self._body(kind))
         return fn
 
     def _body(self, kind: str) -> Callable:
@@ -267,15 +262,15 @@ class JaxModel(FrameworkModel):
 
         def run(p, x, t):
             self.trace_count += 1
-            if kind == "scores":
+            if kind == SCORES.name:
                 return {"scores": score(apply(p, x), t)}
-            if kind == "input":
+            if kind == INPUT.name:
                 def total(x):
                     s = score(apply(p, x), t)
                     return s.sum(), s
                 g, s = jax.grad(total, has_aux=True)(x)
                 return {"scores": s, "input": g}
-            if kind == "input+layer":
+            if kind == INPUT_AND_LAYER.name:
                 h, pull = jax.vjp(lambda x: layer(p, x), x)
             else:
                 h = layer(p, x)
@@ -286,7 +281,7 @@ class JaxModel(FrameworkModel):
 
             gh, s = jax.grad(head_total, has_aux=True)(h)
             result = {"scores": s, "values": h, "layer": gh}
-            if kind == "input+layer":
+            if kind == INPUT_AND_LAYER.name:
                 result["input"] = pull(gh)[0]
             return result
 
@@ -294,32 +289,18 @@ class JaxModel(FrameworkModel):
 
     # -- running ------------------------------------------------------------------
 
-    def _run(self, x, targets, keys):
-        if GUIDED_INPUT_GRADIENTS in keys:  # FrameworkModel refuses first; kept for clarity
-            raise ValueError("JaxModel cannot compute guided gradients")
-        want_input = INPUT_OUTPUT_GRADIENTS in keys
-        want_layer = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
-        if want_input and want_layer:
-            kind = "input+layer"
-        else:
-            kind = "input" if want_input else ("layer" if want_layer else "scores")
+    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+             kind: CallKind) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
         if targets is not None:
-            targets = np.asarray(targets)
-            targets = (targets.astype(np.int32) if targets.ndim == 1
-                       else targets.astype(np.float32))
-        self._check(x, targets)
+            # the base checked the range, so int32 holds every class index
+            targets = targets.astype(np.int32) if targets.ndim == 1 else targets.astype(np.float32)
+        self._check_target_fn(x, targets)
         n = len(x)
-        size = self._padded_size(kind, x)
+        size = self._padded_size(kind.name, x)
         t = None if targets is None else _pad_rows(targets, size)
-        result = self._compiled(kind)(self._params, _pad_rows(x, size), t)
-        out = {OUTPUT_LAYER_VALUES: np.asarray(result["scores"])[:n]}
-        if want_input:
-            out[INPUT_OUTPUT_GRADIENTS] = np.asarray(result["input"])[:n]
-        if want_layer:
-            out[CONVOLUTION_LAYER_VALUES] = np.asarray(result["values"])[:n]
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(result["layer"])[:n]
-        return out
+        result = self._compiled(kind.name)(self._params, _pad_rows(x, size), t)
+        return {key: np.asarray(value)[:n] for key, value in result.items()}
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

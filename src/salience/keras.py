@@ -8,32 +8,48 @@ dimension, so chunks of any size reuse the same graph.
 
 The model is never changed: it is called with ``training=False``, only the
 input (and the chosen layer) is watched, so no weight gradients are computed,
-and no layer, weight or flag is added or altered.  For Guided Backprop the
-ReLU activations of the model's layers are swapped for the guided rule only
-while the guided graph is traced (once), and put back right after, also when
-tracing raises.
+and no layer, weight or flag is added or altered.  Guided Backprop gives the
+guided rule to the ``Relu``/``Relu6`` ops of its own traced graph (see
+:mod:`salience._tensorflow`), so the model's layers are never touched.
+
+Concurrent calls from several threads are safe and give the serial results:
+tracing is serialised by a lock per wrapped model (each kind of call is traced
+once), and the traced functions, which hold no state, run concurrently.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from ._adapter import FrameworkModel, score_rule_error
-from .checks import check_positive_int
-from .model import (
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    GUIDED_INPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
+from ._adapter import (
+    SCORES,
+    CallKind,
+    FrameworkModel,
+    layer_not_found,
+    score_rule_error,
+    target_fn_error,
 )
+from ._tensorflow import guided_gradients
+from .checks import check_positive_int
 
-__all__ = ["wrap", "KerasModel", "find_layer", "guided_relus", "is_keras_model", "last_conv_layer"]
+__all__ = [
+    "KerasModel",
+    "ModelWeights",
+    "all_layers",
+    "find_layer",
+    "is_keras_model",
+    "last_conv_layer",
+    "wrap",
+]
+
+# The kind of traced function that returns the model's raw outputs.
+_PREDICT = CallKind("predict", False, False, False)
 
 TargetFn = Callable[[Any, "tf.Tensor | None"], "tf.Tensor"]
 
@@ -89,8 +105,9 @@ def wrap(
                       batch_size=batch_size, channels_last=channels_last)
 
 
-def _all_layers(model: Any) -> list[Any]:
-    """Every layer inside ``model`` (nested models included), depth first, once each."""
+def all_layers(model: Any) -> list[Any]:
+    """Every layer inside a Keras ``model`` (nested models included), depth first,
+    once each."""
     found: list[Any] = []
     seen: set[int] = set()
     stack = list(reversed(getattr(model, "layers", [])))
@@ -108,14 +125,12 @@ def _all_layers(model: Any) -> list[Any]:
 
 def find_layer(model: Any, layer: Any) -> Any:
     """Resolve a layer given as a layer object or as its name."""
-    layers = _all_layers(model)
+    layers = all_layers(model)
     if isinstance(layer, str):
         for candidate in layers:
             if candidate.name == layer:
                 return candidate
-        names = [candidate.name for candidate in layers]
-        shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
-        raise ValueError(f"the model has no layer named {layer!r}; available layers: {shown}")
+        raise layer_not_found(layer, [candidate.name for candidate in layers])
     if any(candidate is layer for candidate in layers):
         return layer
     if hasattr(layer, "name") and callable(layer):
@@ -182,16 +197,18 @@ class KerasModel(FrameworkModel):
         self.has_layer = self.layer is not None
         self._net = model if self.layer is None else self._layer_view(inputs)
         first = _single(inputs) if inputs is not None else None
-        shape = tuple(first.shape) if first is not None and hasattr(first, "shape") else ()
+        shape = tuple(first.shape) if first is not None and hasattr(first, "shape") else None
+        self.input_shape = None if shape is None or isinstance(first, (list, tuple)) else tuple(
+            None if d is None else int(d) for d in shape)
         self.dtype = tf.as_dtype(first.dtype) if first is not None else tf.float32
         if not self.dtype.is_floating:
             self.dtype = tf.float32
         self.expected_channels = None
-        if len(shape) == 4:
+        if shape is not None and len(shape) == 4:
             channels = shape[3] if self.channels_last else shape[1]
             self.expected_channels = int(channels) if channels is not None else None
-        self._n_outputs: int | None = None
         self._functions: dict[tuple, Any] = {}
+        self._tracing = threading.Lock()
 
     # -- building -----------------------------------------------------------------
 
@@ -219,29 +236,26 @@ class KerasModel(FrameworkModel):
                 f"a layer of the outer model, e.g. one of {[la.name for la in self.model.layers]})"
                 f" ({error})") from error
 
-    def _function(self, kind: str, x: np.ndarray, targets: np.ndarray | None) -> Any:
+    def _function(self, kind: CallKind, x: np.ndarray, targets: np.ndarray | None) -> Any:
         """The traced (concrete) function for this kind of call, built once."""
-        if targets is None:
-            t_key = None
-        else:
-            t_key = (targets.ndim, targets.shape[1:])
-        key = (kind, x.shape[1:], t_key)
+        t_key = None if targets is None else (targets.ndim, targets.shape[1:])
+        key = (kind.name, x.shape[1:], t_key)  # scores are computed whether asked or not
         fn = self._functions.get(key)
         if fn is not None:
             return fn
-        specs = [tf.TensorSpec((None, *x.shape[1:]), self.dtype)]
-        if t_key is not None:
-            t_dtype = tf.int64 if targets.ndim == 1 else self.dtype
-            specs.append(tf.TensorSpec((None, *targets.shape[1:]), t_dtype))
-        body = self._body(kind)
-        traced = tf.function(body, input_signature=specs, jit_compile=self.jit_compile,
-                             autograph=False)
-        with guided_relus(self.model, kind == "guided"):
-            fn = traced.get_concrete_function()
-        self._functions[key] = fn
+        with self._tracing:  # one trace per key, also when threads ask at once
+            fn = self._functions.get(key)
+            if fn is None:
+                specs = [tf.TensorSpec((None, *x.shape[1:]), self.dtype)]
+                if targets is not None:
+                    t_dtype = tf.int64 if targets.ndim == 1 else self.dtype
+                    specs.append(tf.TensorSpec((None, *targets.shape[1:]), t_dtype))
+                traced = tf.function(self._body(kind), input_signature=specs,
+                                     jit_compile=self.jit_compile, autograph=False)
+                fn = self._functions[key] = traced.get_concrete_function()
         return fn
 
-    def _body(self, kind: str) -> Callable:
+    def _body(self, kind: CallKind) -> Callable:
         net = self._net
         has_layer = self.has_layer
 
@@ -249,30 +263,33 @@ class KerasModel(FrameworkModel):
             out = net(x, training=False)
             return (out[0], out[1]) if has_layer else (None, out)
 
-        if kind == "predict":
+        if kind == _PREDICT:
             def predict(x):
                 self.trace_count += 1
                 return _single(forward(x)[1])
             return predict
 
-        want_input = kind in ("input", "input+layer", "guided")
-        want_layer = kind in ("layer", "input+layer")
-
         def run(x, targets=None):
             self.trace_count += 1
-            if kind == "scores":
+            if kind == SCORES:
                 return {"scores": self._scores(forward(x)[1], targets)}
+            if kind.guided:
+                # In this function's own graph, which no other caller sees.
+                scores = self._scores(forward(x)[1], targets)
+                graph = tf.compat.v1.get_default_graph()
+                g = guided_gradients(graph, scores, x)
+                return {"scores": scores, "input": tf.zeros_like(x) if g is None else g}
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x)
                 features, outputs = forward(x)
                 scores = self._scores(outputs, targets)
-            sources = ([x] if want_input else []) + ([features] if want_layer else [])
+            sources = ([x] if kind.input else []) + ([features] if kind.layer else [])
             grads = tape.gradient(scores, sources,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             result = {"scores": scores}
-            if want_input:
+            if kind.input:
                 result["input"] = grads.pop(0)
-            if want_layer:
+            if kind.layer:
                 result["values"] = features
                 result["layer"] = grads.pop(0)
             return result
@@ -285,145 +302,107 @@ class KerasModel(FrameworkModel):
             scores = self.target_fn(outputs, targets)
             shape = getattr(scores, "shape", None)
             if shape is None or shape.rank != 1:
-                raise ValueError(
-                    "target_fn must return a tensor of one score per row, shape (n,), got "
-                    f"{shape if shape is not None else type(scores).__name__}")
+                raise target_fn_error(shape if shape is not None else type(scores).__name__)
             return scores
         if not tf.is_tensor(outputs) or outputs.shape.rank != 2:
             shape = tuple(outputs.shape) if hasattr(outputs, "shape") else type(outputs).__name__
             raise score_rule_error(shape if isinstance(shape, tuple) else (shape,))
-        self._n_outputs = outputs.shape[1]
         if targets is None:
             return tf.reduce_max(outputs, axis=1)
         if targets.shape.rank == 1:
             return tf.gather(outputs, targets, axis=1, batch_dims=1)
-        if targets.shape[1] != outputs.shape[1]:
-            raise ValueError(
-                f"one-hot/weight targets have {targets.shape[1]} columns but the model "
-                f"outputs {outputs.shape[1]} values per row")
         return tf.reduce_sum(outputs * tf.cast(targets, outputs.dtype), axis=1)
 
     # -- running ------------------------------------------------------------------
 
-    def _check_targets(self, targets: np.ndarray | None) -> None:
-        n_out = self._n_outputs
-        if targets is None or n_out is None or self.target_fn is not None:
-            return
-        if targets.ndim == 1 and len(targets) and int(targets.max()) >= n_out:
-            raise ValueError(
-                f"target {int(targets.max())} is out of range for a model with {n_out} outputs")
+    def _probe(self, x: np.ndarray) -> tuple[int | None, ...] | None:
+        """The output shape, from the model's declared outputs or else a trace (no run)."""
+        outputs = getattr(self.model, "outputs", None) if self.input_shape is not None else None
+        if outputs is not None and len(outputs) == 1:
+            return tuple(outputs[0].shape)
+        spec = self._function(_PREDICT, self._cast(x), None).structured_outputs
+        return tuple(spec.shape) if hasattr(spec, "shape") else None
 
-    def _run(self, x, targets, keys):
-        want_input = INPUT_OUTPUT_GRADIENTS in keys or GUIDED_INPUT_GRADIENTS in keys
-        want_layer = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
-        guided = GUIDED_INPUT_GRADIENTS in keys
-        if guided and want_layer:
-            raise ValueError("guided gradients and layer outputs cannot be requested together")
-        if guided:
-            kind = "guided"
-        elif want_input and want_layer:
-            kind = "input+layer"
-        else:
-            kind = "input" if want_input else ("layer" if want_layer else "scores")
-        x = np.asarray(x, dtype=self.dtype.as_numpy_dtype)
+    def _cast(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=self.dtype.as_numpy_dtype)
+
+    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+             kind: CallKind) -> dict[str, np.ndarray]:
+        x = self._cast(x)
         if targets is not None:
-            targets = np.asarray(targets)
             targets = (targets.astype(np.int64) if targets.ndim == 1
                        else targets.astype(self.dtype.as_numpy_dtype))
         fn = self._function(kind, x, targets)
-        self._check_targets(targets)
         args = [tf.constant(x)] + ([] if targets is None else [tf.constant(targets)])
-        result = fn(*args)  # a concrete function: never retraced, the guided rule is baked in
-        out = {OUTPUT_LAYER_VALUES: result["scores"].numpy()}
-        if want_input:
-            out[GUIDED_INPUT_GRADIENTS if guided else INPUT_OUTPUT_GRADIENTS] = \
-                result["input"].numpy()
-        if want_layer:
-            out[CONVOLUTION_LAYER_VALUES] = result["values"].numpy()
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = result["layer"].numpy()
-        return out
+        result = fn(*args)  # a concrete function: never retraced
+        return {key: value.numpy() for key, value in result.items()}
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=self.dtype.as_numpy_dtype)
-        out = self._function("predict", x, None)(tf.constant(x))
+        x = self._cast(x)
+        out = self._function(_PREDICT, x, None)(tf.constant(x))
         return np.asarray(out.numpy() if tf.is_tensor(out) else out)
 
 
-# -- Guided Backprop -------------------------------------------------------------------
+class ModelWeights:
+    """Clone, inspect and re-initialise the layers of a Sequential or functional Keras
+    model (what the model-randomisation sanity check, :mod:`salience.metrics.sanity`,
+    needs)."""
 
-
-def _guided_relu(max_value: float | None) -> Callable[[tf.Tensor], tf.Tensor]:
-    """ReLU (capped at ``max_value`` if given) whose backward pass follows the guided
-    rule: the gradient passes only where the ReLU's input is in its linear range and
-    the incoming gradient is positive."""
-
-    @tf.custom_gradient
-    def guided(x):
-        if max_value is None:
-            y = tf.nn.relu(x)
-        elif max_value == 6:
-            y = tf.nn.relu6(x)
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        legacy = any(c.__module__.startswith("tf_keras.") for c in type(model).__mro__)
+        if legacy:
+            import tf_keras as keras
         else:
-            y = tf.clip_by_value(x, tf.zeros([], x.dtype), tf.cast(max_value, x.dtype))
+            import keras
+        self.keras = keras
 
-        def grad(dy):
-            positive = tf.nn.relu(dy)  # the incoming gradient's positive part ...
-            if max_value is None:  # ... where the input is in the linear range
-                return tf.raw_ops.ReluGrad(gradients=positive, features=x)
-            if max_value == 6:
-                return tf.raw_ops.Relu6Grad(gradients=positive, features=x)
-            inside = tf.logical_and(x > 0, x < max_value)
-            return tf.where(inside, positive, tf.zeros_like(positive))
+    def layers(self, every: bool = False) -> list[str]:
+        """Names of the layers with weight matrices (of every layer with ``every``)."""
+        return [
+            layer.name for layer in all_layers(self.model)
+            if every or any(len(w.shape) >= 2 for w in layer.weights)
+        ]
 
-        return y, grad
+    def copy(self) -> Any:
+        try:
+            work = self.keras.models.clone_model(self.model)
+        except Exception as err:  # noqa: BLE001 - Keras raises various types here
+            raise TypeError(
+                "the sanity check clones Keras models with clone_model, which needs a "
+                f"Sequential or functional model; this one could not be cloned ({err})"
+            ) from err
+        work.set_weights(self.model.get_weights())
+        return work
 
-    def activation(x, *args, **kwargs):
-        return guided(x)
+    def state(self, work: Any) -> list[np.ndarray]:
+        return [np.array(w) for w in work.get_weights()]
 
-    return activation
+    def restore(self, work: Any, state: list[np.ndarray]) -> None:
+        work.set_weights(state)
 
+    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
+        return wrap(work, **kwargs)
 
-def _relu_cap(fn: Any) -> tuple[bool, float | None]:
-    """Whether ``fn`` is a plain ReLU activation, and its cap (relu6: 6)."""
-    name = getattr(fn, "__name__", None)
-    if name == "relu":
-        return True, None
-    if name == "relu6":
-        return True, 6.0
-    return False, None
+    def random_state(self) -> Any:
+        return contextlib.nullcontext()  # seeded initialisers leave global state alone
 
-
-@contextlib.contextmanager
-def guided_relus(model: Any, enabled: bool = True) -> Iterator[None]:
-    """Give every ReLU of ``model`` the guided backward rule while the block runs.
-
-    Layers with ``activation`` relu/relu6 (Dense, Conv, Activation, ...) get a
-    guided activation; ``ReLU`` layers without a negative slope or threshold
-    get a guided ``call``.  Everything is put back when the block ends, also
-    after an exception.  ReLUs applied outside layers (raw ``tf.nn.relu`` in a
-    subclassed model's ``call``) are not seen.
-    """
-    swapped: list[tuple[Any, str, bool, Any]] = []
-    try:
-        if enabled:
-            for layer in _all_layers(model):
-                act = getattr(layer, "activation", None)
-                is_relu, cap = _relu_cap(act) if callable(act) else (False, None)
-                if is_relu:
-                    swapped.append((layer, "activation", True, act))
-                    layer.activation = _guided_relu(cap)
-                    continue
-                if type(layer).__name__ == "ReLU" and not getattr(layer, "negative_slope", 0) \
-                        and not getattr(layer, "threshold", 0):
-                    cap = getattr(layer, "max_value", None)
-                    own = "call" in vars(layer)
-                    swapped.append((layer, "call", own, vars(layer).get("call")))
-                    guided = _guided_relu(None if cap is None else float(cap))
-                    layer.call = lambda inputs, *a, _g=guided, **k: _g(inputs)
-        yield
-    finally:
-        for layer, attr, own, original in reversed(swapped):
-            if own:
-                setattr(layer, attr, original)
+    def reinitialise(self, work: Any, name: str, seed: int) -> None:
+        """Each weight from the layer's own initialiser (``kernel_initializer``, ...),
+        seeded; weights without one get a normal draw of their own spread."""
+        layer = next(la for la in all_layers(work) if la.name == name)
+        rng = np.random.default_rng(seed)
+        for k, weight in enumerate(layer.weights):
+            short = weight.name.split("/")[-1].split(":")[0]
+            init = getattr(layer, f"{short}_initializer", None)
+            shape, dtype = tuple(weight.shape), weight.dtype
+            if init is not None:
+                config = dict(init.get_config())
+                if "seed" in config:
+                    config["seed"] = seed * 1000 + k
+                value = np.asarray(type(init).from_config(config)(shape, dtype=dtype))
             else:
-                delattr(layer, attr)
+                current = np.asarray(weight)
+                std = float(current.std()) if current.size > 1 and current.std() > 0 else 0.01
+                value = rng.normal(0.0, std, size=shape)
+            weight.assign(value.astype(np.asarray(weight).dtype))

@@ -201,6 +201,8 @@ def check_outputs(
                 + _MISSING_KEY_HINTS.get(key, "")
             )
         value = np.asarray(outputs[key])
+        expected: Any
+        actual: Any
         if key in _FULL_SHAPE_KEYS:
             expected, actual = tuple(input_shape), value.shape
         else:

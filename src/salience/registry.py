@@ -14,16 +14,27 @@ from types import MappingProxyType
 from typing import Any
 
 from .methods import (
+    LIME,
+    RISE,
     XRAI,
     BlurIG,
+    EigenCAM,
     GradCAM,
+    GradCAMPlusPlus,
     Gradients,
     GuidedBackprop,
+    GuidedGradCAM,
     GuidedIG,
+    HiResCAM,
+    InputXGradient,
     IntegratedGradients,
+    KernelSHAP,
+    LayerCAM,
     Method,
     Occlusion,
+    ScoreCAM,
     SmoothGrad,
+    XGradCAM,
 )
 from .model import (
     CONVOLUTION_LAYER_VALUES,
@@ -43,6 +54,7 @@ __all__ = [
     "canonical_name",
     "get",
     "names",
+    "score_only_names",
 ]
 
 #: Method families: how a map is obtained.
@@ -54,6 +66,7 @@ FAMILIES = {
 }
 
 _LAYER_KEYS = frozenset({CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS})
+_SCORES = frozenset({OUTPUT_LAYER_VALUES})
 
 
 @dataclass(frozen=True)
@@ -112,9 +125,10 @@ class MethodEntry:
     def build(self, batch_size: int = 32, **overrides: Any) -> Method:
         """The method with this entry's parameters, ``overrides`` and ``batch_size``."""
         kwargs = {**self.parameters, **overrides}
+        cls: Any = self.cls  # each class takes its own arguments
         if self.wraps is not None:
-            return self.cls(get(self.wraps).build(batch_size), **kwargs)
-        return self.cls(batch_size=batch_size, **kwargs)
+            return cls(get(self.wraps).build(batch_size), **kwargs)
+        return cls(batch_size=batch_size, **kwargs)
 
 
 def _entries() -> tuple[MethodEntry, ...]:
@@ -172,8 +186,78 @@ def _entries() -> tuple[MethodEntry, ...]:
             "occlusion", Occlusion,
             "Occlusion: how much the score drops when a 16x16 patch of zeros hides each part "
             "of the image (needs only scores).",
-            {"size": 16, "stride": 8}, keys=frozenset({OUTPUT_LAYER_VALUES}),
-            family="perturbation",
+            {"size": 16, "stride": 8}, keys=_SCORES, family="perturbation",
+        ),
+        MethodEntry(
+            "input_x_gradient", InputXGradient,
+            "Input x Gradient: each pixel value times the gradient of the class score, its "
+            "first-order share of the score (1 model row per image).",
+            aliases=("inputxgradient", "input_times_gradient", "ixg"),
+        ),
+        MethodEntry(
+            "gradcam_plus_plus", GradCAMPlusPlus,
+            "Grad-CAM++: Grad-CAM with each position's positive gradient weighted by "
+            "higher-order terms, which covers several instances of the class better.",
+            keys=_LAYER_KEYS, family="cam", signed=False,
+            aliases=("gradcam++", "grad_cam++", "grad_cam_plus_plus", "gradcampp"),
+        ),
+        MethodEntry(
+            "xgradcam", XGradCAM,
+            "XGrad-CAM: Grad-CAM with channel weights averaged over positions by the "
+            "channel's own activations.",
+            keys=_LAYER_KEYS, family="cam", signed=False, aliases=("xgrad_cam",),
+        ),
+        MethodEntry(
+            "hirescam", HiResCAM,
+            "HiResCAM: the layer's activations times their own gradients, position by "
+            "position, summed over channels.",
+            keys=_LAYER_KEYS, family="cam", signed=False, aliases=("hires_cam",),
+        ),
+        MethodEntry(
+            "layercam", LayerCAM,
+            "Layer-CAM: the layer's activations weighted position by position by their "
+            "positive gradients; keeps detail on earlier layers.",
+            keys=_LAYER_KEYS, family="cam", signed=False, aliases=("layer_cam",),
+        ),
+        MethodEntry(
+            "eigencam", EigenCAM,
+            "Eigen-CAM: the first principal component of the layer's activations; the "
+            "dominant pattern, the same for every class (no gradients).",
+            keys=frozenset({CONVOLUTION_LAYER_VALUES}), family="cam", signed=False,
+            aliases=("eigen_cam",),
+        ),
+        MethodEntry(
+            "scorecam", ScoreCAM,
+            "Score-CAM: layer channels weighted by the class score of the image masked with "
+            "each of them (1 model row per image and channel).",
+            keys=frozenset({CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES}), family="cam",
+            signed=False, aliases=("score_cam",),
+        ),
+        MethodEntry(
+            "guided_gradcam", GuidedGradCAM,
+            "Guided Grad-CAM: Guided Backprop's fine edges kept where Grad-CAM's map is "
+            "high (2 model rows per image).",
+            keys=frozenset({GUIDED_INPUT_GRADIENTS}) | _LAYER_KEYS, family="cam",
+            aliases=("guided_grad_cam", "guidedgradcam"),
+        ),
+        MethodEntry(
+            "rise", RISE,
+            "RISE: the average score of 1000 randomly masked copies, each pixel weighted by "
+            "how visible it was (needs only scores).",
+            {"n_masks": 1000, "seed": 0}, keys=_SCORES, family="perturbation", signed=False,
+        ),
+        MethodEntry(
+            "lime", LIME,
+            "LIME: a sparse linear model of the score over about 50 superpixels, fitted on 500 "
+            "random on/off combinations (needs only scores).",
+            {"n_samples": 500, "seed": 0}, keys=_SCORES, family="perturbation",
+        ),
+        MethodEntry(
+            "kernel_shap", KernelSHAP,
+            "Kernel SHAP: the Shapley value of each of about 50 superpixels, from 500 "
+            "combinations; the values add up to the score change (needs only scores).",
+            {"n_samples": 500, "seed": 0}, keys=_SCORES, family="perturbation",
+            aliases=("kernelshap", "shap"),
         ),
     )
 
@@ -211,6 +295,11 @@ def get(name: str) -> MethodEntry:
 def names() -> list[str]:
     """Canonical names in report order."""
     return list(METHODS)
+
+
+def score_only_names() -> list[str]:
+    """Methods that need nothing but scores (black-box models can run them)."""
+    return [e.name for e in METHODS.values() if not e.needs_gradients]
 
 
 def build(name: str, batch_size: int = 32, **overrides: Any) -> Method:

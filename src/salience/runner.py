@@ -22,6 +22,7 @@ from ._adapter import wrap_native
 from .checks import as_float_batch, check_positive_int, resolve_targets
 from .methods.base import Method
 from .numeric import to_probabilities
+from .progress import ProgressEvent, in_group, progress_stage
 
 __all__ = ["Explanation", "explain", "resolve_methods"]
 
@@ -145,7 +146,7 @@ def explain(
     batch_size: int = 32,
     *,
     group_size: int | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: bool | Callable[[ProgressEvent], None] | None = None,
     errors: str = "raise",
 ) -> Explanation:
     """Predict and explain a batch of images with several methods.
@@ -170,8 +171,12 @@ def explain(
         the chunk size of the prediction.
     group_size : int, optional
         Images per method call (default ``batch_size``); bounds memory.
-    progress : callable, optional
-        ``progress(method_name, n_images_done)`` after each group.
+    progress : bool or callable, optional
+        True draws a progress bar on stderr naming the method and image(s)
+        being computed (:class:`salience.progress.ProgressBar`); a callable
+        receives :class:`salience.progress.ProgressEvent` objects instead (when
+        a method starts on a group of images, as the model returns rows, at
+        most every 0.1 s, and when a group ends).  Default: silent.
     errors : {'raise', 'collect'}
         On a failing method: raise, or record the message in
         :attr:`Explanation.errors` and go on with the other methods.
@@ -193,7 +198,16 @@ def explain(
     resolved = resolve_methods(methods, batch_size)
     x = as_float_batch(images, "images")
 
+    n = len(x)
+    with progress_stage(progress, "explain", len(resolved) * n, n) as stage:
+        return _explain(model, x, resolved, targets, batch_size, group, errors, stage)
+
+
+def _explain(model, x, resolved, targets, batch_size, group, errors, stage) -> Explanation:
+    n = len(x)
     start = time.perf_counter()
+    if stage is not None:
+        stage.emit(None, range(0, n), 0.0)
     logits = _predict(model, x, batch_size)
     if targets is None and logits is not None:
         explained = np.argmax(logits, axis=1).astype(np.int64)
@@ -206,18 +220,19 @@ def explain(
     )
     result.seconds["predict"] = time.perf_counter() - start
 
-    for name, method in resolved.items():
+    for k, (name, method) in enumerate(resolved.items()):
         counting = _Counting(model)
         start = time.perf_counter()
         parts = []
         try:
-            for lo in range(0, len(x), group):
-                hi = min(lo + group, len(x))
+            for lo in range(0, n, group):
+                hi = min(lo + group, n)
                 chunk_targets = None if explained is None else explained[lo:hi]
-                parts.append(np.asarray(method.explain(counting, x[lo:hi], chunk_targets)))
-                if progress is not None:
-                    progress(name, hi)
+                with in_group(stage, name, lo, hi, k * n + lo):
+                    parts.append(np.asarray(method.explain(counting, x[lo:hi], chunk_targets)))
         except Exception as err:
+            if stage is not None:  # the method's remaining images count as done
+                stage.emit(name, range(0, 0), (k + 1) * n)
             if errors == "raise":
                 raise
             result.errors[name] = f"{type(err).__name__}: {err}"
@@ -228,6 +243,7 @@ def explain(
             result.calls[name] = counting.calls
         result.maps[name] = np.concatenate(parts)
     return result
+
 
 
 def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray | None:
@@ -247,4 +263,3 @@ def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray | None:
             f"n = {len(x)}"
         )
     return outputs
-

@@ -12,23 +12,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from .checks import check_positive_int
+from .concurrency import helper_thread
 from .model import Model, check_outputs
+from .progress import watch_rows
 
-__all__ = ["run_rows", "NonFiniteOutputError"]
+__all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
 
 # Own work per chunk (building + consuming rows) above which a helper thread pays:
 # handing a chunk to it and back costs about 0.1 ms; measured on the tiny CNN,
 # IG at batch_size=1 (~20 us of own work per chunk) was 15% slower with the thread.
 _WORTH_A_THREAD_S = 0.5e-3
 
+MAX_ROW_VALUES = 2**40
+"""Most values (rows x values per row) one explanation may send to the model.
+
+2**40 is about 1.1e12 values, 4 TiB of float32: 7.3 million rows of a
+224 x 224 x 3 image, days of model time on one machine.  Methods refuse more
+before allocating anything (:func:`check_row_budget`); for a larger run,
+raise it: ``salience.schedule.MAX_ROW_VALUES = 2**44``.
+"""
+
 
 class NonFiniteOutputError(FloatingPointError, ValueError):
     """The model returned NaN or inf (a FloatingPointError, and a ValueError about its output)."""
+
+
+def check_row_budget(method: str, n_rows: int, row_values: int) -> None:
+    """Refuse a run of ``n_rows`` model rows of ``row_values`` values each if it
+    exceeds :data:`MAX_ROW_VALUES`, saying what it would take.
+
+    Parameters
+    ----------
+    method : str
+        Method name used in the message.
+    n_rows : int
+        Rows the run would send to the model (images x steps x baselines x samples).
+    row_values : int
+        Values in one row (the size of one input).
+    """
+    total = int(n_rows) * int(row_values)
+    if total > MAX_ROW_VALUES:
+        raise ValueError(
+            f"{method} would send {n_rows:,} rows of {row_values:,} values to the model "
+            f"({total:.3g} values, {total * 4 / 2**40:.3g} TiB as float32), more than "
+            f"salience.schedule.MAX_ROW_VALUES = {MAX_ROW_VALUES:.3g}; use fewer steps, "
+            "samples or inputs per call, or raise that limit to run it anyway"
+        )
 
 
 def run_rows(
@@ -41,17 +75,16 @@ def run_rows(
     batch_size: int,
     method: str,
     prepare: Callable[[int, int], None] | None = None,
+    overlap: bool | None = None,
 ) -> None:
     """Send every row to the model in chunks of at most ``batch_size`` rows.
 
-    When building (or building and consuming) the first chunk took at least
-    ``_WORTH_A_THREAD_S``, a helper thread then builds chunk ``k + 1``,
-    prepares chunk ``k`` and consumes chunk ``k - 1`` while the model runs
-    chunk ``k`` (numpy and the frameworks release the GIL in their kernels),
-    so a method's own array work hides behind the model's; cheaper work stays
-    in the caller's thread, where it costs less than handing it over.  Each
-    function still runs one call at a time, in chunk order for ``prepare`` and
-    ``consume``; ``make_rows`` must return a fresh array and keep no state that
+    With overlap, a helper thread builds chunk ``k + 1``, prepares chunk
+    ``k`` and consumes chunk ``k - 1`` while the model runs chunk ``k``
+    (numpy and the frameworks release the GIL in their kernels), so a
+    method's own array work hides behind the model's.  Either way each
+    function runs one call at a time, in chunk order, and the results are
+    the same; ``make_rows`` must return a fresh array and keep no state that
     ``consume`` reads (chunk ``k + 1`` may be built before chunk ``k`` is
     consumed), and state is handed on by chunk start.
 
@@ -77,80 +110,125 @@ def run_rows(
     prepare : callable, optional
         ``prepare(start, stop)``: the part of a chunk's own work that needs no
         model output (it runs after ``make_rows`` and before ``consume`` of the
-        same chunk).  On the helper thread it runs during that chunk's model
-        call, so it hides even when all rows fit in one call.
+        same chunk).  With overlap it runs during that chunk's model call, so
+        it hides even when all rows fit in one call.
+    overlap : bool or None
+        Use the helper thread (True), never (False), or decide from the first
+        chunk (None, the default): when building it (or building, preparing
+        and consuming it) took at least 0.5 ms, the rest overlaps; cheaper
+        work stays in the caller's thread, where it costs less than handing
+        it over.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     n_rows = len(row_image)
-    chunks = [(start, min(start + batch_size, n_rows)) for start in range(0, n_rows, batch_size)]
-
-    def call(start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
-        chunk_targets = None if targets is None else targets[row_image[start:stop]]
-        return model(x, chunk_targets, keys)
-
-    def check_and_consume(start: int, stop: int, shape: tuple, outputs) -> None:
-        outputs = check_outputs(outputs, shape, keys)
-        for key in keys:  # a NaN score or activation is no better than a NaN gradient
-            _raise_if_not_finite(outputs[key], key, start, row_image, method)
-        consume(start, stop, outputs)
-
+    if n_rows == 0:
+        return
+    model = watch_rows(model, row_image)  # counts chunks while a call shows progress
+    stages = _Stages(model=model, keys=keys, row_image=row_image, make_rows=make_rows,
+                     prepare=prepare, consume=consume, targets=targets, method=method,
+                     batch_size=batch_size)
+    # Chunks by start row, as a lazy range: no per-chunk Python list.
+    starts = range(0, n_rows, batch_size)
+    if overlap is not None:
+        (_overlapped if overlap else _serial)(stages, starts)
+        return
     # The first chunk runs here and measures the method's own work per chunk: a
     # slow build hands everything over, else its prepare and consume count too.
-    start, stop = chunks[0]
+    start, stop = 0, stages.stop(0)
     began = time.perf_counter()
     x = make_rows(start, stop)
     own_seconds = time.perf_counter() - began
-    if own_seconds >= _WORTH_A_THREAD_S and (len(chunks) > 1 or prepare is not None):
-        _run_overlapped(chunks, x, make_rows, prepare, call, check_and_consume)
+    if own_seconds >= _WORTH_A_THREAD_S and (len(starts) > 1 or prepare is not None):
+        _overlapped(stages, starts, first_rows=x)
         return
     if prepare is not None:
         began = time.perf_counter()
         prepare(start, stop)
         own_seconds += time.perf_counter() - began
-    outputs = call(start, stop, x)
+    outputs = stages.call(start, stop, x)
     began = time.perf_counter()
-    check_and_consume(start, stop, x.shape, outputs)
+    stages.finish(start, stop, x.shape, outputs)
     own_seconds += time.perf_counter() - began
-    rest = chunks[1:]
+    rest = starts[1:]
     if own_seconds >= _WORTH_A_THREAD_S and rest:
-        _run_overlapped(rest, None, make_rows, prepare, call, check_and_consume)
-        return
-    for start, stop in rest:
-        x = make_rows(start, stop)
-        if prepare is not None:
-            prepare(start, stop)
-        check_and_consume(start, stop, x.shape, call(start, stop, x))
+        _overlapped(stages, rest)
+    else:
+        _serial(stages, rest)
 
 
-def _run_overlapped(chunks, first_rows, make_rows, prepare, call, check_and_consume) -> None:
-    """Run ``chunks`` with building, preparing and consuming on one helper thread,
-    the model in this one; ``first_rows`` are the first chunk's rows if already built."""
+@dataclass(frozen=True)
+class _Stages:
+    """The stages of one chunk: build, prepare, call the model, check and consume
+    (the arguments of :func:`run_rows`)."""
 
-    def finish(prepared, start, stop, shape, outputs) -> None:
+    model: Model
+    keys: Sequence[str]
+    row_image: np.ndarray
+    make_rows: Callable[[int, int], np.ndarray]
+    prepare: Callable[[int, int], None] | None
+    consume: Callable[[int, int, Mapping[str, np.ndarray]], None]
+    targets: np.ndarray | None
+    method: str
+    batch_size: int
+
+    def stop(self, start: int) -> int:
+        """End of the chunk starting at row ``start``."""
+        return min(start + self.batch_size, len(self.row_image))
+
+    def call(self, start: int, stop: int, x: np.ndarray) -> Mapping[str, np.ndarray]:
+        chunk_targets = None if self.targets is None else self.targets[self.row_image[start:stop]]
+        return self.model(x, chunk_targets, self.keys)
+
+    def finish(self, start: int, stop: int, shape: tuple, outputs) -> None:
+        """Check the model's outputs and hand them to ``consume``."""
+        outputs = check_outputs(outputs, shape, self.keys)
+        for key in self.keys:  # a NaN score or activation is no better than a NaN gradient
+            _raise_if_not_finite(outputs[key], key, start, self.row_image, self.method)
+        self.consume(start, stop, outputs)
+
+    def in_order(self, start: int, stop: int) -> None:
+        """One chunk in this thread: build, prepare, call the model, finish."""
+        x = self.make_rows(start, stop)
+        if self.prepare is not None:
+            self.prepare(start, stop)
+        self.finish(start, stop, x.shape, self.call(start, stop, x))
+
+
+def _serial(stages: _Stages, starts: range) -> None:
+    for start in starts:
+        stages.in_order(start, stages.stop(start))
+
+
+def _overlapped(stages: _Stages, starts: range, first_rows: np.ndarray | None = None) -> None:
+    """Run the chunks at ``starts`` with building, preparing and consuming on one
+    helper thread, the model in this one; ``first_rows`` are the first chunk's
+    rows if already built."""
+
+    def finish_after(prepared, start, stop, shape, outputs) -> None:
         if prepared is not None:
             prepared.result()  # done (the helper runs jobs in order); raises its error
-        check_and_consume(start, stop, shape, outputs)
+        stages.finish(start, stop, shape, outputs)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salience-rows") as helper:
-        next_rows = None if first_rows is not None else helper.submit(make_rows, *chunks[0])
-        x, consumed, prepared = first_rows, None, None
-        try:
-            for k, (start, stop) in enumerate(chunks):
-                if next_rows is not None:
-                    x = next_rows.result()
-                prepared = helper.submit(prepare, start, stop) if prepare is not None else None
-                next_rows = (helper.submit(make_rows, *chunks[k + 1])
-                             if k + 1 < len(chunks) else None)
-                outputs = call(start, stop, x)
-                if consumed is not None:
-                    consumed.result()  # errors of the previous chunk surface in order
-                consumed = helper.submit(finish, prepared, start, stop, x.shape, outputs)
+    with helper_thread("salience-rows") as helper:
+        next_rows = (helper.submit(stages.make_rows, starts[0], stages.stop(starts[0]))
+                     if first_rows is None else None)
+        x, consumed = first_rows, None
+        for k, start in enumerate(starts):
+            stop = stages.stop(start)
+            if next_rows is not None:
+                x = next_rows.result()
+            assert x is not None  # built here or on the helper, before its call
+            prepared = (helper.submit(stages.prepare, start, stop)
+                        if stages.prepare is not None else None)
+            next_rows = (helper.submit(stages.make_rows, starts[k + 1],
+                                       stages.stop(starts[k + 1]))
+                         if k + 1 < len(starts) else None)
+            outputs = stages.call(start, stop, x)
+            if consumed is not None:
+                consumed.result()  # errors of the previous chunk surface in order
+            consumed = helper.submit(finish_after, prepared, start, stop, x.shape, outputs)
+        if consumed is not None:
             consumed.result()
-        except BaseException:
-            for job in (next_rows, prepared):
-                if job is not None:
-                    job.cancel()
-            raise
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):

@@ -1,37 +1,55 @@
 """PyTorch adapter: ``salience.torch.wrap(module, layer=...)`` -> Model.
 
-The module is never changed: during each call it is put in eval mode and its
-parameters stop requiring gradients (only input and layer gradients are
-computed); modes, ``requires_grad`` flags and hooks are restored afterwards,
-also when the call raises.
+The module is never changed for good: during each call its modules are in eval
+mode and its parameters stop requiring gradients (only input and layer
+gradients are computed), and everything is restored afterwards, also when the
+call raises.
+
+Calls may run concurrently from several threads on one module (or on modules
+sharing submodules), with results equal to serial calls:
+
+- the mode and ``requires_grad`` changes are reference-counted per module and
+  per parameter under one lock: the first call that needs a change makes it and
+  the last call holding it restores it, so no call ever sees another call's
+  restore;
+- the Grad-CAM layer has one forward hook while any call needs it (also
+  reference-counted), which stores the layer's output only for the call running
+  in the current thread;
+- Guided Backprop changes nothing shared: it gives the guided rule to the ReLU
+  nodes of the call's own autograd graph.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._adapter import FrameworkModel, score_rule_error
-from .model import (
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    GUIDED_INPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
+from ._adapter import (
+    CallKind,
+    FrameworkModel,
+    layer_not_found,
+    score_rule_error,
+    target_fn_error,
+    warn_caller,
 )
 
-__all__ = ["wrap", "TorchModel", "find_layer", "last_conv_layer"]
+__all__ = ["wrap", "TorchModel", "ModuleWeights", "find_layer", "last_conv_layer"]
 
 # Spatial torch layers whose 4-D outputs are always (n, C, h, w).
 _NCHW_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.MaxPool2d,
                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+# Module dtypes numpy can hold; others (bfloat16) are filled from float32.
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 def wrap(
@@ -66,6 +84,19 @@ def wrap(
         channels-last model must itself return (n, h, w, C).
     batch_size : int
         Chunk size of :meth:`TorchModel.predict`.
+
+    Notes
+    -----
+    The first call for each input shape runs the module once on one row
+    (without gradients) to learn its output shape, so that targets and the
+    input's rank are checked before any real work.
+
+    On the CPU, images for a channels-first module with convolutions are
+    handed over in channels-last memory (``torch.channels_last``; the tensor
+    is still (n, C, H, W)), on which PyTorch's CPU convolutions run faster; a
+    module that refuses such a tensor in that first run (a ``.view()`` of its
+    input) gets contiguous memory for that input shape.  Results differ from
+    contiguous memory only by float rounding.
     """
     return TorchModel(module, layer, target_fn=target_fn, device=device,
                       channels_last=channels_last, batch_size=batch_size)
@@ -81,9 +112,7 @@ def find_layer(module: nn.Module, layer: nn.Module | str) -> nn.Module:
     if isinstance(layer, str):
         if layer in named and layer != "":
             return named[layer]
-        names = [n for n in named if n]
-        shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
-        raise ValueError(f"the model has no layer named {layer!r}; available layers: {shown}")
+        raise layer_not_found(layer, [n for n in named if n])
     raise TypeError(f"layer must be an nn.Module or a dotted name, got {type(layer).__name__}")
 
 
@@ -116,269 +145,302 @@ class TorchModel(FrameworkModel):
         self.dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
         self.expected_channels = conv.in_channels if conv is not None else None
+        # Input shapes (without the batch axis) the module takes only in contiguous memory.
+        self._contiguous_shapes: set[tuple[int, ...]] = set()
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        # A copy: a module that writes into its input must not reach the caller's array.
-        return torch.tensor(np.asarray(x), device=self.device, dtype=self.dtype)
+        # Always a copy: a module that writes into its input must not reach the caller's array.
+        x = np.asarray(x)
+        if not self._channels_last_memory(x):
+            return torch.tensor(x, device=self.device, dtype=self.dtype)
+        # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last).
+        nhwc = x.transpose(0, 2, 3, 1).astype(_NUMPY_DTYPES.get(self.dtype, np.float32),
+                                               order="C")
+        return torch.from_numpy(nhwc).to(device=self.device, dtype=self.dtype).permute(0, 3, 1, 2)
+
+    def _channels_last_memory(self, x: np.ndarray) -> bool:
+        """Whether ``x`` goes to the module in channels-last memory.
+
+        oneDNN's CPU convolutions run faster on it (EfficientNet-Lite0 forward and
+        backward at 8 rows: 28% less time; the tiny CNN of bench/ at 25 rows: 24%);
+        a module that cannot take it (a ``.view()`` of its input) keeps
+        contiguous memory, as found by the shape probe.
+        """
+        return (x.ndim == 4 and not self.channels_last and self.device.type == "cpu"
+                and self.expected_channels is not None
+                and x.shape[1:] not in self._contiguous_shapes)
+
+    def _check_kind(self, kind: CallKind) -> None:
+        if kind.guided:
+            _check_guided_possible(self.module)
+
+    def _probe(self, x: np.ndarray) -> tuple[int, ...] | None:
+        try:
+            return self._probe_once(x)
+        except Exception as error:
+            if not self._channels_last_memory(x):
+                raise
+            refused = error
+        try:
+            shape = self._probe_once(x, contiguous=True)
+        except Exception:
+            raise refused from None  # the memory layout was not the module's problem
+        self._contiguous_shapes.add(x.shape[1:])
+        return shape
+
+    def _probe_once(self, x: np.ndarray, contiguous: bool = False) -> tuple[int, ...] | None:
+        xt = self._tensor(x)
+        if contiguous:
+            xt = xt.contiguous()
+        with self._explaining(), torch.no_grad():
+            out = self.module(xt)
+        return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         with self._explaining(), torch.no_grad():
             return _np(self.module(self._tensor(x)))
 
-    def _run(self, x, targets, keys):
-        want_input = INPUT_OUTPUT_GRADIENTS in keys or GUIDED_INPUT_GRADIENTS in keys
-        want_layer = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
+    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+             kind: CallKind) -> dict[str, np.ndarray]:
         xt = self._tensor(x)
-        target_t = None if targets is None else torch.as_tensor(np.asarray(targets), device=self.device)
-        guided = GUIDED_INPUT_GRADIENTS in keys
-        with self._explaining(), _guided_relus(self.module, guided):
-            if not (want_input or want_layer):
+        target_t = None if targets is None else torch.as_tensor(targets, device=self.device)
+        with self._explaining():
+            if not (kind.input or kind.layer):
                 with torch.no_grad():
-                    scores = self._scores(self.module(xt), target_t)
-                return {OUTPUT_LAYER_VALUES: _np(scores)}
-            captured: dict[str, torch.Tensor] = {}
-            with torch.enable_grad(), self._capture(captured, want_layer):
-                xt.requires_grad_(want_input)
+                    return {"scores": _np(self._scores(self.module(xt), target_t))}
+            with torch.enable_grad(), self._tapped(kind.layer) as captured:
+                xt.requires_grad_(kind.input)
                 scores = self._scores(self.module(xt), target_t)
-                wrt = ([xt] if want_input else []) + ([captured["layer"]] if want_layer else [])
-                grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
-        out: dict[str, np.ndarray] = {OUTPUT_LAYER_VALUES: _np(scores)}
-        grads = list(grads)
-        if want_input:
+            if kind.layer and "values" not in captured:
+                raise ValueError(
+                    f"the Grad-CAM layer {type(self.layer).__name__} did not run in the "
+                    "model's forward pass; choose a layer the model calls")
+            if kind.guided and _guide_relus(scores) == 0:
+                warn_caller(
+                    "Guided Backprop met no ReLU in the model (ReLU, ReLU6, or hardtanh from "
+                    "0), so its map equals the plain gradient; other activations (GELU, SiLU) "
+                    "have no guided rule")
+            wrt = ([xt] if kind.input else []) + ([captured["values"]] if kind.layer else [])
+            grads = list(torch.autograd.grad(scores.sum(), wrt, allow_unused=True))
+        out: dict[str, np.ndarray] = {"scores": _np(scores)}
+        if kind.input:
             g = grads.pop(0)
-            g = _np(g if g is not None else torch.zeros_like(xt))
-            out[GUIDED_INPUT_GRADIENTS if guided else INPUT_OUTPUT_GRADIENTS] = g
-        if want_layer:
+            out["input"] = _np(g if g is not None else torch.zeros_like(xt))
+        if kind.layer:
             g = grads.pop(0)
-            values = captured["layer"]
+            values = captured["values"]
             g = g if g is not None else torch.zeros_like(values)
             if self.channels_last and values.ndim == 4 and isinstance(self.layer, _NCHW_LAYERS):
                 # these torch layers are (n, C, h, w) by definition; use the model's layout
                 values, g = values.movedim(1, -1), g.movedim(1, -1)
-            out[CONVOLUTION_LAYER_VALUES] = _np(values)
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = _np(g)
+            out["values"], out["layer"] = _np(values), _np(g)
         return out
 
-    def _scores(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    def _scores(self, outputs: Any, targets: torch.Tensor | None) -> torch.Tensor:
         if self.target_fn is not None:
             scores = self.target_fn(outputs, targets)
-            if not isinstance(scores, torch.Tensor) or scores.shape != (outputs.shape[0],):
-                raise ValueError(
-                    "target_fn must return a tensor of one score per row, shape "
-                    f"({outputs.shape[0]},), got {getattr(scores, 'shape', type(scores))}")
+            rows = len(outputs) if hasattr(outputs, "__len__") else None
+            if not isinstance(scores, torch.Tensor) or scores.ndim != 1 \
+                    or (rows is not None and scores.shape[0] != rows):
+                raise target_fn_error(getattr(scores, "shape", type(scores).__name__), rows)
             return scores
+        if not isinstance(outputs, torch.Tensor):
+            raise score_rule_error((type(outputs).__name__,))
         if outputs.ndim != 2:
             raise score_rule_error(tuple(outputs.shape))
         if targets is None:
             return outputs.max(dim=1).values
         if targets.ndim == 1:
-            if int(targets.max()) >= outputs.shape[1]:
-                raise ValueError(
-                    f"target {int(targets.max())} is out of range for a model with "
-                    f"{outputs.shape[1]} outputs")
-            return outputs.gather(1, targets.long()[:, None])[:, 0]
-        if targets.shape != outputs.shape:
-            raise ValueError(
-                f"one-hot/weight targets have shape {tuple(targets.shape)} but the model "
-                f"outputs {tuple(outputs.shape)}")
+            return outputs.gather(1, targets[:, None])[:, 0]
         return (outputs * targets.to(outputs.dtype)).sum(dim=1)
 
     @contextlib.contextmanager
     def _explaining(self) -> Iterator[None]:
-        """Eval mode and frozen parameters for the call; everything restored after."""
-        # Only what must change is touched (and restored): an eval-mode, frozen
-        # model costs no work per call.
-        training = [m for m in self.module.modules() if m.training]
-        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        """Eval mode and frozen parameters for the call, shared with concurrent calls."""
+        changes = [(m, "training", False) for m in self.module.modules()]
+        changes += [(p, "requires_grad", False) for p in self.module.parameters()]
+        held = _SHARED.hold(changes)
         try:
-            if training:
-                self.module.eval()
-            for p in trainable:
-                p.requires_grad_(False)
             yield
         finally:
-            for m in training:
-                m.training = True
-            for p in trainable:
-                p.requires_grad_(True)
+            _SHARED.release(held)
 
     @contextlib.contextmanager
-    def _capture(self, captured: dict[str, torch.Tensor], want_layer: bool) -> Iterator[None]:
+    def _tapped(self, want_layer: bool) -> Iterator[dict[str, torch.Tensor]]:
+        """The layer's output in this thread's forward pass, under ``"values"``."""
+        captured: dict[str, torch.Tensor] = {}
         if not want_layer:
-            yield
+            yield captured
             return
-
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor):
-            if not output.requires_grad:
-                # Frozen weights and an input without gradients: start the graph here.
-                output = output.detach().requires_grad_(True)
-            captured["layer"] = output
-            # The rest of the model gets a copy, so an in-place op after the layer
-            # (ReLU(inplace=True)) can neither change the captured values nor fail on a leaf.
-            return output.clone()
-
-        handle = self.layer.register_forward_hook(hook)
+        layer = self.layer
+        with _LOCK:
+            tap = _TAPS.get(id(layer))
+            if tap is None:
+                tap = _TAPS[id(layer)] = [layer.register_forward_hook(_tap_hook), 0]
+            tap[1] += 1
+        slots = _thread_slots()
+        outer = slots.get(id(layer))  # a call nested in this thread's call (a target_fn's)
+        slots[id(layer)] = captured
         try:
-            yield
+            yield captured
         finally:
-            handle.remove()
+            if outer is None:
+                del slots[id(layer)]
+            else:
+                slots[id(layer)] = outer
+            with _LOCK:
+                tap[1] -= 1
+                if tap[1] == 0:
+                    tap[0].remove()
+                    del _TAPS[id(layer)]
 
 
-class _PositiveGradient(torch.autograd.Function):
-    """Identity forward; backward lets only positive gradients through."""
+# -- state shared by concurrent calls ---------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
+_LOCK = threading.Lock()
+_THREAD = threading.local()
+#: id(layer) -> [hook handle, number of calls using it]
+_TAPS: dict[int, list[Any]] = {}
 
 
-class _PositiveGradientInplace(torch.autograd.Function):
-    """The same gate for a tensor an in-place ReLU is about to overwrite."""
+class _SharedChanges:
+    """Attribute changes to objects shared between concurrent calls (a module's
+    ``training``, a parameter's ``requires_grad``), held by reference count.
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(x)
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
-
-
-_GATE_NODES = (_PositiveGradient._backward_cls, _PositiveGradientInplace._backward_cls)
-
-
-def _gate(x: Any, inplace: bool) -> Any:
-    """Put the positive-gradient gate in front of a ReLU's input (once).
-
-    In backward the gate comes right after the ReLU's own rule, which already
-    zeroes the gradient where the forward input was <= 0 (or >= 6 for ReLU6);
-    together they give the guided rule: pass where input > 0 and gradient > 0.
-    """
-    if (
-        not isinstance(x, torch.Tensor)
-        or not x.requires_grad
-        or not torch.is_grad_enabled()
-        or isinstance(x.grad_fn, _GATE_NODES)
-    ):
-        return x
-    return _PositiveGradientInplace.apply(x) if inplace else _PositiveGradient.apply(x)
-
-
-def _guided_functional(
-    original: Callable, applies: Callable, inplace: Callable, seen: list[int]
-) -> Callable:
-    """Wrap a functional ReLU so that its input passes the gate first.
-
-    ``applies(args, kwargs)`` says whether this call is a ReLU (hardtanh only
-    when its lower end is 0); ``inplace(args, kwargs)`` whether it overwrites
-    its input.  ``args`` and ``kwargs`` are the call's arguments after ``input``.
-    ``seen[0]`` counts the ReLUs met.
+    Each ``(object, attribute)`` is set by the first call that needs it changed and
+    restored by the last call holding it, so a call that ends never undoes a
+    change another call still relies on.
     """
 
-    def guided(input: Any, *args: Any, **kwargs: Any) -> Any:
-        if applies(args, kwargs):
-            seen[0] += 1
-            input = _gate(input, inplace(args, kwargs))
-        return original(input, *args, **kwargs)
+    def __init__(self) -> None:
+        # (id(obj), attr) -> [obj, holders, original value]; obj keeps the id valid
+        self._held: dict[tuple[int, str], list[Any]] = {}
 
-    guided.__wrapped__ = original  # type: ignore[attr-defined]
-    return guided
+    def hold(self, changes: Sequence[tuple[Any, str, Any]]) -> list[tuple[int, str]]:
+        """Make each ``(obj, attr, value)`` change unless it is held already; return
+        the keys to :meth:`release`."""
+        keys = []
+        with _LOCK:
+            for obj, attr, value in changes:
+                key = (id(obj), attr)
+                entry = self._held.get(key)
+                if entry is None:
+                    original = getattr(obj, attr)
+                    if original == value:
+                        continue  # nothing to change, nothing to restore
+                    entry = self._held[key] = [obj, 0, original]
+                    _set(obj, attr, value)
+                entry[1] += 1
+                keys.append(key)
+        return keys
+
+    def release(self, keys: Sequence[tuple[int, str]]) -> None:
+        """Give back what :meth:`hold` took; the last holder restores the original."""
+        with _LOCK:
+            for key in keys:
+                entry = self._held[key]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._held[key]
+                    _set(entry[0], key[1], entry[2])
 
 
-def _argument(args: tuple, kwargs: dict, position: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[position] if len(args) > position else default
+def _set(obj: Any, attr: str, value: Any) -> None:
+    if attr == "requires_grad":
+        obj.requires_grad_(value)
+    else:
+        setattr(obj, attr, value)
 
 
-def _always(args: tuple, kwargs: dict) -> bool:
-    return True
+_SHARED = _SharedChanges()
 
 
-def _relu_inplace(args: tuple, kwargs: dict) -> bool:  # relu(input, inplace=False)
-    return bool(_argument(args, kwargs, 0, "inplace", False))
+def _thread_slots() -> dict[int, dict[str, torch.Tensor]]:
+    """This thread's running calls that want a layer's output: id(layer) -> its slot."""
+    slots = getattr(_THREAD, "slots", None)
+    if slots is None:
+        slots = _THREAD.slots = {}
+    return slots
 
 
-def _hardtanh_is_relu(args: tuple, kwargs: dict) -> bool:
-    # hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False) clamps like ReLU6 when its
-    # lower end is 0 (nn.ReLU6 calls it with 0.0 and 6.0).
-    return float(_argument(args, kwargs, 0, "min_val", -1.0)) == 0.0
+def _tap_hook(layer: nn.Module, _inputs: Any, output: Any) -> Any:
+    slot = _thread_slots().get(id(layer))
+    if slot is None:
+        return None  # a forward pass of another thread, or of a call without Grad-CAM
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"the Grad-CAM layer {type(layer).__name__} returns {type(output).__name__}, "
+            "not a tensor; choose a layer with one tensor output")
+    if not output.requires_grad:
+        # Frozen weights and an input without gradients: start the graph here.
+        output = output.detach().requires_grad_(True)
+    slot["values"] = output
+    # The rest of the model gets a copy, so an in-place op after the layer
+    # (ReLU(inplace=True)) can neither change the captured values nor fail on a leaf.
+    return output.clone()
 
 
-def _hardtanh_inplace(args: tuple, kwargs: dict) -> bool:
-    return bool(_argument(args, kwargs, 2, "inplace", False))
+# -- Guided Backprop ----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _guided_relus(module: nn.Module, enabled: bool) -> Iterator[None]:
-    """Guided Backprop's ReLU rule during the call, everything restored afterwards.
+def _positive_part(grad_outputs: tuple) -> tuple:
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_outputs)
 
-    While active, the backward pass of every ReLU lets a gradient through only
-    where the ReLU's forward input was > 0 (and < 6 for ReLU6) and the incoming
-    gradient is > 0.  Covered: ``nn.ReLU``, ``nn.ReLU6`` and ``nn.Hardtanh``
-    with ``min_val=0`` modules (forward pre-hooks), and the functions
-    ``torch.relu``, ``torch.relu_``, ``F.relu``, ``F.relu_``, ``F.relu6``,
-    ``F.hardtanh`` / ``F.hardtanh_`` with ``min_val=0`` (patched in their
-    modules for the duration of the call).  Not covered: tensor methods such as
-    ``x.relu()`` and names imported before the call (``from torch.nn.functional
-    import relu``).  The patch is process-wide while it lasts, so do not run
-    other torch code in parallel threads during a guided call.  A call that
-    meets no ReLU at all warns (its map is the plain gradient).
+
+# Autograd nodes that run compiled code: the ReLUs inside them are out of reach.
+_OPAQUE_NODES = {
+    "CppFunction": "a TorchScript graph",
+    "CompiledFunctionBackward": "a torch.compile graph",
+}
+
+
+def _guide_relus(scores: torch.Tensor) -> int:
+    """Give every ReLU of the call's autograd graph Guided Backprop's rule.
+
+    A ReLU node's backward passes the gradient where the forward input was > 0
+    (and < 6 for ReLU6, a hardtanh from 0); a pre-hook that keeps only the
+    incoming gradient's positive part completes the guided rule.  The hooks
+    belong to this call's graph alone, so concurrent calls and later plain
+    gradients are unaffected, and every way of writing a ReLU is covered
+    (modules, functions, tensor methods, torch.export graphs).  Returns the
+    number of ReLUs guided.
     """
-    if not enabled:
-        yield
-        return
-    import warnings
+    count = 0
+    seen: set[Any] = set()
+    stack = [scores.grad_fn]
+    while stack:  # a walk over the finite graph, each node once
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if name in _OPAQUE_NODES:
+            raise ValueError(
+                f"Guided Backprop cannot reach the ReLUs inside {_OPAQUE_NODES[name]} (autograd "
+                f"node {name}), so its guided gradient cannot be computed; explain the eager "
+                "module instead")
+        if name.startswith("ReluBackward") or (
+            name.startswith("HardtanhBackward") and getattr(node, "_saved_min_val", None) == 0
+        ):
+            node.register_prehook(_positive_part)
+            count += 1
+        stack.extend(child for child, _ in node.next_functions)
+    return count
 
-    import torch.nn.functional as F
 
-    relu_modules = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-    seen = [0]
-
-    def pre_hook(layer: nn.Module, inputs: tuple) -> tuple | None:
-        if isinstance(layer, nn.Hardtanh) and float(layer.min_val) != 0.0:
-            return None
-        if not inputs:
-            return None
-        seen[0] += 1
-        return (_gate(inputs[0], bool(getattr(layer, "inplace", False))), *inputs[1:])
-
-    patches = [  # (namespace, name, is this call a ReLU, does it work in place)
-        (torch, "relu", _always, lambda args, kwargs: False),
-        (torch, "relu_", _always, _always),
-        (F, "relu", _always, _relu_inplace),
-        (F, "relu_", _always, _always),
-        (F, "relu6", _always, _relu_inplace),
-        (F, "hardtanh", _hardtanh_is_relu, _hardtanh_inplace),
-        (F, "hardtanh_", _hardtanh_is_relu, _always),
-    ]
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _, _ in patches]
-    handles = []
-    try:
-        for layer in module.modules():
-            if isinstance(layer, relu_modules):
-                handles.append(layer.register_forward_pre_hook(pre_hook))
-        for (owner, name, applies, inplace), (_, _, original) in zip(patches, originals):
-            setattr(owner, name, _guided_functional(original, applies, inplace, seen))
-        yield
-        if seen[0] == 0:
-            warnings.warn(
-                "Guided Backprop met no ReLU in the model (nn.ReLU/ReLU6 or functional relu), "
-                "so the map equals the plain gradient; activations written as tensor methods "
-                "(x.relu()), other activations (GELU, SiLU) and compiled modules are not guided",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
-        for owner, name, original in originals:
-            setattr(owner, name, original)
+def _check_guided_possible(module: nn.Module) -> None:
+    """Refuse, before running it, a module whose ReLUs run as compiled code."""
+    for sub in module.modules():
+        if isinstance(sub, torch.jit.ScriptModule):
+            why = ("TorchScript (torch.jit.script/trace) runs it in its own interpreter, which "
+                   "fuses the backward pass into graphs whose ReLUs are out of reach")
+        elif type(sub).__module__.startswith("torch._dynamo"):
+            why = "torch.compile runs it as one compiled graph; wrap module._orig_mod"
+        else:
+            continue
+        raise ValueError(
+            f"Guided Backprop cannot change the ReLU backward rule inside "
+            f"{type(sub).__name__}: {why}; explain the eager module instead")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -388,3 +450,45 @@ def _np(t: torch.Tensor) -> np.ndarray:
     if t.dtype != torch.float64:
         t = t.float()
     return t.cpu().numpy()
+
+
+class ModuleWeights:
+    """Copy, inspect and re-initialise the layers of a ``torch.nn.Module`` (what the
+    model-randomisation sanity check, :mod:`salience.metrics.sanity`, needs)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def layers(self, every: bool = False) -> list[str]:
+        """Names of the layers with weight matrices (of every layer with ``every``)."""
+        return [
+            name for name, sub in self.module.named_modules()
+            if name and (every or any(p.ndim >= 2 for p in sub.parameters(recurse=False)))
+        ]
+
+    def copy(self) -> Any:
+        return copy.deepcopy(self.module)
+
+    def state(self, work: Any) -> dict[str, Any]:
+        return {k: v.clone() for k, v in work.state_dict().items()}
+
+    def restore(self, work: Any, state: dict[str, Any]) -> None:
+        work.load_state_dict(state)
+
+    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
+        return wrap(work, **kwargs)
+
+    def random_state(self) -> Any:
+        return torch.random.fork_rng(devices=[])
+
+    def reinitialise(self, work: Any, name: str, seed: int) -> None:
+        """The layer's own init scheme (``reset_parameters``) when it has one."""
+        layer = dict(work.named_modules())[name]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            if callable(getattr(layer, "reset_parameters", None)):
+                layer.reset_parameters()
+                return
+            for p in layer.parameters(recurse=False):
+                std = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.01
+                p.normal_(0.0, std)

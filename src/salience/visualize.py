@@ -10,11 +10,26 @@ facade re-exports them under PAIR's names.  Both accept one map or a batch:
 
 ``channel_axis`` says where the channels are (use 1 or -3 for channels-first maps).
 A map with no spread (constant, or all zeros) becomes zeros instead of NaN.
+
+To look at a map, blend it over the picture the model saw::
+
+    x, image = salience.io.load_input("cat.jpg", preset="efficientnet-lite")
+    maps = salience.IntegratedGradients().explain(model, x)
+    salience.visualize.save_png("ig.png", salience.visualize.overlay(image, maps[0]))
+
+:func:`overlay` and :func:`heatmap` take a map as a method returns it (channels
+first or last, a batch of one, a layer-resolution Grad-CAM map) and show
+magnitudes from zero (``absolute=True``) or signed values on a diverging scale;
+:func:`grid` tiles pictures and :func:`save_png` writes one.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from .arrays import to_numpy
 
 __all__ = [
     "visualize_image_grayscale",
@@ -23,6 +38,10 @@ __all__ = [
     "normalize",
     "absolute_normalize",
     "to_2d",
+    "fit_map",
+    "image_size",
+    "default_cmap",
+    "colour_stops",
     "heatmap",
     "overlay",
     "top_mask",
@@ -131,47 +150,118 @@ def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.n
         raise ValueError(
             f"saliency_map must be (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}"
         )
-    if size is not None:
-        channels_first = tuple(arr.shape[1:]) == tuple(size) and tuple(arr.shape[:2]) != tuple(size)
+    if size is not None and tuple(arr.shape[1:]) == tuple(size) != tuple(arr.shape[:2]):
+        channels_first = True
+    elif size is not None and tuple(arr.shape[:2]) == tuple(size):
+        channels_first = False
     else:
         channels_first = arr.shape[0] < arr.shape[-1]
     return arr.sum(axis=0 if channels_first else -1)
 
 
-def _image_size(image: np.ndarray) -> tuple[int, int]:
-    arr = np.asarray(image)
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"image must be (H, W) or (H, W, 1|3|4), got shape {arr.shape}")
+def fit_map(saliency_map: Any, size: tuple[int, int]) -> np.ndarray:
+    """One map as ``(H, W)`` float64 of the image's ``size``, from what a method returned.
+
+    Takes a map straight from ``explain`` or ``salience.explain(...).maps[name]``:
+    ``(H, W)``, channels first ``(C, H, W)`` or last ``(H, W, C)`` (summed), a
+    batch of one ``(1, ...)``, a torch tensor; a map of another resolution with
+    the image's aspect ratio (Grad-CAM at its layer's 7x7) is resized
+    bilinearly.
+
+    Raises
+    ------
+    ValueError
+        A batch of several maps, NaN or inf, or a map whose aspect ratio
+        differs from the image's (it was computed on another crop).
+    """
+    height, width = (int(v) for v in size)
+    flat = to_2d(_one_map(saliency_map), (height, width))
+    if not np.isfinite(flat).all():
+        raise ValueError("saliency_map contains NaN or inf; nothing sensible can be drawn")
+    if flat.shape == (height, width):
+        return flat
+    h, w = flat.shape
+    if abs(h / w - height / width) > 0.02 * height / width:
+        raise ValueError(
+            f"the map is {h}x{w} but the image is {height}x{width}, another aspect ratio; "
+            "draw the map on the image the model saw (the second value of "
+            "salience.io.load_input, or Preprocessing.display)"
+        )
+    from skimage.transform import resize
+
+    return resize(flat, (height, width), order=1, mode="edge", anti_aliasing=False)
+
+
+def _one_map(saliency_map: Any) -> np.ndarray:
+    """One map as float64, a leading batch axis of one dropped; a batch of more is refused."""
+    arr = np.asarray(to_numpy(saliency_map), dtype=np.float64)
+    if arr.ndim == 4 and arr.shape[0] > 1:
+        raise ValueError(
+            f"saliency_map holds a batch of {arr.shape[0]} maps (shape {arr.shape}); pass one "
+            "of them, e.g. maps[0]"
+        )
+    if arr.ndim == 4:
+        return arr[0]
+    return arr
+
+
+def image_size(image: Any) -> tuple[int, int]:
+    """Height and width of an image ``(H, W)``, ``(H, W, 1|3|4)`` or ``(1|3, H, W)``."""
+    arr = _image_array(image)
     return int(arr.shape[0]), int(arr.shape[1])
 
 
-def _display_values(saliency_map, size, absolute: bool, percentile: float) -> np.ndarray:
-    flat = to_2d(saliency_map, size)
-    if flat.shape != tuple(size):
+def _image_array(image: Any) -> np.ndarray:
+    """The image as ``(H, W)`` or ``(H, W, C)`` (channels-first images are moved)."""
+    arr = to_numpy(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise ValueError(
-            f"the map is {flat.shape[0]}x{flat.shape[1]} but the image is {size[0]}x{size[1]}; "
-            "resize the map (or the image) first"
+            f"image must be (H, W), (H, W, 1|3|4) or (3, H, W), got shape {arr.shape}"
         )
+    return arr
+
+
+def _scaled(flat: np.ndarray, absolute: bool, percentile: float) -> np.ndarray:
+    """Colour positions in [0, 1]: magnitudes from 0 up to the ``percentile``-th
+    percentile, or signed values with 0 at 0.5 (symmetric by the absolute percentile)."""
     if absolute:
-        return visualize_image_grayscale(flat, percentile)
+        _check_percentile(percentile)
+        magnitude = np.abs(flat)
+        top = float(np.percentile(magnitude, percentile))
+        return np.clip(magnitude / top, 0, 1) if top > 0 else np.zeros_like(magnitude)
     return visualize_image_diverging(flat, percentile)
 
 
 def heatmap(
     saliency_map: np.ndarray,
-    cmap: str = "inferno",
+    cmap: str | None = None,
     absolute: bool = True,
     percentile: float = 99,
 ) -> np.ndarray:
     """A map coloured with a matplotlib colormap: ``(H, W, 3)`` uint8.
 
-    ``absolute`` shows magnitudes (scaled like :func:`visualize_image_grayscale`);
-    otherwise signed values around the colormap's middle (as
-    :func:`visualize_image_diverging`; use a diverging colormap such as ``"bwr"``).
+    ``absolute`` shows magnitudes: ``|map|`` from 0 (first colour) to its
+    ``percentile``-th percentile (last colour, larger values clipped).
+    Otherwise signed values, 0 in the colormap's middle and the ``percentile``-th
+    percentile of ``|map|`` at its ends.  ``cmap`` defaults to ``"inferno"`` for
+    magnitudes and the diverging ``"bwr"`` (blue negative, white 0, red positive)
+    for signed maps.  The map may be any shape :func:`fit_map` takes.
     """
-    flat = to_2d(saliency_map)
-    values = _display_values(flat, flat.shape, absolute, percentile)
-    return to_uint8(_colormap(cmap)(values)[..., :3])
+    flat = to_2d(_one_map(saliency_map))
+    values = _scaled(fit_map(flat, flat.shape), absolute, percentile)
+    return to_uint8(_colormap(default_cmap(absolute) if cmap is None else cmap)(values)[..., :3])
+
+
+def default_cmap(absolute: bool) -> str:
+    """The colormap :func:`heatmap` and :func:`overlay` use by default."""
+    return "inferno" if absolute else "bwr"
+
+
+def colour_stops(cmap: str, n: int = 11) -> np.ndarray:
+    """``n`` evenly spaced colours of a matplotlib colormap, ``(n, 3)`` uint8 (for legends)."""
+    return to_uint8(_colormap(cmap)(np.linspace(0, 1, n))[:, :3])
 
 
 def _colormap(cmap: str):
@@ -185,13 +275,38 @@ def _colormap(cmap: str):
         ) from err
 
 
-def _as_rgb_float(image: np.ndarray) -> np.ndarray:
-    arr = np.asarray(image)
-    _image_size(arr)
-    values = arr.astype(np.float64)
-    if np.issubdtype(arr.dtype, np.integer):
-        values = values / 255.0
-    values = np.clip(values, 0, 1)
+def _as_rgb_float(image: Any) -> np.ndarray:
+    """An image as ``(H, W, 3)`` floats in [0, 1]; uint8 (or 0..255 ints) and [0, 1] floats
+    are taken, other values refused with what to do."""
+    arr = _image_array(image)
+    if arr.dtype == np.bool_:
+        values = arr.astype(np.float64)
+    elif np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(
+                f"image has integer values from {arr.min()} to {arr.max()}; give uint8 "
+                "(0..255) or floats in [0, 1] (salience.io.load_image scales 16-bit images)"
+            )
+        values = arr.astype(np.float64) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("image contains NaN or inf")
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low < -1e-6:
+            raise ValueError(
+                f"image has negative values (down to {low:.3g}): it looks like a normalised "
+                "model input; pass the displayable image instead (the second value of "
+                "salience.io.load_input), uint8 or floats in [0, 1]"
+            )
+        if high > 1 + 1e-6:
+            raise ValueError(
+                f"image has float values up to {high:.4g}; give floats in [0, 1] (divide "
+                "by 255) or uint8"
+            )
+        values = np.clip(values, 0, 1)
+    else:
+        raise TypeError(f"image must hold numbers, got dtype {arr.dtype}")
     if values.ndim == 2:
         values = values[..., None]
     if values.shape[2] == 1:
@@ -202,7 +317,7 @@ def _as_rgb_float(image: np.ndarray) -> np.ndarray:
 def overlay(
     image: np.ndarray,
     saliency_map: np.ndarray,
-    cmap: str = "inferno",
+    cmap: str | None = None,
     alpha: float = 0.5,
     absolute: bool = True,
     percentile: float = 99,
@@ -212,23 +327,29 @@ def overlay(
     Parameters
     ----------
     image : ndarray
-        ``(H, W)`` gray or ``(H, W, 3|4)`` colour; uint8, or floats in [0, 1].
-    saliency_map : ndarray
-        ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` attribution of the same size
-        (channels are summed).
-    cmap : str
-        Matplotlib colormap name.
+        ``(H, W)`` gray or ``(H, W, 3|4)`` colour (or channels first), uint8
+        or floats in [0, 1]: the picture the model saw, e.g. the second value
+        of :func:`salience.io.load_input`.  A normalised model input is
+        refused with a message saying so.
+    saliency_map : ndarray or tensor
+        One map as a method returned it (see :func:`fit_map`): ``(H, W)``,
+        ``(C, H, W)``, ``(H, W, C)`` or ``(1, ...)``; a lower resolution
+        with the image's aspect ratio (Grad-CAM's layer) is resized.
+    cmap : str, optional
+        Matplotlib colormap name (default: see :func:`default_cmap`).
     alpha : float
-        Weight of the heatmap, in [0, 1].
+        Weight of the heatmap, in [0, 1].  A signed map is blended in
+        proportion to its magnitude, so where it is 0 the image shows as it is.
     absolute, percentile
         How values are scaled to colours, see :func:`heatmap`.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    size = _image_size(image)
-    values = _display_values(saliency_map, size, absolute, percentile)
-    colours = _colormap(cmap)(values)[..., :3]
-    return to_uint8((1 - alpha) * _as_rgb_float(image) + alpha * colours)
+    rgb = _as_rgb_float(image)
+    values = _scaled(fit_map(saliency_map, rgb.shape[:2]), absolute, percentile)
+    colours = _colormap(default_cmap(absolute) if cmap is None else cmap)(values)[..., :3]
+    weight = alpha if absolute else alpha * np.abs(2 * values - 1)[..., None]
+    return to_uint8((1 - weight) * rgb + weight * colours)
 
 
 def top_mask(saliency_map: np.ndarray, fraction: float) -> np.ndarray:
@@ -252,12 +373,7 @@ def top_regions(
     Returns ``(H, W, 3)`` uint8 (gray images are replicated), as XRAI's "most
     salient 10% / 30%" pictures.
     """
-    size = _image_size(image)
-    mask = top_mask(to_2d(saliency_map, size), fraction)
-    if mask.shape != size:
-        raise ValueError(
-            f"the map is {mask.shape[0]}x{mask.shape[1]} but the image is {size[0]}x{size[1]}"
-        )
+    mask = top_mask(fit_map(saliency_map, image_size(image)), fraction)
     rgb = to_uint8(_as_rgb_float(image))
     out = np.full_like(rgb, int(np.clip(background, 0, 255)))
     out[mask] = rgb[mask]

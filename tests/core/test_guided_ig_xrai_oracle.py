@@ -5,26 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import saliency.core as pair
-import saliency.core.guided_ig as pair_guided_ig
 from scipy import ndimage
 
 import salience.core as ours
 
 
-class _NumpyWithOldQuantile:
-    """numpy, with ``quantile(interpolation=)`` (gone in numpy 2) mapped to ``method=``."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def quantile(a, q, interpolation="linear", **kwargs):
-        return np.quantile(a, q, method=interpolation, **kwargs)
-
-
 @pytest.fixture
-def pair_gig(monkeypatch):
-    monkeypatch.setattr(pair_guided_ig, "np", _NumpyWithOldQuantile())
+def pair_gig(pair_guided_ig_on_numpy2):
     return pair.GuidedIG()
 
 
@@ -75,7 +62,7 @@ def test_guided_ig_larger_input(pair_gig, model_classes):
 
 def test_guided_ig_long_rows(pair_gig, model_classes):
     # 112 x 112 x 3 features: each step's k-th |gradient| comes from a sample of the row
-    # (salience.methods.guided_ig._kth_smallest), which must leave PAIR's numbers unchanged.
+    # (salience.methods.guided_ig.selection.kth_smallest), which must leave PAIR's numbers unchanged.
     shape = (112, 112, 3)
     model = model_classes[0](shape=shape, seed=6)
     x = smooth_image(shape, seed=1)

@@ -184,13 +184,6 @@ def test_smoothed_grad_cam_without_three_dims():
         np.testing.assert_array_equal(wide[..., c], flat)
 
 
-def test_smoothed_mask_batches_noise_rows(image, analytic):
-    ours.IntegratedGradients().GetSmoothedMask(
-        image, analytic.call_model_function(0), nsamples=5, x_steps=4, batch_size=10
-    )
-    assert analytic.rows == 20 and analytic.calls == 2
-
-
 def _get_mask_body(self, x_value, call_model_function, call_model_args=None, scale=1.0):
     """A user's own method: input times gradient (uses only the PAIR callback)."""
     self.calls += 1

@@ -100,6 +100,29 @@ def test_changed_options_are_refused_and_no_resume_starts_over(workdir):
     assert "4 images explained, 1 failed, 0 skipped" in replaced.stdout
 
 
+def test_a_store_inside_the_source_folder_is_not_read_as_images(workdir):
+    inside = workdir / "imgs" / "store"
+    first = run(*args(workdir), "--methods", "gradients", "--out", inside)
+    assert first.exit_code == 0, first.output
+    assert list(inside.rglob("*.png"))  # the summary's plots and sample pages
+    again = run(*args(workdir), "--methods", "gradients", "--out", inside)
+    assert again.exit_code == 0, again.output
+    assert "0 images explained, 0 failed, 5 skipped" in again.stdout
+    assert len(open_results(inside)) == 5
+
+
+def test_nothing_explained_exits_1(workdir):
+    only_broken = workdir / "broken"
+    only_broken.mkdir()
+    (only_broken / "a.png").write_bytes(b"not an image")
+    result = run("explain-dataset", only_broken, "--out", workdir / "store", "--model",
+                 workdir / "tiny.pt", "--arch", "salience_ds_arch:tiny", "--size", "16",
+                 "--methods", "gradients")
+    assert result.exit_code == 1
+    assert "nothing was explained" in " ".join(result.stderr.split())
+    assert open_results(workdir / "store").records.column("status").to_pylist() == ["failed"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--engine", "spark"], "--engine must be local or ray"),
     (["--workers", "3"], "need --engine ray"),

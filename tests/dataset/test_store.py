@@ -84,6 +84,19 @@ def test_a_corrupt_image_is_a_failed_record_with_its_reason(small_dir, tmp_path,
         results.map("0" * 24, "gradients")
 
 
+def test_progress_events_count_this_runs_images_and_failures(small_dir, tmp_path, kit):
+    events = []
+    summary = kit.explain_here(tmp_path / "out", small_dir, ["gradients"], batch_size=2,
+                               progress=events.append)
+    assert {e.stage for e in events} == {"dataset"}
+    assert [e.completed for e in events] == [2, 4, 6]  # one event per committed batch
+    assert events[-1].total == 6 and events[-1].failed == 1 == summary.failed
+    assert "images/s" in events[-1].describe() and "1 failed" in events[-1].describe()
+    with pytest.raises(TypeError, match="progress must be True, False, None or a callable"):
+        kit.explain_here(tmp_path / "other", small_dir, ["gradients"], progress="yes")
+    assert not (tmp_path / "other").exists()
+
+
 def test_resume_skips_what_the_store_has_and_adds_new_images(small_dir, tmp_path, kit):
     out = tmp_path / "out"
     kit.explain_here(out, small_dir, ["gradients"])
@@ -192,7 +205,7 @@ def test_an_interrupted_compaction_and_temporaries_are_cleaned_by_the_next_run(s
     (chunk.parent / f"{chunk.name}.0123abcd.partial").write_bytes(b"half")
     summary = kit.explain_here(out, small_dir, ["gradients"], batch_size=2)
     assert (summary.done, summary.skipped, summary.total) == (0, 6, 6)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".salience-lock.json"]
     assert not list((out / "maps.zarr").rglob("*.partial"))
 
 

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 import salience
-from salience.methods.blur_ig import blur_sigmas, gaussian_blur_matrix
+from salience.methods.blur_ig import (
+    blur_rates,
+    blur_sigmas,
+    blurred_rows,
+    gaussian_blur_matrices,
+    gaussian_blur_matrix,
+)
 
 TARGETS = np.array([0, 1, 2])
 
@@ -46,6 +52,64 @@ def test_blur_matrix_truncate_matches_scipy():
 def test_sigmas():
     np.testing.assert_allclose(blur_sigmas(10, 4, False), [0, 2.5, 5, 7.5, 10])
     np.testing.assert_allclose(blur_sigmas(10, 4, True), np.sqrt([0, 2.5, 5, 7.5, 10]))
+
+
+@pytest.mark.parametrize("max_sigma, steps", [(50, 100), (3.3, 7), (0.7, 10**6)])
+@pytest.mark.parametrize("sqrt", [False, True])
+def test_sigmas_are_rounded_as_the_python_expression(max_sigma, steps, sqrt):
+    sigmas = blur_sigmas(max_sigma, steps, sqrt)
+    assert sigmas.shape == (steps + 1,)
+    for i in {0, 1, 2, steps // 3, steps - 1, steps}:
+        level = i * max_sigma / steps
+        assert sigmas[i] == (math.sqrt(level) if sqrt else level)
+
+
+# ---------------------------------------------------------------- path and rate, plain arrays
+
+
+def _layout(images):
+    """(n, H, W, C) -> the kernels' (n, H, C, W) layout, and back."""
+    return np.ascontiguousarray(images.transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("shape", [(9, 6, 3), (8, 8, 1)])
+def test_blurred_rows_are_gaussian_blurs_of_their_images(shape):
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(2, *shape))
+    owners = np.array([0, 0, 1, 1, 1])
+    sigmas = np.array([0.0, 0.7, 1.5, 3.0, 0.2])
+    k_h = gaussian_blur_matrices(shape[0], sigmas)
+    k_w = gaussian_blur_matrices(shape[1], sigmas)
+    points, first_pass = blurred_rows(_layout(images), owners, k_h, k_w)
+    for r, (owner, sigma) in enumerate(zip(owners, sigmas)):
+        expected = ndimage.gaussian_filter(images[owner], [sigma, sigma, 0], mode="constant")
+        np.testing.assert_allclose(points[r].transpose(0, 2, 1), expected, rtol=1e-10,
+                                   atol=1e-12)
+        along_h = ndimage.gaussian_filter1d(images[owner], sigma, axis=0, mode="constant") \
+            if sigma > 0 else images[owner]
+        np.testing.assert_allclose(first_pass[r].transpose(0, 2, 1), along_h, rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_blur_rates_are_the_forward_difference_of_the_blurs():
+    rng = np.random.default_rng(6)
+    shape, step = (10, 7, 2), 0.05
+    images = rng.normal(size=(2, *shape))
+    owners = np.array([0, 1, 1])
+    sigmas = np.array([0.0, 1.2, 2.5])
+    at_h, after_h = (gaussian_blur_matrices(shape[0], s) for s in (sigmas, sigmas + step))
+    at_w, after_w = (gaussian_blur_matrices(shape[1], s) for s in (sigmas, sigmas + step))
+    _, first_pass = blurred_rows(_layout(images), owners, at_h, at_w)
+    rates = blur_rates(_layout(images), owners, first_pass, (after_h - at_h) / step,
+                       (after_w - at_w) / step, after_w)
+
+    def blur(image, sigma):
+        return ndimage.gaussian_filter(image, [sigma, sigma, 0], mode="constant")
+
+    for r, (owner, sigma) in enumerate(zip(owners, sigmas)):
+        expected = (blur(images[owner], sigma + step) - blur(images[owner], sigma)) / step
+        np.testing.assert_allclose(rates[r].transpose(0, 2, 1), expected, rtol=1e-8,
+                                   atol=1e-10)
 
 
 def _by_hand(model, image, target, max_sigma, steps, grad_step=0.01, sqrt=False):

@@ -1,5 +1,6 @@
-"""Guided Backprop: hand-computed guided gradients, the PyTorch ReLU override and its
-restoration, and clear errors where guided gradients are unavailable."""
+"""Guided Backprop: hand-computed guided gradients for every way of writing a ReLU in
+PyTorch, nothing of torch or the model changed, and clear errors where guided gradients
+cannot be computed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from salience.model import GUIDED_INPUT_GRADIENTS, INPUT_OUTPUT_GRADIENTS, Callb
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
+from torch.nn.functional import relu as imported_relu  # noqa: E402
+
 import salience.torch as st  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -47,6 +50,10 @@ class ThreeLayerNet(nn.Module):
             return self.l3(self.relu(self.l2(self.relu(self.l1(x)))))
         if k == "functional":
             return self.l3(torch.relu(self.l2(F.relu(self.l1(x)))))
+        if k == "tensor_method":
+            return self.l3(self.l2(self.l1(x).relu()).relu_())
+        if k == "imported":  # a name bound before any call: no patching could reach it
+            return self.l3(imported_relu(self.l2(imported_relu(self.l1(x)))))
         if k == "functional_inplace":
             h = self.l1(x)
             F.relu(h, inplace=True)  # result unused: only the in-place side effect counts
@@ -81,7 +88,8 @@ def vanilla_by_hand(x: np.ndarray, target: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "kind", ["module", "module_inplace", "functional", "functional_inplace"]
+    "kind", ["module", "module_inplace", "functional", "functional_inplace", "tensor_method",
+             "imported"]
 )
 def test_relu_net_matches_hand_computation(kind):
     model = st.wrap(ThreeLayerNet(kind))
@@ -131,8 +139,9 @@ def test_hardtanh_that_is_not_a_relu_keeps_its_gradient():
 
 def test_model_without_relu_warns_and_relu_model_does_not():
     silu = nn.Sequential(nn.Linear(4, 5), nn.SiLU(), nn.Linear(5, 3))
-    with pytest.warns(RuntimeWarning, match="plain gradient"):
+    with pytest.warns(RuntimeWarning, match="plain gradient") as record:
         salience.GuidedBackprop().explain(st.wrap(silu), X.astype(np.float32), 0)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         salience.GuidedBackprop().explain(st.wrap(ThreeLayerNet("functional")),
@@ -166,65 +175,81 @@ def test_cnn_matches_captum_guided_backprop():
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+class CountingForwards(nn.Module):
+    """Runs ``inner`` and records each forward's rows and whether gradients were on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.forwards: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        self.forwards.append((len(x), torch.is_grad_enabled()))
+        return self.inner(x)
+
+
 def test_batch_equals_one_by_one_and_call_count():
-    model = st.wrap(SmallCNN())
-    calls = []
-    original_run = model._run
-
-    def counting_run(x, targets, keys):
-        calls.append(len(x))
-        return original_run(x, targets, keys)
-
-    model._run = counting_run
+    counting = CountingForwards(SmallCNN())
+    model = st.wrap(counting)
     x = np.random.default_rng(3).normal(size=(5, 3, 8, 8)).astype(np.float32)
     batch = salience.GuidedBackprop(batch_size=2).explain(model, x, 1)
-    assert calls == [2, 2, 1]
+    # one gradient forward per chunk, after one gradient-free probe of one row
+    assert counting.forwards == [(1, False), (2, True), (2, True), (1, True)]
     singles = [salience.GuidedBackprop().explain(model, x[i : i + 1], 1)[0] for i in range(5)]
     np.testing.assert_allclose(batch, np.stack(singles), rtol=1e-5, atol=1e-7)
 
 
 def _functional_originals():
-    return [torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.hardtanh, F.hardtanh_]
+    return [torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.hardtanh, F.hardtanh_,
+            torch.Tensor.relu, torch.Tensor.relu_]
 
 
 def _module_state(net):
     return (
         [(m.training, dict(m._forward_pre_hooks), dict(m._forward_hooks),
-          dict(m._backward_hooks)) for m in net.modules()],
+          dict(m._backward_hooks), dict(m._backward_pre_hooks)) for m in net.modules()],
         [(p.requires_grad, p.grad) for p in net.parameters()],
     )
 
 
-def test_model_and_torch_functions_restored_after_call():
-    net = SmallCNN().train()
-    before_functions = _functional_originals()
-    before = _module_state(net)
-    salience.GuidedBackprop().explain(st.wrap(net), np.ones((1, 3, 8, 8), np.float32), 0)
-    assert _functional_originals() == before_functions
-    assert _module_state(net) == before
-    assert net.training
+class Spy(nn.Module):
+    """A ReLU net that records the relu functions it sees while it runs."""
 
-
-class Exploding(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 3)
-        self.relu = nn.ReLU()
+        self.seen: list[list] = []
+        self.explode = False
 
     def forward(self, x):
-        self.patched_relu = F.relu
-        F.relu(self.relu(self.lin(x)))
-        raise RuntimeError("boom after the ReLUs")
+        self.seen.append(_functional_originals())
+        h = F.relu(self.lin(x))
+        if self.explode and torch.is_grad_enabled():
+            raise RuntimeError("boom after the ReLU")
+        return h
+
+
+@pytest.mark.parametrize("method", [salience.Gradients(), salience.GuidedBackprop()],
+                         ids=["vanilla", "guided"])
+def test_no_call_patches_torch_or_the_model(method):
+    net = SmallCNN().train()
+    before_functions = _functional_originals()
+    before = _module_state(net)
+    method.explain(st.wrap(net), np.ones((1, 3, 8, 8), np.float32), 0)
+    assert _functional_originals() == before_functions
+    assert _module_state(net) == before
+    assert net.training
+    spy = Spy()
+    method.explain(st.wrap(spy), X.astype(np.float32), 0)
+    assert spy.seen and all(seen == before_functions for seen in spy.seen)
 
 
 def test_restored_after_an_exception():
-    net = Exploding()
-    before_functions = _functional_originals()
+    net = Spy().train()
+    net.explode = True
     before = _module_state(net)
     with pytest.raises(RuntimeError, match="boom"):
         salience.GuidedBackprop().explain(st.wrap(net), X.astype(np.float32), 0)
-    assert net.patched_relu is not before_functions[2]  # the override was active
-    assert _functional_originals() == before_functions
     assert _module_state(net) == before
     # Plain torch code afterwards sees ordinary ReLU gradients.
     t = torch.tensor([-1.0, 2.0], requires_grad=True)
@@ -232,17 +257,78 @@ def test_restored_after_an_exception():
     np.testing.assert_array_equal(t.grad.numpy(), [0.0, -4.0])
 
 
-def test_vanilla_call_does_not_patch_anything():
-    seen = []
+def test_plain_gradients_of_one_graph_after_a_guided_call_on_it():
+    # The guided rule belongs to the guided call's autograd graph only.
+    net = ThreeLayerNet("module")
+    model = st.wrap(net)
+    x = X.astype(np.float32)
+    guided = salience.GuidedBackprop().explain(model, x, TARGETS)
+    plain = salience.Gradients().explain(model, x, TARGETS)
+    vanilla = np.stack([vanilla_by_hand(row, t) for row, t in zip(X, TARGETS)])
+    np.testing.assert_allclose(plain, vanilla, rtol=1e-5, atol=1e-5)
+    assert np.abs(guided - plain).max() > 0.1
 
-    class Spy(nn.Module):
-        def forward(self, x):
-            seen.append(F.relu)
-            return F.relu(x)
 
-    original = F.relu
-    salience.Gradients().explain(st.wrap(Spy()), X.astype(np.float32), 0)
-    assert seen == [original]
+class Hidden(nn.Module):
+    """Runs a module it does not register as a child (as salience.loading does for
+    torch.export graphs), so only the call itself can show what runs."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", inner)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_torch_export_graph_gets_the_guided_rule():
+    net = ThreeLayerNet("module_inplace").eval()
+    example = torch.tensor(X[:2], dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch},)).module()
+    maps = salience.GuidedBackprop().explain(st.wrap(Hidden(exported)), X.astype(np.float32),
+                                             TARGETS)
+    expected = np.stack([guided_by_hand(x, t) for x, t in zip(X, TARGETS)])
+    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-5)
+
+
+_NO_SCRIPT_DEPRECATION = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
+
+
+def _fused_script(net):
+    for p in net.parameters():
+        p.requires_grad_(False)
+    scripted = torch.jit.script(net)
+    for _ in range(3):  # the profiling executor fuses the graph after its first runs
+        scripted(torch.ones(2, 4, requires_grad=True))
+    return scripted
+
+
+@_NO_SCRIPT_DEPRECATION
+def test_torchscript_and_compiled_modules_are_refused_before_running():
+    x = X.astype(np.float32)
+    for module, name in ((_fused_script(ThreeLayerNet("module")), "TorchScript"),
+                         (torch.compile(ThreeLayerNet("module")), "torch.compile")):
+        counting = CountingForwards(module)
+        with pytest.raises(ValueError, match=f"Guided Backprop cannot change the ReLU backward "
+                                             f"rule.*{name}"):
+            st.wrap(counting)(x, TARGETS, [GUIDED_INPUT_GRADIENTS])
+        assert counting.forwards == []
+    counting = CountingForwards(_fused_script(ThreeLayerNet("module")))
+    with pytest.raises(ValueError, match="TorchScript"):
+        salience.GuidedBackprop().explain(st.wrap(counting), x, 0)
+    assert all(not with_grad for _, with_grad in counting.forwards)  # only the shape probe
+
+
+@_NO_SCRIPT_DEPRECATION
+def test_relus_hidden_in_a_fused_graph_give_a_clear_error():
+    model = st.wrap(Hidden(_fused_script(ThreeLayerNet("module"))))
+    with pytest.raises(ValueError, match="cannot reach the ReLUs inside a TorchScript graph"):
+        salience.GuidedBackprop().explain(model, X.astype(np.float32), 0)
+    plain = salience.Gradients().explain(model, X.astype(np.float32), TARGETS)
+    vanilla = np.stack([vanilla_by_hand(row, t) for row, t in zip(X, TARGETS)])
+    np.testing.assert_allclose(plain, vanilla, rtol=1e-5, atol=1e-5)
 
 
 def test_input_not_modified():
@@ -286,7 +372,7 @@ def test_adapter_without_guided_support_refuses_before_running():
     class NoGuided(FrameworkModel):
         ran = False
 
-        def _run(self, x, targets, keys):
+        def _run(self, x, targets, kind):
             NoGuided.ran = True
             return {}
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import salience
-import salience.methods.guided_ig as G
+from salience.methods.guided_ig.selection import (
+    SAMPLE_SIZE,
+    SAMPLED_SELECT_MIN,
+    StepTarget,
+    advance_rows,
+    kth_smallest,
+)
 from salience.model import INPUT_OUTPUT_GRADIENTS
 
 TARGETS = np.array([0, 1, 2])
@@ -180,7 +186,85 @@ def test_uniform_baseline_follows_the_seed(analytic, images):
     assert not np.allclose(run(7), run(8))
 
 
-# ------------------------------------------------ long rows: sampled selection, two halves
+# ------------------------------------------------ the selection kernels, on plain arrays
+
+
+def _reference_step(t, weights, abs_grad, step, steps, fraction, max_dist):
+    """One guided step of one row, written out plainly (positions t in [0, 1]).
+
+    Trailing features catch up with the band's lower edge; then, until the L1
+    distance left is (1 - (step + 1) / steps) of the total, the features
+    below the row's 'lower' fraction-quantile of |gradient| (features at the
+    upper edge count as +inf) move to the upper edge, or part of the way
+    when that is enough.
+    """
+    t = t.copy()
+    alpha = (step + 1) / steps
+    lower, upper = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
+    total = float(np.sum(weights))
+    target = total * (1 - (step + 1) / steps)
+    t = np.maximum(t, lower)
+    k = int(np.floor((len(t) - 1) * fraction))
+    for _ in range(len(t) + 2):
+        left = total - float(np.dot(weights, t))
+        if abs(target - left) <= max(1e-9 * max(abs(target), abs(left)), 1e-9):
+            break
+        free = t < upper
+        ranked = sorted(g if f else np.inf for g, f in zip(abs_grad, free))
+        chosen = free & (abs_grad <= ranked[k])
+        room = np.where(chosen, upper - t, 0.0)
+        movable = float(np.dot(weights, room))
+        if movable <= 0 or (left - target) / movable <= 0:
+            break
+        gamma = (left - target) / movable
+        if gamma <= 1:
+            return t + gamma * room
+        t = np.where(chosen, upper, t)
+    return t
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fraction, max_dist", [(0.25, 0.02), (0.1, 0.3), (0.5, 1.0),
+                                                (1.0, 0.0)])
+def test_advance_rows_equals_one_row_at_a_time_written_out(seed, fraction, max_dist):
+    rng = np.random.default_rng(seed)
+    n_rows, features, steps = 4, 50, 7
+    weights = np.abs(rng.normal(size=(n_rows, features)))
+    weights[:, :3] = 0.0  # features with no way to go
+    t = np.where(weights == 0, 1.0, 0.0)
+    expected = t.copy()
+    k = int(np.floor((features - 1) * fraction))
+    for step in range(steps):
+        abs_grad = np.abs(rng.normal(size=(n_rows, features)))
+        abs_grad[:, 5] = abs_grad[:, 6]  # a tie
+        target = StepTarget.of(step, steps, max_dist)
+        advance_rows(t, weights, abs_grad.copy(), target, k)
+        for r in range(n_rows):
+            expected[r] = _reference_step(expected[r], weights[r], abs_grad[r], step, steps,
+                                          fraction, max_dist)
+        np.testing.assert_allclose(t, expected, rtol=1e-12, atol=1e-12)
+        left = (weights * (1 - t)).sum(axis=1)
+        np.testing.assert_allclose(left, weights.sum(axis=1) * target.l1_left, rtol=1e-9,
+                                   atol=1e-9)
+    np.testing.assert_allclose(t, 1.0, atol=1e-12)  # the last step ends at the input
+
+
+def test_advance_rows_keeps_rows_inside_the_band_and_never_moves_back():
+    rng = np.random.default_rng(9)
+    weights = np.abs(rng.normal(size=(3, 40)))
+    t = rng.uniform(0.0, 0.2, size=(3, 40))
+    before = t.copy()
+    target = StepTarget.of(2, 10, 0.05)  # band [0.25, 0.35], 70% of the way left
+    advance_rows(t, weights, np.abs(rng.normal(size=(3, 40))), target, 9)
+    assert (t >= before).all() and (t >= target.lower).all() and (t <= target.upper).all()
+
+
+def test_step_target_of_a_step():
+    target = StepTarget.of(3, 10, 0.02)
+    assert (target.lower, target.upper) == (pytest.approx(0.38), pytest.approx(0.42))
+    assert target.l1_left == pytest.approx(0.6)
+    assert StepTarget.of(9, 10, 0.5) == StepTarget(0.5, 1.0, 0.0)
+
 
 def _long_row_values(rng, features, kind):
     values = np.abs(rng.standard_normal(features)).astype(np.float32)
@@ -189,7 +273,7 @@ def _long_row_values(rng, features, kind):
     elif kind == "limits":  # features at their limit rank as +inf
         values[rng.random(features) < 0.6] = np.inf
     elif kind == "misleading sample":  # every sampled position holds the minimum
-        values[:: features // G._SAMPLE] = 0.0
+        values[:: features // SAMPLE_SIZE] = 0.0
     return values
 
 
@@ -197,36 +281,59 @@ def _long_row_values(rng, features, kind):
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.25, 0.5, 0.99, 1.0])
 def test_kth_smallest_is_numpys_partition(kind, fraction):
     rng = np.random.default_rng(len(kind))
-    features = G._SAMPLED_SELECT_MIN + 123
+    features = SAMPLED_SELECT_MIN + 123
     values = np.stack([_long_row_values(rng, features, kind) for _ in range(3)])
     k = int(np.floor((features - 1) * fraction))
     kept = values.copy()
-    below, window = np.empty(values.shape, bool), np.empty(features, bool)
-    kth = G._kth_smallest(values, k, below, window)
+    kth = kth_smallest(values, k)
     np.testing.assert_array_equal(kth[:, 0], np.partition(kept, k, axis=1)[:, k])
     np.testing.assert_array_equal(values, kept)  # the ranking is left for the caller
 
 
-def test_long_rows_walk_in_two_halves_with_the_same_maps(model_classes, monkeypatch):
+@pytest.mark.parametrize("features", [7, 1000])
+def test_kth_smallest_of_short_rows(features):
+    values = np.random.default_rng(features).normal(size=(4, features))
+    k = features // 3
+    expected = np.partition(values, k, axis=1)[:, k]
+    np.testing.assert_array_equal(kth_smallest(values, k)[:, 0], expected)
+
+
+# ------------------------------------------------ long rows: the walk in two halves
+
+
+def test_long_rows_walk_in_two_halves_with_the_same_maps(model_classes):
     # 3 rows of 160 x 160 x 3 exceed one group each: two halves alternate with the
-    # model, the selection of one on a helper thread while the model runs the other.
+    # model, each step one call per half; the maps equal one input at a time.
     shape = (160, 160, 3)
     model = model_classes[0](shape=shape, seed=2)
     x = np.random.default_rng(1).normal(size=(3, *shape))
     targets = np.array([0, 1, 2])
     method = salience.GuidedIG(steps=6, batch_size=8)
-    selecting, advance = set(), G._advance
-    monkeypatch.setattr(G, "_advance", lambda *a: (
-        selecting.add(threading.current_thread() is threading.main_thread()), advance(*a)))
     batch = method.explain(model, x, targets)
-    assert selecting == {False}  # every selection ran beside the model
-    assert model.calls == 6 * 2  # each step: one call per half
+    assert model.calls == 6 * 2
     assert model.rows == 6 * 3
     for i in range(3):
         single = method.explain(model, x[i : i + 1], targets[i : i + 1])
         np.testing.assert_allclose(batch[i], single[0], rtol=1e-12, atol=1e-15)
     gap = model.score(x, targets) - model.score(np.zeros_like(x), targets)
     np.testing.assert_allclose(batch.reshape(3, -1).sum(axis=1), gap, rtol=0.1)
+
+
+@pytest.mark.threading
+@pytest.mark.parametrize("shape, beside", [((160, 160, 3), True), ((8, 8, 3), False)])
+def test_only_long_rows_select_on_a_helper_thread(model_classes, shape, beside):
+    inner = model_classes[0](shape=shape, seed=2)
+    helpers_seen = []
+
+    def model(x, targets, keys):
+        helpers_seen.append(any(t.name.startswith("salience-guided-ig")
+                                for t in threading.enumerate()))
+        return inner(x, targets, keys)
+
+    x = np.random.default_rng(1).normal(size=(2, *shape))
+    salience.GuidedIG(steps=4).explain(model, x, [0, 1])
+    assert any(helpers_seen) == beside
+    assert not any(t.name.startswith("salience") for t in threading.enumerate())
 
 
 def test_error_in_the_second_half_surfaces_and_stops_the_walk():

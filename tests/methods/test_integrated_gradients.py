@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -180,3 +181,32 @@ def test_several_uniform_baselines_are_different_draws(images):
 def test_bad_seed_is_rejected_when_the_method_is_built(build):
     with pytest.raises(TypeError, match="seed must be None, an int"):
         build("abc")
+
+
+_PATH_METHODS = {
+    "IntegratedGradients": lambda b: salience.IntegratedGradients(steps=3, baseline=b),
+    "GuidedIG": lambda b: salience.GuidedIG(steps=3, baseline=b),
+    "XRAI": lambda b: salience.XRAI(steps=3, baselines=[b]),
+}
+
+
+@pytest.mark.parametrize("name", list(_PATH_METHODS))
+@pytest.mark.parametrize("baseline", [
+    0.5 + 0j,
+    np.zeros((8, 8, 3), dtype=np.complex64),
+    lambda x: x * (1 + 1j),
+], ids=["scalar", "array", "callable"])
+def test_complex_baselines_are_refused_like_complex_inputs(name, baseline, analytic, images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way: refused, not truncated
+        with pytest.raises(TypeError, match="baseline must be real, got dtype complex"):
+            _PATH_METHODS[name](baseline).explain(analytic, images, 0)
+        with pytest.raises(TypeError, match="x must be real, got dtype complex"):
+            _PATH_METHODS[name](None).explain(analytic, images.astype(np.complex128), 0)
+    assert analytic.calls == 0
+
+
+def test_complex_inputs_are_refused_by_blur_ig(analytic, images):
+    with pytest.raises(TypeError, match="x must be real, got dtype complex"):
+        salience.BlurIG(steps=3).explain(analytic, images + 0j, 0)
+    assert analytic.calls == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -11,14 +12,15 @@ from skimage.morphology import dilation, disk
 from skimage.transform import resize
 
 import salience
+from salience import runtime
 from salience.methods.xrai import (
+    FELZENSZWALB_SCALES,
     SegmentMasks,
     XRAIResult,
-    _dilate,
-    _nearest_index_maps,
     felzenszwalb_masks,
     xrai_regions,
 )
+from salience.methods.xrai.segments import dilate, nearest_index_maps
 from salience.model import INPUT_OUTPUT_GRADIENTS
 
 
@@ -63,7 +65,7 @@ def test_nearest_index_maps_equal_skimage_resize(shape):
     labels = np.random.default_rng(0).integers(0, 500, size=(224, 224))
     expected = resize(labels, shape, order=0, preserve_range=True, mode="constant",
                       anti_aliasing=False).astype(int)
-    rmap, cmap = _nearest_index_maps((224, 224), shape)
+    rmap, cmap = nearest_index_maps((224, 224), shape)
     np.testing.assert_array_equal(labels[rmap[:, None], cmap[None, :]], expected)
 
 
@@ -71,7 +73,7 @@ def test_nearest_index_maps_equal_skimage_resize(shape):
 def test_bbox_dilation_equals_disk_dilation(shape):
     rng = np.random.default_rng(2)
     mask = rng.random(shape) > 0.9
-    np.testing.assert_array_equal(_dilate(mask), dilation(mask, footprint=disk(5)))
+    np.testing.assert_array_equal(dilate(mask), dilation(mask, footprint=disk(5)))
 
 
 def test_felzenszwalb_masks_are_full_image_dilated_labels():
@@ -85,29 +87,50 @@ def test_felzenszwalb_masks_are_full_image_dilated_labels():
         np.testing.assert_array_equal(np.flatnonzero(full), np.sort(masks.pixel_ids(i)))
 
 
-def test_caller_runs_the_scales_no_worker_started_each_exactly_once(monkeypatch):
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+def _as_user_segments(masks):
+    return [masks.full(i) for i in range(len(masks))]
 
-    import salience.methods.xrai as xrai_module
 
-    image = np.random.default_rng(5).random((48, 40, 3))
-    expected = felzenszwalb_masks(image)  # serial, no executor
-    ran, original = [], xrai_module._one_scale
+@pytest.fixture
+def counted_felzenszwalb(monkeypatch):
+    """Count Felzenszwalb segmentations (skimage's public function, wrapped)."""
+    import skimage.segmentation
 
-    def recording(small, scale, shape, maps):
-        ran.append((scale, threading.get_ident()))
-        return original(small, scale, shape, maps)
+    calls, original = [], skimage.segmentation.felzenszwalb
 
-    monkeypatch.setattr(xrai_module, "_one_scale", recording)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        jobs = xrai_module._submit_segmentation(image, pool)
-        parts = [job() for job in reversed(jobs)][::-1]
-    got = xrai_module.SegmentMasks.concatenate(parts)
-    assert sorted(s for s, _ in ran) == sorted(xrai_module.FELZENSZWALB_SCALES)
-    assert threading.get_ident() in {ident for _, ident in ran}
-    np.testing.assert_array_equal(got.boxes, expected.boxes)
-    for a, b in zip(got.crops, expected.crops):
+    def counting(image, **kwargs):
+        calls.append(kwargs["scale"])
+        return original(image, **kwargs)
+
+    monkeypatch.setattr(skimage.segmentation, "felzenszwalb", counting)
+    return calls
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 8])
+def test_segmenting_beside_ig_equals_the_serial_masks_each_scale_once(
+        cores, monkeypatch, counted_felzenszwalb):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: cores)
+    x = smooth_images(3, 48, 40)
+    attr = smooth_attr(x.shape)
+    got = salience.XRAI(min_pixel_diff=1).explain_with_details(no_model, x, attributions=attr)
+    assert sorted(counted_felzenszwalb) == sorted(FELZENSZWALB_SCALES * 3)  # each once
+    serial = [_as_user_segments(felzenszwalb_masks(image)) for image in x]
+    expected = salience.XRAI(min_pixel_diff=1, segments=serial).explain_with_details(
+        no_model, x, attributions=attr)
+    np.testing.assert_array_equal(got.maps, expected.maps)
+    np.testing.assert_array_equal(got.ranks, expected.ranks)
+
+
+def test_felzenszwalb_masks_are_those_of_each_scale_in_order():
+    from salience.methods.xrai.segments import masks_at_scale, shrink_for_segmentation
+
+    image = smooth_images(1, 40, 52)[0]
+    small = shrink_for_segmentation(image)
+    parts = [masks_at_scale(small, scale) for scale in FELZENSZWALB_SCALES]
+    whole = felzenszwalb_masks(image)
+    assert len(whole) == sum(len(p) for p in parts)
+    np.testing.assert_array_equal(whole.boxes, np.concatenate([p.boxes for p in parts]))
+    for a, b in zip(whole.crops, [c for p in parts for c in p.crops]):
         np.testing.assert_array_equal(a, b)
 
 
@@ -394,22 +417,26 @@ def test_uniform_baseline_follows_the_seed(AnalyticModel):  # noqa: N803 - the c
 
 
 
-def test_a_failing_model_drops_the_queued_segmentation(monkeypatch):
-    import salience.methods.xrai as xrai_module
+@pytest.mark.threading
+def test_a_failing_model_drops_the_queued_segmentation(monkeypatch, counted_felzenszwalb):
+    # One segmentation worker; its first scale holds until the model has failed, so
+    # the run must stop with the 4 x 6 queued scales dropped, not finish them first.
+    import skimage.segmentation
 
-    ran, original = [], xrai_module._one_scale
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    failed, counting = threading.Event(), skimage.segmentation.felzenszwalb
 
-    def counting(small, scale, shape, maps):
-        ran.append(scale)
-        return original(small, scale, shape, maps)
+    def held(image, **kwargs):
+        failed.wait(timeout=30)
+        return counting(image, **kwargs)
 
     def broken(x, targets, keys):
+        failed.set()
         raise RuntimeError("model failed")
 
-    monkeypatch.setattr(xrai_module, "_one_scale", counting)
-    monkeypatch.setattr(xrai_module.runtime, "usable_cores", lambda: 2)  # one segmentation worker
+    monkeypatch.setattr(skimage.segmentation, "felzenszwalb", held)
     images = np.random.default_rng(6).random((4, 64, 64, 3))
     with pytest.raises(RuntimeError, match="model failed"):
         salience.XRAI(steps=2).explain(broken, images, targets=0)
-    # 4 images x 6 scales were queued; the one worker finished at most what it had started.
-    assert len(ran) < 4 * len(xrai_module.FELZENSZWALB_SCALES)
+    assert len(counted_felzenszwalb) <= 1  # at most the scale the worker had started
+    assert not any(t.name.startswith("salience") for t in threading.enumerate())

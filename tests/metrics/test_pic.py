@@ -85,24 +85,58 @@ def test_compute_pic_metric_matches_reference(gray, keep_monotonous):
         np.testing.assert_array_equal(a, b)
 
 
-def test_pred_func_gets_batches_not_single_images():
+def test_batch_size_extension_batches_the_thresholded_images():
     img = _image(seed=4)
     calls: list[int] = []
     np.random.seed(1)
     mask = pic.generate_random_mask(32, 32)
     result = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img, calls),
                                     THRESHOLDS, min_pred_value=0.5, batch_size=4)
-    # original + fully blurred first, then the 9 thresholds in chunks of <= 4
-    assert calls == [2, 4, 4, 1]
-    one_by_one = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img),
-                                        THRESHOLDS, min_pred_value=0.5, batch_size=1,
-                                        n_jobs=1)
+    # the original, the fully blurred image, then the 9 thresholds in chunks of <= 4
+    assert calls == [1, 1, 4, 4, 1]
+    calls.clear()
+    one_by_one = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img, calls),
+                                        THRESHOLDS, min_pred_value=0.5, n_jobs=1)
+    assert calls == [1] * (2 + len(THRESHOLDS))  # PAIR's calls by default
     np.testing.assert_allclose(result.curve_y, one_by_one.curve_y, rtol=1e-12)
     assert result.auc == pytest.approx(one_by_one.auc, rel=1e-12)
     threaded = pic.compute_pic_metric(img, _saliency(img, 2), mask, _pred_func(img),
                                       THRESHOLDS, min_pred_value=0.5, batch_size=3, n_jobs=3)
     assert threaded.auc == result.auc
     for a, b in zip(threaded.blurred_images, one_by_one.blurred_images):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+@pytest.mark.parametrize("case", ["curve", "original below min_pred_value", "blurred not lower"])
+def test_pred_func_is_called_as_pair_calls_it(case, gray):
+    img = _image(seed=4, gray=gray)
+    np.random.seed(1)
+    mask = pic.generate_random_mask(32, 32)
+    score = {"curve": _pred_func(img),
+             "original below min_pred_value": _pred_func(img),
+             "blurred not lower": lambda batch: [0.9] * len(batch)}[case]
+    min_pred_value = 1.5 if case == "original below min_pred_value" else 0.5
+    records = []
+    for compute in (pic.compute_pic_metric, _reference):
+        seen = []
+
+        def pred_func(batch, seen=seen):
+            seen.append(np.array(batch))
+            return score(batch)
+
+        try:
+            compute(img, _saliency(img, 2), mask, pred_func, THRESHOLDS,
+                    min_pred_value=min_pred_value, num_data_points=20)
+        except (ref_pic.ComputePicMetricError, pic.ComputePicMetricError):
+            assert case != "curve"
+        records.append(seen)
+    ours, reference = records
+    assert len(ours) == len(reference) == {"curve": 2 + len(THRESHOLDS),
+                                           "original below min_pred_value": 1,
+                                           "blurred not lower": 2}[case]
+    for a, b in zip(ours, reference):
+        assert a.shape == b.shape == (1, *img.shape) and a.dtype == b.dtype == np.uint8
         np.testing.assert_array_equal(a, b)
 
 
@@ -204,7 +238,7 @@ def test_skipped_images_raise_compute_pic_metric_error():
     with pytest.raises(pic.ComputePicMetricError, match="min_pred_value"):
         pic.compute_pic_metric(img, _saliency(img, 0), mask,
                                lambda b: calls.append(len(b)) or [0.1] * len(b), THRESHOLDS)
-    assert calls == [2]  # skipped after one call
+    assert calls == [1]  # skipped after the original, before the blurred image
     with pytest.raises(pic.ComputePicMetricError, match="fully blurred"):
         pic.compute_pic_metric(img, _saliency(img, 0), mask, lambda b: [0.9] * len(b),
                                THRESHOLDS)
@@ -226,15 +260,24 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="random_mask has shape"):
         pic.compute_pic_metric(img, smap, mask[:, :5], f, THRESHOLDS)
     with pytest.raises(TypeError, match="random_mask must be a boolean"):
-        pic.compute_pic_metric(img, smap, mask.astype(int), f, THRESHOLDS)
+        pic.compute_pic_metric(img, smap, mask.astype(str), f, THRESHOLDS)
+    twos = mask.astype(int)
+    twos[2, 3] = 2
+    with pytest.raises(ValueError, match=r"random_mask must hold only 0 and 1.*2 at \(2, 3\)"):
+        pic.compute_pic_metric(img, smap, twos, f, THRESHOLDS)
+    with pytest.raises(ValueError, match=r"pixel_mask must hold only 0 and 1.*0.5"):
+        pic.create_blurred_image(img, np.full((32, 32), 0.5))
     with pytest.raises(ValueError, match="saliency_thresholds"):
         pic.compute_pic_metric(img, smap, mask, f, [0.1, 1.5])
     with pytest.raises(ValueError, match="saliency_thresholds"):
         pic.compute_pic_metric(img, smap, mask, f, [])
     with pytest.raises(ValueError, match="non-finite"):
         pic.compute_pic_metric(img, smap, mask, lambda b: [np.nan] * len(b), THRESHOLDS)
-    with pytest.raises(ValueError, match="OUTPUT_LAYER_VALUES"):
-        pic.compute_pic_metric(img, smap, mask, lambda b: [0.9], THRESHOLDS)
+    with pytest.raises(ValueError, match=r"pred_func returned predictions of shape \(2,\) for 1"):
+        pic.compute_pic_metric(img, smap, mask, lambda b: [0.9, 0.8], THRESHOLDS)
+    with pytest.raises(ValueError, match=r"shape \(1,\) for 4 image"):
+        pic.compute_pic_metric(img, smap, mask, lambda b: f(b)[:1], THRESHOLDS,
+                               min_pred_value=0.5, batch_size=4)
     with pytest.raises(ValueError, match="fraction"):
         pic.generate_random_mask(4, 4, fraction=2.0)
     with pytest.raises(ValueError, match="n_jobs"):

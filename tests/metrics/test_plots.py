@@ -26,6 +26,10 @@ def test_plot_curves_insertion_deletion_and_pic(tmp_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["perfect (AUC 1.500)", "random (AUC 1.500)"]
     assert ax.get_xlabel() == "fraction of pixels deleted"
+    assert ax.get_ylabel() == "class probability"
+    raw = idl.CurveResult("insertion", np.array([0.0, 1.0]), np.ones((1, 2)), np.ones(1),
+                          score="output")
+    assert plots.plot_curves(raw).axes[0].get_ylabel() == "model output"
     agg = pic.AggregateMetricResult(np.linspace(0, 1, 5), np.linspace(0, 1, 5) ** 2, 0.34)
     fig2 = plots.plot_curves(agg)
     assert fig2.axes[0].get_legend().get_texts()[0].get_text() == "PIC (AUC 0.340)"
@@ -51,3 +55,22 @@ def test_plot_bad_inputs():
         plots.plot_curves({})
     with pytest.raises(TypeError, match="SanityResult"):
         plots.plot_sanity(_curve())
+
+
+@pytest.mark.parametrize("layers", [["fc", "conv"],
+                                    [f"features.{i}.block.0" for i in range(12)],
+                                    [f"encoder.layers.{i}.attention.output.dense"
+                                     for i in range(30)]])
+def test_plot_sanity_labels_fit_in_the_figure(layers):
+    k = len(layers)
+    result = sanity.SanityResult(layers, True, np.full((k, 2), 0.5), np.full((k, 2), 0.4),
+                                 np.full((k, 2), 0.3))
+    fig = plots.plot_sanity(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    inside = fig.bbox.padded(0.5)
+    for text in [ax.yaxis.label, ax.xaxis.label, *ax.get_xticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (
+            f"{text.get_text()!r} is cut off: {box} outside {fig.bbox}")

@@ -205,8 +205,11 @@ def test_bad_constructor_arguments(dense):
         ours.GradientSaliency(graph, session, foreign, x)
     with graph.as_default():
         unrelated = v1.placeholder(tf.float32, [None], name="unrelated")
-    with pytest.raises(ValueError, match="does not depend on x"):
-        ours.GradientSaliency(graph, session, unrelated, x)
+    counting = CountingSession(session, x)
+    method = ours.GradientSaliency(graph, counting, unrelated, x)  # builds, as PAIR's does
+    with pytest.raises(ValueError, match=r"y \(unrelated:0\) does not depend on x \(x:0\)"):
+        method.GetMask(X[0])
+    assert counting.rows == []  # refused before the session runs
     with pytest.raises(TypeError, match="feed_dict"):
         ours.GradientSaliency(graph, session, y, x).GetMask(X[0], feed_dict=[1, 2])
     with pytest.raises(ValueError, match="batch_size"):
@@ -285,3 +288,18 @@ def test_user_subclass_of_tf1_core_saliency_gets_call_model_function(dense):
 
     mask = Halved(graph, session, y, x).GetMask(X[0], {scale: 1.0})
     np.testing.assert_allclose(mask, vanilla_by_hand(X[0], 2) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_guided_refuses_relus_inside_a_called_function():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        hidden_relu = tf.function(tf.nn.relu)  # a PartitionedCall op in the graph
+        y = tf.reduce_sum(hidden_relu(tf.matmul(x, tf.constant(W1, tf.float32))), axis=1)
+        session = v1.Session(graph=graph)
+    with session:
+        model = ours.wrap(graph, session, y, x)
+        with pytest.raises(ValueError, match="cannot reach the ReLUs inside .*PartitionedCall"):
+            salience.GuidedBackprop().explain(model, X)
+        plain = salience.Gradients().explain(model, X)
+    np.testing.assert_allclose(plain, (X @ W1 > 0) @ W1.T, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,6 @@ import pytest  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 ref = pytest.importorskip("saliency.tf1")
-import salience.core  # noqa: E402
 import salience.tf1 as ours  # noqa: E402
 
 v1 = tf.compat.v1
@@ -165,30 +164,9 @@ def test_fixed_batch_graph_runs_when_batches_fit(fixed_batch_net):
     assert_same(got, expected)
 
 
-class _QuantileShim:
-    """numpy for PAIR's guided_ig module, with numpy 1's quantile(interpolation=...)."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def quantile(a, q, *args, interpolation=None, **kwargs):
-        if interpolation is not None:
-            kwargs["method"] = interpolation
-        return np.quantile(a, q, *args, **kwargs)
-
-
 @pytest.mark.parametrize("name", ["GuidedIG", "XRAI"])
-def test_guided_ig_and_xrai(net, name, monkeypatch):
+def test_guided_ig_and_xrai(net, name, pair_guided_ig_on_numpy2):
     graph, session, y, x, _, image = net
-    if not hasattr(salience.core, name):
-        with pytest.raises(NotImplementedError, match=f"salience.core.{name}"):
-            getattr(ours, name)(graph, session, y, x)
-        return
-    import saliency.core.guided_ig
-
-    # PAIR 0.2.1 calls np.quantile(interpolation=...), removed in numpy 2.
-    monkeypatch.setattr(saliency.core.guided_ig, "np", _QuantileShim())
     if name == "GuidedIG":
         kwargs = {"x_steps": 10, "max_dist": 0.1}
     else:

@@ -1,8 +1,11 @@
 """Drop-in replacement for PAIR ``saliency.core``: ``import salience.core as saliency``.
 
-Same classes, methods, arguments, defaults and constants as ``saliency==0.2.1``
-and the same numbers on the same inputs; the work is done by the batch-first
-methods of :mod:`salience`.
+Same classes, methods, arguments, defaults and constants as ``saliency==0.2.1``,
+the same calls to ``call_model_function`` (rows per call, order, keys) and the
+same numbers on the same inputs; the work is done by the batch-first methods
+of :mod:`salience`.  ``Occlusion.GetMask(..., batch_size=n)`` is a salience
+extension that sends up to ``n`` rows per call; the batch-first API
+(``salience.Occlusion``, ``salience.SmoothGrad``, ...) packs rows freely.
 """
 
 from ..visualize import visualize_image_diverging as VisualizeImageDiverging

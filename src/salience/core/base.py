@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int
 from ..methods.base import Method
-from ..methods.smoothgrad import SmoothGrad
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -26,15 +26,8 @@ __all__ = [
     "INPUT_OUTPUT_GRADIENTS",
     "OUTPUT_LAYER_VALUES",
     "SHAPE_ERROR_MESSAGE",
+    "smooth_get_mask",
 ]
-
-
-def batched(get_mask):
-    """Mark a facade ``GetMask`` as backed by a batch-first method, so that
-    ``GetSmoothedMask`` may batch its noise samples (a user override of
-    ``GetMask`` is not marked and keeps PAIR's one-call-per-sample loop)."""
-    get_mask._salience_batched = True
-    return get_mask
 
 
 class CoreSaliency:
@@ -44,8 +37,8 @@ class CoreSaliency:
     call_model_args=None, ...)`` for one input ``x_value`` (no batch axis).
     ``call_model_function(x_batch, call_model_args=None, expected_keys=None)``
     is PAIR's callback; see :class:`salience.model.Model` for the meaning of
-    the keys.  A subclass that only defines ``GetMask`` gets a working
-    ``GetSmoothedMask``.
+    the keys.  Every method calls the callback as PAIR ``saliency==0.2.1``
+    does: the same rows per call, in the same order, with the same keys.
     """
 
     def GetMask(self, x_value, call_model_function, call_model_args=None):
@@ -61,43 +54,61 @@ class CoreSaliency:
         magnitude=True,
         **kwargs,
     ):
-        """SmoothGrad over this method (see :class:`salience.SmoothGrad`).
+        """SmoothGrad over ``GetMask``: one ``GetMask`` call per noisy sample, as in PAIR.
 
-        Noise comes from the global ``np.random`` in PAIR's order, so
-        ``np.random.seed(k)`` beforehand gives PAIR's numbers.  Built-in methods
-        send all samples' rows to the model together in chunks of their
-        ``batch_size``.
+        ``kwargs`` go to ``GetMask``.  See :func:`smooth_get_mask` for the
+        noise and the result; :class:`salience.SmoothGrad` is the batch-first
+        form that packs the rows of all samples into shared model calls.
         """
-        if getattr(type(self).GetMask, "_salience_batched", False):
-            method = self._method(**kwargs)
-            smooth = SmoothGrad(method, nsamples, stdev_spread, magnitude,
-                                seed=np.random.mtrand._rand)
-            return run_method(smooth, x_value, call_model_function, call_model_args)
-        return self._smooth_by_get_mask(
-            x_value, call_model_function, call_model_args, stdev_spread, nsamples, magnitude,
-            kwargs,
+        return smooth_get_mask(
+            lambda noisy: self.GetMask(noisy, call_model_function, call_model_args, **kwargs),
+            x_value, stdev_spread, nsamples, magnitude,
         )
-
-    def _smooth_by_get_mask(self, x_value, call_model_function, call_model_args, stdev_spread,
-                            nsamples, magnitude, kwargs):
-        # A user's own GetMask: one call per noisy sample, as PAIR does.
-        nsamples = check_positive_int(nsamples, "nsamples")
-        stdev = check_nonnegative(stdev_spread, "stdev_spread") * (
-            np.max(x_value) - np.min(x_value)
-        )
-        total = np.zeros_like(x_value, dtype=np.float32)
-        for _ in range(nsamples):
-            noisy = x_value + np.random.normal(0, stdev, x_value.shape)
-            mask = self.GetMask(noisy, call_model_function, call_model_args, **kwargs)
-            total += mask * mask if magnitude else mask
-        return total / nsamples
-
-    def _method(self, **kwargs) -> Method:
-        raise NotImplementedError
 
     def format_and_check_call_model_output(self, output, input_shape, expected_keys):
         """Check a callback's output shapes (PAIR's helper, kept for subclasses)."""
         output.update(check_outputs(output, tuple(input_shape), expected_keys))
+
+
+def smooth_get_mask(
+    get_mask: Callable[[np.ndarray], Any],
+    x_value: Any,
+    stdev_spread: float,
+    nsamples: int,
+    magnitude: bool,
+) -> np.ndarray:
+    """PAIR's SmoothGrad loop over a one-input ``get_mask``, for both facades.
+
+    Sample after sample, Gaussian noise of standard deviation ``stdev_spread *
+    (max(x) - min(x))`` is drawn from the global ``np.random`` and
+    ``get_mask(x_value + noise)`` is called, so ``np.random.seed(k)`` gives
+    PAIR's numbers and a ``get_mask`` that draws random numbers itself sees
+    PAIR's stream.  The (squared, if ``magnitude``) masks are averaged in
+    float64; masks may have any shape (2-D maps of 3-D inputs too).  The
+    result has the masks' floating dtype, at least float32.
+
+    Unlike :class:`salience.SmoothGrad`, which draws all noise first and sends
+    every sample's rows to the model together, this keeps PAIR's calls.
+    """
+    nsamples = check_positive_int(nsamples, "nsamples")
+    stdev_spread = check_nonnegative(stdev_spread, "stdev_spread")
+    x_value = np.asarray(x_value)
+    stdev = stdev_spread * (np.max(x_value) - np.min(x_value))
+
+    def sample() -> tuple[np.ndarray, np.ndarray]:
+        mask = np.asarray(get_mask(x_value + np.random.normal(0, stdev, x_value.shape)))
+        return mask, (mask * mask if magnitude else mask).astype(np.float64)
+
+    first, total = sample()
+    for _ in range(nsamples - 1):
+        _, term = sample()
+        if term.shape != total.shape:
+            raise ValueError(
+                f"GetMask returned masks of shape {total.shape} and then {term.shape} for "
+                f"noisy copies of one input of shape {x_value.shape}; it must return one shape"
+            )
+        total += term
+    return (total / nsamples).astype(np.result_type(first.dtype, np.float32))
 
 
 def run_method(method: Method, x_value: Any, call_model_function, call_model_args) -> np.ndarray:

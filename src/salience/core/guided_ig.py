@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..methods.guided_ig import GuidedIG as _GuidedIG
-from .base import CoreSaliency, batched, run_method
+from .base import CoreSaliency, run_method
 
 __all__ = ["GuidedIG"]
 
@@ -19,15 +19,10 @@ class GuidedIG(CoreSaliency):
     two corner cases where PAIR hangs or asserts).  Returns float64, as PAIR.
     """
 
-    @batched
     def GetMask(self, x_value, call_model_function, call_model_args=None, x_baseline=None,
                 x_steps=200, fraction=0.25, max_dist=0.02):
-        method = self._method(x_baseline=x_baseline, x_steps=x_steps, fraction=fraction,
-                              max_dist=max_dist)
-        return run_method(method, x_value, call_model_function, call_model_args)
-
-    def _method(self, x_baseline=None, x_steps=200, fraction=0.25, max_dist=0.02):
         if x_baseline is not None:
             x_baseline = np.asarray(x_baseline)[None]  # one baseline for the one input
-        return _GuidedIG(steps=x_steps, fraction=fraction, max_dist=max_dist,
-                         baseline=x_baseline, batch_size=1)
+        method = _GuidedIG(steps=x_steps, fraction=fraction, max_dist=max_dist,
+                           baseline=x_baseline, batch_size=1)
+        return run_method(method, x_value, call_model_function, call_model_args)

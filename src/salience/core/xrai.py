@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..methods.xrai import XRAI as _XRAI
-from ..model import CallbackModel
-from .base import CoreSaliency, batched
+from .base import CoreSaliency
+from .methods import IntegratedGradients
 
 __all__ = ["XRAI", "XRAIParameters", "XRAIOutput"]
 
@@ -66,20 +66,28 @@ class XRAIOutput:
         self.segments = None
 
 
-def _no_model(x, targets, keys):
-    raise TypeError("call_model_function is None; pass a callable or a base_attribution")
+def _ranking_only(x, targets, keys):
+    raise RuntimeError("XRAI ranks a given attribution here; the model is not called")
 
 
 class XRAI(CoreSaliency):
     """XRAI; see :class:`salience.XRAI`.
 
     ``baselines`` is a list of arrays shaped like ``x_value`` (None: the
-    image's minimum and maximum); ``segments`` a list of (H, W) boolean
-    masks (None: Felzenszwalb); ``base_attribution`` an attribution shaped
-    like ``x_value`` to rank instead of computing IG.
+    input's minimum and maximum); ``segments`` a list of boolean masks of the
+    input's height and width (None: Felzenszwalb); ``base_attribution`` an
+    attribution shaped like ``x_value`` to rank instead of computing IG.
+
+    As PAIR, Integrated Gradients runs once per baseline through this object's
+    :class:`IntegratedGradients` (``steps`` rows per baseline, in chunks of
+    ``batch_size``); the batch-first :class:`salience.XRAI` ranks the mean
+    attribution.  1-D inputs are ranked as one-row images; they need
+    ``segments`` (1-D masks), as in PAIR.
     """
 
-    @batched
+    def __init__(self) -> None:
+        self._integrated_gradients = IntegratedGradients()
+
     def GetMask(self, x_value, call_model_function, call_model_args=None, baselines=None,
                 segments=None, base_attribution=None, batch_size=1, extra_parameters=None):
         return self.GetMaskWithDetails(
@@ -102,37 +110,58 @@ class XRAI(CoreSaliency):
                     "The base attribution shape should be the same as the shape of `x_value`. "
                     f"Expected {x_value.shape}, got {base_attribution.shape}"
                 )
-            base_attribution = base_attribution[None]
-        method = self._method(baselines=baselines, segments=segments, batch_size=batch_size,
-                              extra_parameters=params)
-        if base_attribution is not None and call_model_function is None:
-            model = _no_model  # PAIR allows no callback when nothing needs the model
+        one_row = x_value.ndim == 1
+        if one_row and segments is None:
+            raise ValueError(
+                f"x_value has shape {x_value.shape}: a 1-D input has no image to segment; "
+                "pass segments (a list of 1-D boolean masks of its length)"
+            )
+        as_image = (lambda a: a.reshape(1, -1)) if one_row else (lambda a: a)
+        if segments is not None:
+            segments = [as_image(np.asarray(segment)) for segment in segments]
+        ranker = _XRAI(
+            steps=params.steps, algorithm=params.algorithm, area_threshold=params.area_threshold,
+            min_pixel_diff=params.experimental_params.get("min_pixel_diff", 50),
+            segments=segments,
+        )
+        image = as_image(x_value)[None]
+        ranker._check(_ranking_only, image)  # segments and shapes, before the model runs
+
+        x_baselines = None
+        if base_attribution is None:
+            x_baselines = self._baselines(x_value, baselines)
+            attrs = [
+                self._integrated_gradients.GetMask(
+                    x_value, call_model_function, call_model_args=call_model_args,
+                    x_baseline=baseline, x_steps=params.steps, batch_size=batch_size)
+                for baseline in x_baselines
+            ]
+            attribution = np.mean(attrs, axis=0)
         else:
-            model = CallbackModel(call_model_function, call_model_args)
-        details = method.explain_with_details(model, x_value[None], attributions=base_attribution)
-        out = XRAIOutput(details.maps[0])
-        if details.baselines is not None:
-            out.baselines = list(details.baselines[0])
+            attrs = attribution = base_attribution
+        details = ranker.explain_with_details(_ranking_only, image,
+                                              attributions=as_image(attribution)[None])
+
+        heatmap_shape = x_value.shape[:2]  # (H, W), or (n,) for a 1-D input
+        out = XRAIOutput(details.maps[0].reshape(heatmap_shape))
+        out.baselines = x_baselines
         if params.return_xrai_segments:
-            out.segments = (details.ranks[0] if params.flatten_xrai_segments
-                            else list(details.segment_stack(0)))
+            out.segments = (details.ranks[0].reshape(heatmap_shape)
+                            if params.flatten_xrai_segments
+                            else [s.reshape(heatmap_shape) for s in details.segment_stack(0)])
         if params.return_ig_attributions:
-            out.ig_attribution = (list(details.ig_attributions[0])
-                                  if details.ig_attributions is not None
-                                  else base_attribution[0])
+            out.ig_attribution = attrs
         return out
 
-    def _method(self, baselines=None, segments=None, base_attribution=None, batch_size=1,
-                extra_parameters=None):
-        params = extra_parameters if extra_parameters is not None else XRAIParameters()
-        if base_attribution is not None:
-            raise ValueError("base_attribution cannot be smoothed: it does not depend on the "
-                             "noisy inputs")
-        if baselines is not None:  # each baseline is for the one input
-            baselines = [np.asarray(baseline)[None] for baseline in baselines]
-        return _XRAI(
-            steps=params.steps, baselines=baselines, algorithm=params.algorithm,
-            area_threshold=params.area_threshold,
-            min_pixel_diff=params.experimental_params.get("min_pixel_diff", 50),
-            segments=segments, batch_size=batch_size,
-        )
+    @staticmethod
+    def _baselines(x_value, baselines):
+        if baselines is None:
+            return [np.min(x_value) * np.ones_like(x_value),
+                    np.max(x_value) * np.ones_like(x_value)]
+        baselines = [np.asarray(baseline) for baseline in baselines]
+        for baseline in baselines:
+            if baseline.shape != x_value.shape:
+                raise ValueError(
+                    f"Baseline size {baseline.shape} does not match input size {x_value.shape}"
+                )
+        return baselines

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..arrays import channels_last
-from ..checks import check_nonnegative_int, check_positive_int
+from ..checks import check_nonnegative_int, check_positive_int, check_progress
 from ..io import Preprocessing
 from ..methods.base import Method
+from ..progress import Stage, progress_stage
 from ..runner import resolve_methods
 from .engines import Engine, Job, build_model, check_layout, get_engine
 from .sources import is_ray_dataset, list_items
@@ -84,7 +85,7 @@ def explain_dataset(
     top_k: int = 5,
     report_sample: int = 8,
     model_id: str | None = None,
-    progress: Callable[[int, int, int, int | None], None] | None = None,
+    progress: Any = None,
     **engine_options: Any,
 ) -> DatasetSummary:
     """Explain every image of a source and write records, maps and a summary to ``out``.
@@ -134,10 +135,13 @@ def explain_dataset(
         The model's identity in the manifest (a resumed run must have the
         same); default: the class and a hash of the weights (PyTorch, Keras),
         or the factory's name.
-    progress : callable, optional
-        ``progress(done, failed, skipped, total)`` after each committed batch, from
-        the thread that commits (the local engine's writer thread); ``total``
-        (images to do) is None when unknown.
+    progress : bool or callable, optional
+        True draws a bar on stderr (images, images/s, time left, failures); a
+        callable receives a :class:`salience.progress.ProgressEvent` (stage
+        ``"dataset"``, units are images of this run, ``failed`` so far) after
+        each committed batch, from the thread that commits (the local engine's
+        writer thread).  When the source's length is unknown (a Dataset) the
+        total grows with the images seen.
     **engine_options
         For ``engine='ray'``: ``workers`` (model actors, default 2),
         ``address`` (a running cluster; default: start Ray here),
@@ -156,6 +160,7 @@ def explain_dataset(
         ``out`` holds other files, or another run is writing to it.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
+    check_progress(progress)
     check_positive_int(top_k, "top_k")
     report_sample = check_nonnegative_int(report_sample, "report_sample")
     if map_dtype not in MAP_DTYPES:
@@ -197,13 +202,14 @@ def explain_dataset(
             todo = [item for item in items if not writer.is_done(item.path)]
             prefiltered, items = len(items) - len(todo), todo
         total = None if items is None else len(items)
-        report = _progress(progress, writer, prefiltered, total)
         start = time.perf_counter()
         complete = False
         try:
-            engine.run(Job(plan=plan, factory=factory, write=writer.write, items=items,
-                           dataset=dataset, done=frozenset(writer.done_ids), progress=report,
-                           model=built if engine.name == "local" else None))
+            with progress_stage(progress, "dataset", total or 0, total or 0) as stage:
+                engine.run(Job(plan=plan, factory=factory, write=writer.write, items=items,
+                               dataset=dataset, done=frozenset(writer.done_ids),
+                               progress=_progress(stage, writer, total),
+                               model=built if engine.name == "local" else None))
             complete = True
         finally:
             seconds = time.perf_counter() - start
@@ -217,12 +223,17 @@ def explain_dataset(
                           total=len(results))
 
 
-def _progress(progress, writer: StoreWriter, prefiltered: int, total: int | None):
-    if progress is None:
+def _progress(stage: Stage | None, writer: StoreWriter, total: int | None):
+    """What the engine calls after each commit: an event of the images this run handled."""
+    if stage is None:
         return None
 
-    def report(_commit: Commit) -> None:
-        progress(writer.explained, writer.failed, writer.skipped + prefiltered, total)
+    def report(commit: Commit) -> None:
+        handled = writer.explained + writer.failed
+        if total is None:  # a Dataset of unknown length: the total is what was seen
+            stage.total = max(stage.total, handled)
+        stage.emit(None, range(handled - commit.explained - commit.failed, handled), handled,
+                   failed=writer.failed)
 
     return report
 
@@ -307,9 +318,9 @@ def _weights_hash(model: Any) -> str | None:
 def _run_info(engine: Engine) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    import salience
+    from .._version import __version__
 
-    versions = {"salience": salience.__version__, "python": platform.python_version()}
+    versions = {"salience": __version__, "python": platform.python_version()}
     for package in ("numpy", "torch", "tensorflow", "jax", "pyarrow", "zarr", "ray"):
         if package == "ray" and engine.name != "ray":
             continue

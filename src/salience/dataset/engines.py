@@ -23,13 +23,15 @@ import os
 import pickle
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int
+from ..concurrency import helper_thread
 from .sources import Item, item_batches, item_columns
 from .store import Commit
 from .work import Plan, explain_batch, prepare_batch
@@ -129,15 +131,8 @@ class LocalEngine:
     def run(self, job: Job) -> None:
         model = job.model if job.model is not None else build_model(job.factory, job.plan)
         batches = _local_batches(job)
-        reader = ThreadPoolExecutor(1, thread_name_prefix="salience-read")
-        writer = ThreadPoolExecutor(1, thread_name_prefix="salience-write")
         prepared: deque[Future] = deque()
         written: deque[Future] = deque()
-
-        def read_next() -> None:
-            batch = next(batches, None)
-            if batch is not None:
-                prepared.append(reader.submit(prepare_batch, batch, job.plan, job.done))
 
         def write(result: dict[str, np.ndarray]) -> Commit:
             commit = job.write(result)
@@ -149,23 +144,31 @@ class LocalEngine:
             while len(written) > keep:
                 written.popleft().result()  # raises what the writer raised
 
-        try:
-            for _ in range(self.read_ahead):
-                read_next()
-            while prepared:
-                batch = prepared.popleft().result()
-                read_next()
-                result = explain_batch(model, batch, job.plan)
-                del batch
-                written.append(writer.submit(write, result))
-                del result
-                collect(self.read_ahead - 1)
-            collect(0)
-        finally:
-            reader.shutdown(wait=True, cancel_futures=True)
-            # Batches already explained are committed before returning (also on
-            # Ctrl-C): their work is done, and each commit is atomic.
-            writer.shutdown(wait=True)
+        with helper_thread("salience-read") as reader, \
+                helper_thread("salience-write") as writer:
+
+            def read_next() -> None:
+                batch = next(batches, None)
+                if batch is not None:
+                    prepared.append(reader.submit(prepare_batch, batch, job.plan, job.done))
+
+            try:
+                for _ in range(self.read_ahead):
+                    read_next()
+                while prepared:
+                    batch = prepared.popleft().result()
+                    read_next()
+                    result = explain_batch(model, batch, job.plan)
+                    del batch
+                    written.append(writer.submit(write, result))
+                    del result
+                    collect(self.read_ahead - 1)
+                collect(0)
+            finally:
+                # Batches already explained are committed before returning (also on
+                # Ctrl-C): their work is done, and each commit is atomic.  (Leaving the
+                # block drops what the reader has not started.)
+                wait_for(written)
 
 
 def _local_batches(job: Job) -> Iterator[dict[str, Any]]:

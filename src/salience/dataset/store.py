@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outdir import LOCK_NAME
 from .work import IMAGE_COLUMNS, MAP_PREFIX, method_columns
 
 __all__ = [
@@ -57,7 +59,9 @@ GENERATOR = "salience"
 MANIFEST = "manifest.json"
 RECORDS = "records"
 MAPS = "maps.zarr"
-LOCK = ".lock"
+#: The run's lock file; its name is the one every salience output directory uses, so
+#: image searches never read a store as input (:func:`salience.outdir.is_salience_output`).
+LOCK = LOCK_NAME
 #: Files and folders of a store (all that ``resume=False`` removes).
 OWN_FILES = (MANIFEST, RECORDS, MAPS, "index.html", "plots", "samples")
 _EXTRA_COLUMNS = (("map_index", "int64"), ("run", "int64"), ("commit", "int64"))
@@ -92,7 +96,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_file_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -156,6 +160,13 @@ class _Lock:
                 f"another salience run is writing to {str(self.path.parent)!r}; wait for it "
                 "to finish or choose another output directory"
             ) from None
+        # Who holds it, for a person looking (the OS lock is what counts).
+        self.file.seek(0)
+        self.file.truncate()
+        json.dump({"generator": GENERATOR, "target": self.path.parent.name,
+                   "host": socket.gethostname(), "pid": os.getpid(), "created": _now()},
+                  self.file)
+        self.file.flush()
 
     def release(self) -> None:
         if self.file is not None:
@@ -317,8 +328,8 @@ class StoreWriter:
 
     def _save_manifest(self) -> None:
         self.manifest["updated"] = _now()
-        write_atomically(self.out / MANIFEST,
-                         json.dumps(self.manifest, indent=2).encode("utf-8"))
+        write_file_atomically(self.out / MANIFEST,
+                              json.dumps(self.manifest, indent=2).encode("utf-8"))
 
     def _load_index(self) -> None:
         """Ids in the store, the newest record's file size and time per path (to

@@ -12,8 +12,6 @@ Written into the store's folder::
 from __future__ import annotations
 
 import heapq
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..io import ImageReadError, Preprocessing, load_image
-from .store import Results, record_schema, write_atomically
+from ..outdir import write_atomically
+from .store import Results, record_schema, write_file_atomically
 from .work import METRIC_FIELDS
 
 __all__ = ["write_summary"]
@@ -70,7 +69,7 @@ def write_summary(results: Results, preprocessing: Preprocessing, *,
         methods=rows, metric_names=metric_names, plots=plots,
         samples=samples, runs=results.manifest["runs"])
     index = out / "index.html"
-    write_atomically(index, page.encode("utf-8"))
+    write_file_atomically(index, page.encode("utf-8"))
     return index
 
 
@@ -96,15 +95,6 @@ def _floats(table, column: str) -> np.ndarray:
     return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _swap_in(fresh: Path, target: Path) -> None:
-    """Replace the folder ``target`` by ``fresh`` (renames; the old one is deleted)."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        target.rename(old)
-    fresh.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
                  metric_names: list[str]) -> list[dict[str, str]]:
     import matplotlib
@@ -112,12 +102,11 @@ def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fresh = out / f".plots.tmp-{uuid.uuid4().hex[:8]}"
-    fresh.mkdir()
     plots = []
     wanted = [("seconds", "seconds per image", "time per image (s)")]
     wanted += [(m, m.replace("_", " "), m.replace("_", " ")) for m in metric_names]
-    try:
+    # A new folder of plots replaces the previous one whole (salience.outdir's rules).
+    with write_atomically(out / "plots", True, kind="dataset plots") as fresh:
         for field, title, axis in wanted:
             data = [_floats(table, f"{m}.{field}")[ok] for m in methods]
             data = [d[np.isfinite(d)] for d in data]
@@ -132,10 +121,6 @@ def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
             figure.savefig(fresh / f"{field}.png")
             plt.close(figure)
             plots.append({"file": f"plots/{field}.png", "title": title})
-        _swap_in(fresh, out / "plots")
-    except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise
     return plots
 
 
@@ -180,21 +165,16 @@ def _write_samples(results: Results, table, ok: np.ndarray, prep: Preprocessing,
         entry.metrics = {m: v for m, v in entry.metrics.items() if v}
     known = {m: registry.METHODS.get(m) for m in methods}
     prm = results.manifest["parameters"]["preprocessing"]
-    fresh = results.out / f".samples.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write_report(
-            fresh, entries, explanation,
-            model_info={"name": str(results.manifest["parameters"].get("model")),
-                        "size": tuple(prm["size"]), "channels": prm["channels"],
-                        "normalisation": prm["preset"]},
-            labels=labels, regions=[m for m, e in known.items() if e is not None and e.regions],
-            descriptions={m: e.description for m, e in known.items() if e is not None},
-            settings={"sample_of": results.out.name, "ids": [r["id"] for r in chosen]},
-        )
-        _swap_in(fresh, results.out / "samples")
-    except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise
+    write_report(  # atomic: the new pages replace the previous ones whole
+        results.out / "samples", entries, explanation,
+        model_info={"name": str(results.manifest["parameters"].get("model")),
+                    "size": tuple(prm["size"]), "channels": prm["channels"],
+                    "normalisation": prm["preset"], "resize": prm.get("resize")},
+        labels=labels, regions=[m for m, e in known.items() if e is not None and e.regions],
+        descriptions={m: e.description for m, e in known.items() if e is not None},
+        settings={"sample_of": results.out.name, "ids": [r["id"] for r in chosen]},
+        overwrite=True,
+    )
     return {"file": "samples/index.html", "count": len(entries)}
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..checks import as_float_batch, check_positive_int, resolve_targets
 from ..model import Model, as_model
+from ..progress import ProgressEvent, in_group, progress_stage
 from ..schedule import run_rows
 
 __all__ = ["Method", "collect_rows"]
@@ -25,7 +26,8 @@ class Method:
     #: Name used in messages and reports.
     name: str = "method"
 
-    def explain(self, model: Model, x: Any, targets: Any = None) -> np.ndarray:
+    def explain(self, model: Model, x: Any, targets: Any = None, *,
+                progress: bool | Callable[[ProgressEvent], None] | None = None) -> np.ndarray:
         """Explain a batch.
 
         Parameters
@@ -39,6 +41,10 @@ class Method:
         targets : None, int, sequence of n ints, or (n, n_outputs) weights
             What to explain per input: a class index, or a weight row such as
             a one-hot vector.  None explains the model's top class.
+        progress : bool or callable, optional
+            True draws a progress bar on stderr; a callable receives
+            :class:`salience.progress.ProgressEvent` objects as the model
+            returns rows (see :func:`salience.explain`).  Default: silent.
 
         Returns
         -------
@@ -48,8 +54,10 @@ class Method:
         model = as_model(model)
         x = as_float_batch(x)
         self._check(model, x)  # before resolve_targets, which may run model.predict
-        targets = resolve_targets(model, x, targets)
-        return self._explain(model, x, targets)
+        with progress_stage(progress, "explain", len(x), len(x)) as stage:
+            targets = resolve_targets(model, x, targets)
+            with in_group(stage, self.name, 0, len(x), 0):
+                return self._explain(model, x, targets)
 
     def _check(self, model: Model, x: np.ndarray) -> None:
         """Raise if ``x`` does not suit this method's parameters; never calls the model."""

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..arrays import channels_last, from_channels_last, spatial_axes, to_channels_last
 from ..checks import check_nonnegative, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..numeric import add_by_owner, one_blas_thread, owner_runs
-from ..schedule import run_rows
+from ..schedule import check_row_budget, run_rows
 from .base import Method
 
 __all__ = [
     "BlurIG",
+    "blur_rates",
     "blur_sigmas",
+    "blurred_rows",
     "gaussian_blur_matrix",
     "gaussian_blur_matrices",
     "gaussian_kernels",
@@ -25,9 +28,13 @@ __all__ = [
 
 
 def blur_sigmas(max_sigma: float, steps: int, sqrt: bool) -> np.ndarray:
-    """The ``steps + 1`` blur levels from 0 to ``max_sigma`` (square-root spaced if ``sqrt``)."""
-    levels = np.array([i * max_sigma / steps for i in range(steps + 1)], dtype=np.float64)
-    return np.array([math.sqrt(v) for v in levels]) if sqrt else levels
+    """The ``steps + 1`` blur levels from 0 to ``max_sigma`` (square-root spaced if ``sqrt``).
+
+    Level ``i`` is ``i * max_sigma / steps`` (its square root if ``sqrt``),
+    rounded as that expression is in Python floats.
+    """
+    levels = np.arange(steps + 1, dtype=np.float64) * float(max_sigma) / steps
+    return np.sqrt(levels) if sqrt else levels
 
 
 def gaussian_blur_matrix(size: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -72,7 +79,7 @@ def gaussian_kernels(size: int, sigmas: np.ndarray, truncate: float = 4.0) -> np
     return out
 
 
-def toeplitz_stack(kernels: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+def toeplitz_stack(kernels: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """Matrices ``M[k, i, j] = kernels[k, j - i + size - 1]`` from (m, 2 * size - 1) kernels.
 
     A blur matrix is constant along its diagonals, so it is a strided view of its
@@ -88,14 +95,88 @@ def toeplitz_stack(kernels: np.ndarray, dtype: type = np.float64) -> np.ndarray:
     return np.ascontiguousarray(windows, dtype=dtype)
 
 
+# --------------------------------------------------------------------------- path and rate
+# Images are laid out (n, H, C, W): both blur passes are then one matrix product
+# per row, with no transposes in between.  Blur matrices are symmetric.
+
+
+def blur_along_height(images: np.ndarray, owners: np.ndarray, kernels: np.ndarray
+                      ) -> np.ndarray:
+    """``kernels[r] @ images[owners[r]]`` along H for each row ``r``, shape (r, H, C, W).
+
+    ``images`` is (n, H, C, W), ``kernels`` (r, H, H) and ``owners`` sorted;
+    the rows of one image share a single matrix product.
+    """
+    n_rows = len(owners)
+    height = images.shape[1]
+    flat = images.reshape(len(images), height, -1)
+    out = np.empty((n_rows, height, flat.shape[2]), dtype=images.dtype)
+    for a, b in owner_runs(owners):
+        out[a:b] = (kernels[a:b].reshape(-1, height) @ flat[owners[a]]).reshape(
+            b - a, height, -1)
+    return out.reshape(n_rows, *images.shape[1:])
+
+
+def blur_along_width(rows: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Each row (r, H, C, W) times its own ``kernels[r]`` (W, W) along W."""
+    n_rows, height, n_channels, width = rows.shape
+    out = rows.reshape(n_rows, height * n_channels, width) @ kernels
+    return out.reshape(rows.shape)
+
+
+def blurred_rows(images: np.ndarray, owners: np.ndarray, k_h: np.ndarray, k_w: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Path points ``B = K_h X K_w``: image ``owners[r]`` blurred by row ``r``'s matrices.
+
+    Returns the points and the first pass ``K_h X``, which :func:`blur_rates`
+    reuses.  Shapes as in :func:`blur_along_height`.
+    """
+    along_h = blur_along_height(images, owners, k_h)
+    return blur_along_width(along_h, k_w), along_h
+
+
+def blur_rates(images: np.ndarray, owners: np.ndarray, along_h: np.ndarray, d_h: np.ndarray,
+               d_w: np.ndarray, k_w_next: np.ndarray) -> np.ndarray:
+    """Rate of change of the path points with sigma, by a forward difference ``g``.
+
+    ``(B(s + g) - B(s)) / g = D_h X K_w(s + g) + K_h(s) X D_w`` with
+    ``D = (K(s + g) - K(s)) / g`` (``d_h``, ``d_w``), ``along_h = K_h(s) X``
+    from :func:`blurred_rows` and ``k_w_next = K_w(s + g)``.
+    """
+    rate = blur_along_width(along_h, d_w)
+    rate += blur_along_width(blur_along_height(images, owners, d_h), k_w_next)
+    return rate
+
+
+@dataclass(frozen=True)
+class _PathKernels:
+    """Blur kernels of every path point along one axis (steps, 2 * size - 1), float64:
+    at sigma, at sigma + grad_step, and their forward difference, taken in float64
+    so float32 rows do not lose the rate to cancellation between two nearly equal
+    blurs."""
+
+    at: np.ndarray
+    after: np.ndarray
+    rate: np.ndarray
+
+    @classmethod
+    def of(cls, size: int, sigmas: np.ndarray, grad_step: float) -> _PathKernels:
+        at = gaussian_kernels(size, sigmas)
+        after = gaussian_kernels(size, sigmas + grad_step)
+        return cls(at, after, (after - at) / grad_step)
+
+
 class BlurIG(Method):
     """Integrated gradients from a fully blurred image back to the input.
 
     The path is ``x`` blurred with a Gaussian of ``sigma`` going from
     ``max_sigma`` down to 0; the derivative of the blurred image with respect to
-    sigma is taken by a forward difference of ``grad_step``.  Blurring uses
-    zero padding outside the image, as in PAIR ``saliency``.  All blur levels of
-    a chunk are computed together as matrix products (no per-step filter calls).
+    sigma is taken by a forward difference of ``grad_step``.  The map is
+    ``-sum_i (sigma_{i+1} - sigma_i) * dB/dsigma(sigma_i) * grad f(B(sigma_i))``
+    over the ``steps`` levels of :func:`blur_sigmas` (the path points are
+    :func:`blurred_rows`, the rates :func:`blur_rates`).  Blurring uses zero
+    padding outside the image, as in PAIR ``saliency``.  All blur levels of a
+    chunk are computed together as matrix products (no per-step filter calls).
 
     Unlike PAIR ``saliency`` 0.2.1, each path point is weighted by its own sigma
     step; PAIR applies the weight of the last point of a model batch to the
@@ -138,85 +219,80 @@ class BlurIG(Method):
         self.sqrt = bool(sqrt)
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
+    def _rows_per_input(self) -> int:
+        return self.steps
+
     def _check(self, model: Model, x: np.ndarray) -> None:
         spatial_axes(x.ndim - 1, channels_last(model))
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         self._check(model, x)
-        is_last = channels_last(model)
-        # Internal layout (n, H, C, W): both blur passes are then one matrix
-        # product per row, with no transposes in between.
-        images = to_channels_last(x, is_last).transpose(0, 1, 3, 2)
-        n, height, n_channels, width = images.shape
-        flat_images = images.reshape(n, height, n_channels * width)
-        sigmas = blur_sigmas(self.max_sigma, self.steps, self.sqrt)
-        step_weights = np.diff(sigmas).astype(x.dtype)
-        owners = np.arange(n * self.steps) // self.steps
-        totals = np.zeros(images.shape, dtype=np.float64)
-        # Kernels of every path point, along H and along W: at sigma, at
-        # sigma + grad_step, and their forward difference taken in float64, so
-        # float32 rows do not lose the rate to cancellation between two nearly
-        # equal blurs.  Gaussian blur matrices are symmetric: no transposes below.
-        along = {}
-        for size in {height, width}:
-            k = gaussian_kernels(size, sigmas[:-1])
-            k2 = gaussian_kernels(size, sigmas[:-1] + self.grad_step)
-            along[size] = (k, k2, (k2 - k) / self.grad_step)
-        # Per chunk start: the rows' first blur pass (for prepare), then their rate of
-        # change (for consume).
-        along_h_of: dict[int, tuple] = {}
-        rate_of: dict[int, tuple] = {}
+        path = _BlurPath(x, channels_last(model),
+                         blur_sigmas(self.max_sigma, self.steps, self.sqrt), self.grad_step)
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], path.owners, path.make_rows, path.consume,
+                 targets, self.batch_size, self.name, prepare=path.prepare)
+        # The map: minus the sum over the path of (sigma step) x rate x gradient.
+        return path.to_model_layout(-path.totals).astype(x.dtype)
 
-        def matrices(size: int, levels: np.ndarray, which: int) -> np.ndarray:
-            return toeplitz_stack(along[size][which][levels], x.dtype)
 
-        square = width == height  # then H and W share every matrix
+class _BlurPath:
+    """Chunk bookkeeping of one Blur IG run: which rows are which path points, the
+    first blur pass handed from ``make_rows`` to ``prepare``, the rates from
+    ``prepare`` to ``consume``, and the sums."""
 
-        def blur_along_h(mats: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            """``mats[r] @ image of row r``; rows of one image share a single GEMM."""
-            out = np.empty((len(rows), height, n_channels * width), dtype=x.dtype)
-            for a, b in owner_runs(rows):
-                out[a:b] = (mats[a:b].reshape(-1, height) @ flat_images[rows[a]]).reshape(
-                    b - a, height, -1)
-            return out.reshape(len(rows), height * n_channels, width)
+    def __init__(self, x: np.ndarray, is_last: bool, sigmas: np.ndarray,
+                 grad_step: float) -> None:
+        self.ndim, self.is_last = x.ndim, is_last
+        self.images = np.ascontiguousarray(self.from_model_layout(x))  # (n, H, C, W)
+        n, height, _, width = self.images.shape
+        self.dtype = x.dtype
+        self.steps = len(sigmas) - 1
+        self.step_weights = np.diff(sigmas).astype(self.dtype)
+        self.owners = np.arange(n * self.steps) // self.steps
+        self.kernels = {size: _PathKernels.of(size, sigmas[:-1], grad_step)
+                        for size in {height, width}}
+        self.height, self.width = height, width
+        self.totals = np.zeros(self.images.shape, dtype=np.float64)
+        self.first_pass: dict[int, tuple] = {}  # by chunk start, for prepare
+        self.rates: dict[int, tuple] = {}  # by chunk start, for consume
 
-        def to_model_layout(rows: np.ndarray) -> np.ndarray:
-            return from_channels_last(rows.transpose(0, 1, 3, 2), x.ndim, is_last)
+    def from_model_layout(self, rows: np.ndarray) -> np.ndarray:
+        return to_channels_last(rows, self.is_last).transpose(0, 1, 3, 2)
 
-        def make_rows(start: int, stop: int) -> np.ndarray:
-            """The blurred rows B = Kh X Kw (the model's input)."""
-            index = np.arange(start, stop)
-            rows, levels = owners[index], index % self.steps
-            k_h = matrices(height, levels, 0)
-            k_w = k_h if square else matrices(width, levels, 0)
-            # Many small products: one BLAS thread avoids spin-wait contention.
-            with one_blas_thread():
-                along_h = blur_along_h(k_h, rows)
-                blurred = along_h @ k_w
-            along_h_of[start] = (rows, levels, along_h)
-            shape = (len(rows), height, n_channels, width)
-            return np.ascontiguousarray(to_model_layout(blurred.reshape(shape)))
+    def to_model_layout(self, rows: np.ndarray) -> np.ndarray:
+        return from_channels_last(rows.transpose(0, 1, 3, 2), self.ndim, self.is_last)
 
-        def prepare(start: int, stop: int) -> None:
-            """The rate of change B(s+g) - B(s) = (K'h - Kh) X K'w + Kh X (K'w - Kw),
-            which needs no gradient: the scheduler runs it while the model works."""
-            rows, levels, along_h = along_h_of.pop(start)
-            d_h = matrices(height, levels, 2)
-            d_w = d_h if square else matrices(width, levels, 2)
-            k_w2 = matrices(width, levels, 1)
-            with one_blas_thread():
-                rate = along_h @ d_w
-                rate += blur_along_h(d_h, rows) @ k_w2
-            rate *= step_weights[levels][:, None, None]
-            rate_of[start] = (rows, rate)
+    def _matrices(self, size: int, levels: np.ndarray, which: str) -> np.ndarray:
+        return toeplitz_stack(getattr(self.kernels[size], which)[levels], self.dtype)
 
-        def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-            rows, rate = rate_of.pop(start)
-            grads = to_channels_last(outputs[INPUT_OUTPUT_GRADIENTS], is_last)
-            add_by_owner(totals, rows,
-                         rate.reshape(len(rows), height, n_channels, width)
-                         * grads.transpose(0, 1, 3, 2))
+    def _pair(self, levels: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """Matrices along H and along W; a square image shares them."""
+        along_h = self._matrices(self.height, levels, which)
+        square = self.width == self.height
+        return along_h, along_h if square else self._matrices(self.width, levels, which)
 
-        run_rows(model, [INPUT_OUTPUT_GRADIENTS], owners, make_rows, consume, targets,
-                 self.batch_size, self.name, prepare=prepare)
-        return to_model_layout(-totals).astype(x.dtype)
+    def make_rows(self, start: int, stop: int) -> np.ndarray:
+        index = np.arange(start, stop)
+        owners, levels = self.owners[index], index % self.steps
+        k_h, k_w = self._pair(levels, "at")
+        # Many small products: one BLAS thread avoids spin-wait contention.
+        with one_blas_thread():
+            points, along_h = blurred_rows(self.images, owners, k_h, k_w)
+        self.first_pass[start] = (owners, levels, along_h)
+        return np.ascontiguousarray(self.to_model_layout(points))
+
+    def prepare(self, start: int, stop: int) -> None:
+        """The rates need no gradient: the scheduler runs this while the model works."""
+        owners, levels, along_h = self.first_pass.pop(start)
+        d_h, d_w = self._pair(levels, "rate")
+        k_w_next = self._matrices(self.width, levels, "after")
+        with one_blas_thread():
+            rate = blur_rates(self.images, owners, along_h, d_h, d_w, k_w_next)
+        rate *= self.step_weights[levels][:, None, None, None]
+        self.rates[start] = (owners, rate)
+
+    def consume(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+        owners, rate = self.rates.pop(start)
+        grads = self.from_model_layout(outputs[INPUT_OUTPUT_GRADIENTS])
+        add_by_owner(self.totals, owners, rate * grads)

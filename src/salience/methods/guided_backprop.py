@@ -12,14 +12,16 @@ class GuidedBackprop(Gradients):
     """The input gradient where every ReLU passes a gradient backwards only if
     both its forward input and the incoming gradient are positive.
 
-    The method asks the model for ``GUIDED_INPUT_GRADIENTS``: the adapters
-    compute it by changing the ReLU backward rule for the duration of the call
-    (``salience.torch``: ``nn.ReLU``, ``nn.ReLU6`` and functional relu;
-    ``salience.keras``: ReLU gradients; ``salience.tf1``: the graph's ``Relu``
-    / ``Relu6`` ops).  Adapters that cannot (``salience.jax``) refuse with an
-    error before running the model.  A plain callable
-    model or a PAIR ``call_model_function`` must return that key itself;
-    otherwise the call fails with an error naming it.
+    The method asks the model for ``GUIDED_INPUT_GRADIENTS``, which the adapters
+    compute with the guided rule applied to the call's own graph, changing
+    nothing global (``salience.torch``: every ReLU and ReLU6 node of the call's
+    autograd graph, whether a module, a function, a tensor method or a
+    ``torch.export`` graph; ``salience.keras`` and ``salience.tf1``: the graph's
+    ``Relu`` / ``Relu6`` ops).  Where that is impossible (``salience.jax``,
+    TorchScript and ``torch.compile`` modules) the call fails with an error
+    before the model runs.  A plain callable model or a PAIR
+    ``call_model_function`` must return that key itself; otherwise the call
+    fails with an error naming it.
 
     Parameters
     ----------

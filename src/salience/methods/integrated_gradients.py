@@ -11,10 +11,10 @@ from ..arrays import to_numpy
 from ..checks import check_finite, check_positive_int, check_seed
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..numeric import add_by_owner, as_random_state
-from ..schedule import run_rows
+from ..schedule import check_row_budget, run_rows
 from .base import Method
 
-__all__ = ["IntegratedGradients", "resolve_baselines", "BaselineSpec"]
+__all__ = ["IntegratedGradients", "resolve_baselines", "count_baselines", "BaselineSpec"]
 
 BaselineSpec = None | float | np.ndarray | str | Callable[[np.ndarray], Any]
 
@@ -42,6 +42,11 @@ def resolve_baselines(spec: Any, x: np.ndarray, rng: Any = None, copies: int = 1
     return np.stack([_one_baseline(s, x, rng, copies) for s in specs], axis=1)
 
 
+def count_baselines(spec: Any) -> int:
+    """How many baselines ``spec`` gives (see :func:`resolve_baselines`)."""
+    return len(spec) if isinstance(spec, (list, tuple)) else 1
+
+
 def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.ndarray:
     n, shape = len(x), x.shape[1:]
     if spec is None:
@@ -60,6 +65,8 @@ def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.nda
     arr = to_numpy(spec)
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"baseline must be numeric, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # as x: never drop the imaginary part
+        raise TypeError(f"baseline must be real, got dtype {arr.dtype}")
     arr = arr.astype(x.dtype)
     if arr.ndim == 0:
         arr = np.full_like(x, arr)
@@ -116,7 +123,11 @@ class IntegratedGradients(Method):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = check_seed(seed)
 
+    def _rows_per_input(self) -> int:
+        return count_baselines(self.baseline) * self.steps
+
     def _check(self, model: Model, x: np.ndarray) -> None:
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         # The real draws of 'uniform' happen in _explain, from self.seed.
         resolve_baselines(self.baseline, x, np.random.default_rng(0))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class Occlusion(Method):
                 if w < 0:
                     continue
                 top, left = tops[w // len(lefts)], lefts[w % len(lefts)]
-                box = [r, slice(None), slice(None), slice(None)][: x.ndim]
+                box: list[Any] = [r, slice(None), slice(None), slice(None)][: x.ndim]
                 box[1 + h_axis] = slice(top, top + self.size)
                 box[1 + w_axis] = slice(left, left + self.size)
                 rows[tuple(box)] = self.value
@@ -93,8 +94,8 @@ class Occlusion(Method):
 
         run_rows(model, [OUTPUT_LAYER_VALUES], owners, make_rows, consume, targets,
                  self.batch_size, self.name)
-        scores = scores.reshape(n, per_image)
-        drops = scores[:, :1] - scores[:, 1:]  # (n, windows)
+        per_row = scores.reshape(n, per_image)
+        drops = per_row[:, :1] - per_row[:, 1:]  # (n, windows)
         starts = np.zeros((n, height, width))
         starts[:, tops[:, None], lefts[None, :]] = drops.reshape(n, len(tops), len(lefts))
         heat = _window_sums(starts, self.size)  # (n, H, W)

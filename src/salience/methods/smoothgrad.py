@@ -9,6 +9,7 @@ import numpy as np
 from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
 from ..numeric import as_random_state
+from ..schedule import check_row_budget
 from .base import Method
 
 __all__ = ["SmoothGrad", "draw_noise"]
@@ -35,7 +36,8 @@ class SmoothGrad(Method):
     seed : None, int, numpy Generator or RandomState
         Source of the noise.  Noise is drawn per input, sample after sample, so
         passing ``numpy.random.mtrand._rand`` after ``np.random.seed(k)``
-        reproduces PAIR ``saliency``'s draws.
+        reproduces PAIR ``saliency``'s draws.  The same seed gives the same
+        noise for float32 and float64 copies of an input (see :func:`draw_noise`).
 
     References
     ----------
@@ -63,7 +65,14 @@ class SmoothGrad(Method):
         self.magnitude = bool(magnitude)
         self.seed = check_seed(seed)
 
+    def _rows_per_input(self) -> int:
+        # Methods with several model rows per input say how many; the others send one.
+        inner = getattr(self.method, "_rows_per_input", None)
+        return self.nsamples * (inner() if inner is not None else 1)
+
     def _check(self, model: Model, x: np.ndarray) -> None:
+        # Before the wrapped method's checks, which see the batch without its copies.
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         self.method._check(model, x)
 
     def _explain_copies(
@@ -84,10 +93,12 @@ def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> n
     """``nsamples`` noisy copies of each input, shape (n * nsamples, *x.shape[1:]).
 
     The noise of input ``i`` has standard deviation ``stdev_spread * (max - min)``
-    of that input.  A legacy ``RandomState`` draws float64 normals input by input
-    (PAIR's stream, so ``np.random.seed`` reproduces PAIR); a ``Generator`` draws
-    straight into the output in the input's precision and scales in place (no
-    float64 temporaries for float32 images).
+    of that input, and does not depend on the input's dtype: float32 and
+    float64 copies of an image get the same draws (up to their rounding).  A
+    legacy ``RandomState`` draws float64 normals input by input (PAIR's
+    stream, so ``np.random.seed`` reproduces PAIR); a ``Generator`` draws
+    float32 standard normals, input by input and sample after sample, which
+    costs no float64 temporaries for float32 images.
     """
     n, shape = len(x), x.shape[1:]
     spans = x.reshape(n, -1).max(axis=1).astype(np.float64) - x.reshape(n, -1).min(axis=1)
@@ -97,8 +108,9 @@ def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> n
             # One draw of all samples: the same stream as drawing them one by one.
             noisy[i] = x[i] + rng.normal(0, stdev_spread * spans[i], (nsamples, *shape))
         return noisy.astype(x.dtype, copy=False).reshape(n * nsamples, *shape)
-    noisy = np.empty((n, nsamples, *shape), dtype=x.dtype)  # float32 or float64
-    rng.standard_normal(dtype=x.dtype, out=noisy)
+    noisy = np.empty((n, nsamples, *shape), dtype=np.float32)
+    rng.standard_normal(dtype=np.float32, out=noisy)
+    noisy = noisy.astype(x.dtype, copy=False)  # exact; in place for float32 images
     for i in range(n):
         noisy[i] *= x.dtype.type(stdev_spread * spans[i])
         noisy[i] += x[i]

@@ -7,11 +7,12 @@
 - :mod:`~salience.metrics.agreement`: pointing game, energy pointing game and
   top-k IoU against expert masks;
 - :mod:`~salience.metrics.plots`: matplotlib figures of all of these;
-- :mod:`~salience.metrics.evaluate`: the per-image values the report shows.
+- :mod:`~salience.metrics.evaluate`: the per-image values the report shows, and
+  :data:`METRICS`, their readable names and which way is better.
 """
 
 from .agreement import agreement_table, energy_pointing_game, pointing_game, top_k_iou
-from .evaluate import PIC_THRESHOLDS, evaluate_maps
+from .evaluate import METRICS, PIC_THRESHOLDS, MetricInfo, evaluate_maps
 from .insertion_deletion import CurveResult, deletion, insertion, insertion_deletion_curves
 from .pic import (
     AggregateMetricResult,
@@ -50,5 +51,7 @@ __all__ = [
     "plot_curves",
     "plot_sanity",
     "evaluate_maps",
+    "METRICS",
+    "MetricInfo",
     "PIC_THRESHOLDS",
 ]

@@ -2,7 +2,10 @@
 most salient pixels are revealed or removed first.
 
 Deletion replaces the pixels of ``x``, most salient first, by a baseline; a
-faithful map makes the score fall fast (low area under the curve).
+faithful map makes the score fall fast (low area under the curve).  The score
+is the target class's probability by default, as in RISE, so areas lie in
+[0, 1] and compare across models; ``score="output"`` follows the raw output
+(e.g. a logit) instead.
 Insertion starts from the baseline and puts the pixels of ``x`` back, most
 salient first; a faithful map makes the score rise fast (high area).  All
 ``n * (steps + 1)`` images go to the model through the row scheduler in
@@ -33,7 +36,12 @@ from ._checks import as_map_batch
 __all__ = ["CurveResult", "insertion", "deletion", "insertion_deletion_curves", "make_baseline"]
 
 BASELINES = ("blurred", "zeros", "mean")
-SCORES = ("output", "softmax")
+#: What the curves follow: the target's probability (softmax of the outputs), or its raw output.
+SCORES = ("probability", "output")
+#: The score used unless told otherwise, everywhere (Python, the CLI, the report): as in RISE.
+DEFAULT_SCORE = "probability"
+#: Older names still accepted.
+_SCORE_ALIASES = {"softmax": "probability"}
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,15 @@ class CurveResult:
         The model's score of each image at each point.
     auc : ndarray, shape (n,)
         Area under each curve (trapezoidal rule over ``fractions``).
+    score : str
+        What ``scores`` are: ``'probability'`` or ``'output'`` (see :func:`insertion`).
     """
 
     kind: str
     fractions: np.ndarray
     scores: np.ndarray
     auc: np.ndarray
+    score: str = DEFAULT_SCORE
 
     def as_rows(self) -> list[dict[str, Any]]:
         """One dict per image: ``{'image': i, 'kind': ..., 'auc': ...}``."""
@@ -70,7 +81,7 @@ def insertion(
     *,
     steps: int = 50,
     baseline: str | Any = "blurred",
-    score: str = "output",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> CurveResult:
@@ -95,10 +106,14 @@ def insertion(
         What hidden pixels show: ``x`` blurred by a Gaussian of ``blur_sigma``
         pixels, zeros, the per-image channel mean, or an array shaped like
         ``x`` or like one image.
-    score : {'output', 'softmax'}
-        ``'output'``: the model's ``OUTPUT_LAYER_VALUES`` of the target (e.g. a
-        logit); ``'softmax'``: the softmax probability of the target from the
-        model's ``predict`` (as in RISE).
+    score : {'probability', 'output'}
+        ``'probability'`` (the default, as in RISE): the target's probability,
+        the softmax of the model's ``predict`` outputs (outputs whose rows
+        already sum to 1 are taken as they are); needs a model with
+        ``predict``, as the adapters have.  ``'output'``: the model's
+        ``OUTPUT_LAYER_VALUES`` of the target, e.g. a logit, whose areas depend
+        on the logits' scale.  ``'softmax'`` is an older name of
+        ``'probability'``.
     batch_size : int
         Largest number of images per model call.
     blur_sigma : float
@@ -125,7 +140,7 @@ def deletion(
     *,
     steps: int = 50,
     baseline: str | Any = "zeros",
-    score: str = "output",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> CurveResult:
@@ -151,7 +166,7 @@ def insertion_deletion_curves(
     steps: int = 50,
     insertion_baseline: str | Any = "blurred",
     deletion_baseline: str | Any = "zeros",
-    score: str = "output",
+    score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
 ) -> tuple[CurveResult, CurveResult]:
@@ -201,14 +216,23 @@ def make_baseline(
     return np.broadcast_to(arr, x.shape).astype(x.dtype)
 
 
-class _SoftmaxScores:
-    """A model's ``predict`` seen as a Model whose score is the softmax of the target."""
+def check_score(score: str) -> str:
+    """The canonical name of an insertion/deletion score (see :func:`insertion`)."""
+    name = _SCORE_ALIASES.get(score, score) if isinstance(score, str) else score
+    if name not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return name
 
-    def __init__(self, model: Model) -> None:
+
+class _ProbabilityScores:
+    """A model's ``predict`` seen as a Model whose score is the target's probability."""
+
+    def __init__(self, model: Any) -> None:
         if not callable(getattr(model, "predict", None)):
             raise TypeError(
-                "score='softmax' needs the model's predict(x) (all class outputs); use an "
-                "adapter (salience.torch.wrap, ...) or score='output'"
+                "score='probability' (the default) needs the model's predict(x), all class "
+                "outputs; use an adapter (salience.torch.wrap, ...) or pass score='output' "
+                "to follow the raw output"
             )
         self.model = model
 
@@ -231,8 +255,8 @@ def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size
     steps = check_positive_int(steps, "steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     blur_sigma = check_nonnegative(blur_sigma, "blur_sigma")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    score = check_score(score)
+    scorer = _ProbabilityScores(model) if score == "probability" else model
     is_last = channels_last(model)
     h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)
     size = (x.shape[1 + h_axis], x.shape[1 + w_axis])
@@ -241,7 +265,6 @@ def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size
         raise ValueError(f"saliency has {len(maps)} maps but x has {len(x)} images")
     base = make_baseline(x, baseline, is_last, blur_sigma)
     targets = resolve_targets(model, x, targets)
-    scorer = _SoftmaxScores(model) if score == "softmax" else model
 
     n, n_pixels, points = len(x), size[0] * size[1], steps + 1
     counts = np.round(np.linspace(0, n_pixels, points)).astype(np.int64)
@@ -272,4 +295,4 @@ def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size
     scores = scores.reshape(n, points)
     fractions = counts / n_pixels
     auc = np.array([trapezoid(s, fractions) for s in scores])
-    return CurveResult(kind=kind, fractions=fractions, scores=scores, auc=auc)
+    return CurveResult(kind=kind, fractions=fractions, scores=scores, auc=auc, score=score)

@@ -3,10 +3,9 @@
 A drop-in for PAIR ``saliency.metrics.pic`` (same names, arguments, defaults
 and numbers), with these differences:
 
-- the blurred images of a curve are sent to ``pred_func`` in batches of up to
-  ``batch_size`` images (PAIR sends them one at a time); the first call holds
-  the original and the fully blurred image, so an image that is skipped costs
-  one call;
+- ``pred_func`` is called as PAIR calls it, one image per call in PAIR's
+  order; ``batch_size`` (a salience extension) sends the thresholded images
+  in chunks of up to that many;
 - the images are interpolated once for all channels (PAIR: once per channel),
   on one BLAS thread, in worker threads that run while the model works;
 - it runs on numpy >= 2 (PAIR calls the removed ``np.trapz``);
@@ -29,19 +28,17 @@ Regions", ICCV 2019. https://arxiv.org/abs/1906.02825
 
 from __future__ import annotations
 
-import contextlib
 import io
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import interpolate
 
-from .. import runtime
 from ..arrays import to_numpy
 from ..checks import check_finite, check_positive_int
+from ..concurrency import spare_workers, worker_pool
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
 from ..numeric import one_blas_thread, to_probabilities, trapezoid
 from ..schedule import run_rows
@@ -65,9 +62,9 @@ class ComputePicMetricError(Exception):
 class PicMetricResult(NamedTuple):
     """The PIC curve of one image and how it was obtained."""
 
-    curve_x: Sequence[float]
+    curve_x: np.ndarray
     """Normalised information (entropy) of the points of the curve, from 0 to 1."""
-    curve_y: Sequence[float]
+    curve_y: np.ndarray
     """Normalised model prediction at each ``curve_x``."""
     blurred_images: Sequence[np.ndarray]
     """The fully blurred image, one image per threshold, then the original."""
@@ -82,8 +79,8 @@ class PicMetricResult(NamedTuple):
 class AggregateMetricResult(NamedTuple):
     """A PIC curve combined over images."""
 
-    curve_x: Sequence[float]
-    curve_y: Sequence[float]
+    curve_x: np.ndarray
+    curve_y: np.ndarray
     auc: float
 
 
@@ -103,7 +100,8 @@ def create_blurred_image(
     full_img : ndarray, shape (H, W, C) or (H, W)
         The source image, any numeric dtype.  Not modified.
     pixel_mask : bool ndarray, shape (H, W)
-        Known pixels.  Not modified.
+        Known pixels (PAIR's 0/1 masks of numbers are accepted too).  Not
+        modified.
     method : {'linear', 'nearest'}
         Interpolation method.
 
@@ -120,9 +118,8 @@ def create_blurred_image(
     Kapishnikov et al. "XRAI: Better Attributions Through Regions", ICCV 2019.
     """
     full_img = np.asarray(full_img)
-    pixel_mask = np.asarray(pixel_mask)
     _check_image(full_img, "full_img", require_uint8=False)
-    _check_pixel_mask(pixel_mask, full_img.shape[:2], "pixel_mask")
+    pixel_mask = _as_pixel_mask(pixel_mask, full_img.shape[:2], "pixel_mask")
     if method not in ("linear", "nearest"):
         raise ValueError(f"method must be 'linear' or 'nearest', got {method!r}")
     with one_blas_thread():
@@ -225,7 +222,7 @@ def compute_pic_metric(
     keep_monotonous: bool = True,
     num_data_points: int = 1000,
     *,
-    batch_size: int = 32,
+    batch_size: int = 1,
     n_jobs: int | None = None,
 ) -> PicMetricResult:
     """The Performance Information Curve of one image and saliency map.
@@ -246,13 +243,17 @@ def compute_pic_metric(
         Higher means more important (apply ``abs`` first if the sign should
         not count).  NaN is an error.
     random_mask : bool ndarray, shape (H, W)
-        Pixels revealed in every image, from :func:`generate_random_mask`.
+        Pixels revealed in every image, from :func:`generate_random_mask`
+        (0/1 numbers are accepted too).
     pred_func : callable
         ``pred_func(images)`` takes a uint8 batch ``(B, H, W, C)`` or
         ``(B, H, W)`` and returns ``B`` floats: the softmax probability of the
-        class for SIC, 1.0 / 0.0 for a correct / wrong top class for AIC.  It
-        is called with up to ``batch_size`` images at a time
-        (:func:`pred_func_from_model` builds one from a salience Model).
+        class for SIC, 1.0 / 0.0 for a correct / wrong top class for AIC
+        (:func:`pred_func_from_model` builds one from a salience Model).  It is
+        called as PAIR calls it: with the original image; if that passes
+        ``min_pred_value``, with the fully blurred image; if that passes the
+        checks below, with each thresholded image in order; one image per
+        call unless ``batch_size`` says otherwise.
     saliency_thresholds : sequence of float
         Fractions of the most salient pixels to reveal, ascending, in [0, 1].
     min_pred_value : float
@@ -262,7 +263,9 @@ def compute_pic_metric(
     num_data_points : int
         Number of curve points before the final point at x = 1.
     batch_size : int
-        Largest number of images per ``pred_func`` call.
+        A salience extension: the thresholded images go to ``pred_func`` in
+        chunks of up to ``batch_size`` (1: PAIR's one image per call).  The
+        results do not depend on it.
     n_jobs : int, optional
         Threads that build the thresholded images (interpolation and WebP
         encoding) while the model runs; None: up to 4 (the number of CPUs),
@@ -296,8 +299,7 @@ def compute_pic_metric(
     if not np.issubdtype(saliency_map.dtype, np.number):
         raise TypeError(f"saliency_map must be numeric, got dtype {saliency_map.dtype}")
     check_finite(saliency_map, "saliency_map")
-    random_mask = np.asarray(random_mask)
-    _check_pixel_mask(random_mask, size, "random_mask")
+    random_mask = _as_pixel_mask(random_mask, size, "random_mask")
     if not callable(pred_func):
         raise TypeError(f"pred_func must be callable, got {type(pred_func).__name__}")
     thresholds = _check_thresholds(saliency_thresholds)
@@ -311,14 +313,14 @@ def compute_pic_metric(
         original_entropy = _webp_size(img)
         fully_blurred = _blur(img, random_mask)
         blurred_entropy = _webp_size(fully_blurred)
-        first_two = (img, fully_blurred)
-        original_pred, blurred_pred = _predict(model, 2, first_two.__getitem__, batch_size)
-
+        # PAIR's calls: each check before the images it would skip are predicted.
+        (original_pred,) = _predict(model, 1, lambda _: img, 1)
         if original_pred < min_pred_value:
             raise ComputePicMetricError(
                 f"the prediction on the original image ({original_pred}) is below "
                 f"min_pred_value={min_pred_value}; skip this image or lower min_pred_value"
             )
+        (blurred_pred,) = _predict(model, 1, lambda _: fully_blurred, 1)
         if blurred_entropy >= original_entropy:
             raise ComputePicMetricError(
                 f"the fully blurred image has no less information ({blurred_entropy} bytes) than "
@@ -469,8 +471,13 @@ class _PredFuncModel:
         self.pred_func = pred_func
 
     def __call__(self, x, targets, keys) -> Mapping[str, Any]:
-        values = self.pred_func(x)
-        return {OUTPUT_LAYER_VALUES: to_numpy(values)}
+        values = to_numpy(self.pred_func(x))
+        if values.ndim == 0 or values.shape[0] != len(x) or values.size != len(x):
+            raise ValueError(
+                f"pred_func returned predictions of shape {values.shape} for {len(x)} image(s); "
+                "it must return one float per image of the batch"
+            )
+        return {OUTPUT_LAYER_VALUES: values.reshape(len(x))}
 
 
 def _thresholded(img, saliency_map, random_mask, thresholds, model, batch_size, n_jobs):
@@ -485,22 +492,13 @@ def _thresholded(img, saliency_map, random_mask, thresholds, model, batch_size, 
         image = _blur(img, revealed | random_mask)
         return image, _webp_size(image)
 
-    with _image_pool(n_jobs) as pool:
-        if pool is None:
-            built: dict[int, tuple[np.ndarray, int]] = {}
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                if i not in built:
-                    built[i] = make_image(thresholds[i])
-                return built[i]
-        else:
-            futures = [pool.submit(make_image, t) for t in thresholds]
-
-            def get(i: int) -> tuple[np.ndarray, int]:
-                return futures[i].result()
-
-        preds = _predict(model, len(thresholds), lambda i: get(i)[0], batch_size)
-        images, entropies = zip(*(get(i) for i in range(len(thresholds))))
+    workers = spare_workers(len(thresholds), at_most=4) if n_jobs is None else n_jobs
+    # Workers build images while the model runs (griddata and WebP release the GIL);
+    # without them (n_jobs=1) each image is built when the model first needs it.
+    with worker_pool(workers if workers > 1 else 0, "salience-pic") as pool:
+        jobs = [pool.submit(make_image, t) for t in thresholds]
+        preds = _predict(model, len(thresholds), lambda i: jobs[i].result()[0], batch_size)
+        images, entropies = zip(*(job.result() for job in jobs))
     return list(images), list(entropies), preds
 
 
@@ -525,20 +523,6 @@ def _predict(model, n: int, get_image: Callable[[int], np.ndarray], batch_size: 
     return preds
 
 
-@contextlib.contextmanager
-def _image_pool(n_jobs: int | None) -> Iterator[ThreadPoolExecutor | None]:
-    """Worker threads for the image work (griddata and WebP release the GIL)."""
-    workers = min(4, runtime.usable_cores()) if n_jobs is None else n_jobs
-    if workers <= 1:
-        yield None
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="salience-pic")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _check_image(image: np.ndarray, name: str, require_uint8: bool) -> None:
     if require_uint8 and image.dtype != np.uint8:
         raise ValueError(f"{name} must be a uint8 image, got dtype {image.dtype}")
@@ -553,13 +537,24 @@ def _check_image(image: np.ndarray, name: str, require_uint8: bool) -> None:
         check_finite(image, name)
 
 
-def _check_pixel_mask(mask: np.ndarray, size: tuple[int, ...], name: str) -> None:
+def _as_pixel_mask(mask: Any, size: tuple[int, ...], name: str) -> np.ndarray:
+    """``mask`` as a boolean (H, W) array; PAIR's masks of 0/1 numbers are accepted."""
+    mask = np.asarray(mask)
     if mask.shape != tuple(size):
         raise ValueError(
             f"{name} has shape {mask.shape} but the image is {tuple(size)} (height, width)"
         )
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{name} must be a boolean array, got dtype {mask.dtype}")
+    if mask.dtype == np.bool_:
+        return mask
+    if not np.issubdtype(mask.dtype, np.number) or np.issubdtype(mask.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be a boolean array (or of 0/1 numbers), got dtype "
+                        f"{mask.dtype}")
+    other = ~np.isin(mask, (0, 1))
+    if other.any():
+        where = tuple(int(i) for i in np.argwhere(other)[0])
+        raise ValueError(f"{name} must hold only 0 and 1 (or be boolean), got {mask[where]} at "
+                         f"{where}")
+    return mask != 0
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> list[float]:

@@ -68,7 +68,7 @@ def plot_curves(
         raise ValueError("curves is empty; pass a result or a mapping label -> result")
     fig = _figure((6.0, 4.0))
     ax = fig.add_subplot()
-    xlabel = "fraction of pixels"
+    xlabel, ylabel = "fraction of pixels", "score"
     for label, result in curves.items():
         if isinstance(result, CurveResult):
             mean = result.scores.mean(axis=0)
@@ -78,16 +78,17 @@ def plot_curves(
                 for s in result.scores:
                     ax.plot(result.fractions, s, color=line.get_color(), alpha=0.15, lw=0.8)
             xlabel = f"fraction of pixels {'inserted' if result.kind == 'insertion' else 'deleted'}"
+            ylabel = "class probability" if result.score == "probability" else "model output"
         elif isinstance(result, (PicMetricResult, AggregateMetricResult)):
             ax.plot(result.curve_x, result.curve_y, label=f"{label} (AUC {result.auc:.3f})")
-            xlabel = "normalised information (entropy)"
+            xlabel, ylabel = "normalised information (entropy)", "normalised prediction"
         else:
             raise TypeError(
                 f"curves[{label!r}] is a {type(result).__name__}; expected CurveResult, "
                 "PicMetricResult or AggregateMetricResult"
             )
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("score" if "pixels" in xlabel else "normalised prediction")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
@@ -109,7 +110,10 @@ def plot_sanity(result: SanityResult, title: str | None = None):
         raise TypeError(f"result must be a SanityResult, got {type(result).__name__}")
     labels = ["trained", *result.layers]
     positions = np.arange(len(labels))
-    fig = _figure((max(5.0, 0.45 * len(labels) + 2), 4.0))
+    # Rotated layer names take height from the axes: grow the figure with the longest
+    # one so the axes keep room for the y label.
+    longest = max(len(label) for label in labels)
+    fig = _figure((max(5.0, 0.45 * len(labels) + 2), 3.2 + 0.055 * longest))
     ax = fig.add_subplot()
     for name, values in (("Spearman (abs)", result.spearman_abs),
                          ("Spearman", result.spearman), ("SSIM", result.ssim)):
@@ -118,7 +122,7 @@ def plot_sanity(result: SanityResult, title: str | None = None):
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xticks(positions, labels, rotation=60, ha="right", fontsize="small")
     ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("similarity to the trained model's maps")
+    ax.set_ylabel("similarity to the\ntrained model's maps")
     ax.set_xlabel(("cascading" if result.cascading else "independent") + " randomisation")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")

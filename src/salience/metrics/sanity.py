@@ -18,7 +18,6 @@ Maps", NeurIPS 2018. https://arxiv.org/abs/1810.03292
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .._adapter import layer_weights
 from ..checks import as_float_batch, resolve_targets
 from ..numeric import normalise01
 from ._checks import as_map_batch
@@ -79,7 +79,7 @@ def randomisable_layers(model: Any) -> list[str]:
 
     PyTorch: dotted names in ``named_modules()``; Keras: layer names.
     """
-    return _backend(model).layers()
+    return layer_weights(model).layers()
 
 
 def model_randomisation(
@@ -136,13 +136,13 @@ def model_randomisation(
     Saliency Maps", NeurIPS 2018. https://arxiv.org/abs/1810.03292
     """
 
-    backend = _backend(model)
+    backend = layer_weights(model)
     explain = _explain_function(method)
     x = as_float_batch(x)
     wrap_kwargs = dict(wrap_kwargs or {})
     if "layer" in wrap_kwargs and not isinstance(wrap_kwargs["layer"], (str, type(None))):
         raise TypeError("give wrap_kwargs['layer'] as a name: the check works on a copy")
-    available = backend.layers(all_layers=True)
+    available = backend.layers(every=True)
     names = list(backend.layers() if layers is None else layers)
     missing = [n for n in names if n not in available]
     if missing or not names:
@@ -230,131 +230,3 @@ def _maps(explain, model, x, targets, is_last) -> tuple[np.ndarray, np.ndarray]:
     signed = as_map_batch(maps, "maps", channels_last=is_last)
     absolute = as_map_batch(np.abs(maps), "maps", channels_last=is_last)
     return signed, absolute
-
-
-def _backend(model: Any) -> _TorchBackend | _KerasBackend:
-    modules = [cls.__module__ for cls in type(model).__mro__]
-    if any(m.startswith("torch.") for m in modules):
-        return _TorchBackend(model)
-    if any(m.startswith(("keras.", "tf_keras.")) for m in modules) and hasattr(model, "layers"):
-        return _KerasBackend(model)
-    raise TypeError(
-        f"model must be a torch.nn.Module or a Keras model, got {type(model).__name__}"
-    )
-
-
-class _TorchBackend:
-    """Copy, inspect and re-initialise a ``torch.nn.Module``."""
-
-    def __init__(self, module: Any) -> None:
-        import torch
-
-        self.torch = torch
-        self.module = module
-
-    def layers(self, all_layers: bool = False) -> list[str]:
-        return [
-            name for name, sub in self.module.named_modules()
-            if name and (all_layers or any(p.ndim >= 2 for p in sub.parameters(recurse=False)))
-        ]
-
-    def copy(self) -> Any:
-        return copy.deepcopy(self.module)
-
-    def state(self, work: Any) -> dict[str, Any]:
-        return {k: v.clone() for k, v in work.state_dict().items()}
-
-    def restore(self, work: Any, state: dict[str, Any]) -> None:
-        work.load_state_dict(state)
-
-    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
-        from .. import torch as salience_torch
-
-        return salience_torch.wrap(work, **kwargs)
-
-    def random_state(self) -> Any:
-        return self.torch.random.fork_rng(devices=[])
-
-    def reinitialise(self, work: Any, name: str, seed: int) -> None:
-        """The layer's own init scheme (``reset_parameters``) when it has one."""
-        torch = self.torch
-        layer = dict(work.named_modules())[name]
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            if callable(getattr(layer, "reset_parameters", None)):
-                layer.reset_parameters()
-                return
-            for p in layer.parameters(recurse=False):
-                std = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.01
-                p.normal_(0.0, std)
-
-
-class _KerasBackend:
-    """Clone, inspect and re-initialise a Sequential or functional Keras model."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        legacy = any(c.__module__.startswith("tf_keras.") for c in type(model).__mro__)
-        if legacy:
-            import tf_keras as keras
-        else:
-            import keras
-        self.keras = keras
-
-    def _layers(self, model: Any) -> list[Any]:
-        from ..keras import _all_layers
-
-        return _all_layers(model)
-
-    def layers(self, all_layers: bool = False) -> list[str]:
-        return [
-            layer.name for layer in self._layers(self.model)
-            if all_layers or any(len(w.shape) >= 2 for w in layer.weights)
-        ]
-
-    def copy(self) -> Any:
-        try:
-            work = self.keras.models.clone_model(self.model)
-        except Exception as err:  # noqa: BLE001 - Keras raises various types here
-            raise TypeError(
-                "the sanity check clones Keras models with clone_model, which needs a "
-                f"Sequential or functional model; this one could not be cloned ({err})"
-            ) from err
-        work.set_weights(self.model.get_weights())
-        return work
-
-    def state(self, work: Any) -> list[np.ndarray]:
-        return [np.array(w) for w in work.get_weights()]
-
-    def restore(self, work: Any, state: list[np.ndarray]) -> None:
-        work.set_weights(state)
-
-    def wrap(self, work: Any, kwargs: dict[str, Any]) -> Any:
-        from .. import keras as salience_keras
-
-        return salience_keras.wrap(work, **kwargs)
-
-    def random_state(self) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()  # seeded initialisers leave global state alone
-
-    def reinitialise(self, work: Any, name: str, seed: int) -> None:
-        """Each weight from the layer's own initialiser (``kernel_initializer``, ...),
-        seeded; weights without one get a normal draw of their own spread."""
-        layer = next(la for la in self._layers(work) if la.name == name)
-        rng = np.random.default_rng(seed)
-        for k, weight in enumerate(layer.weights):
-            short = weight.name.split("/")[-1].split(":")[0]
-            init = getattr(layer, f"{short}_initializer", None)
-            shape, dtype = tuple(weight.shape), weight.dtype
-            if init is not None:
-                config = dict(init.get_config())
-                if "seed" in config:
-                    config["seed"] = seed * 1000 + k
-                value = np.asarray(type(init).from_config(config)(shape, dtype=dtype))
-            else:
-                current = np.asarray(weight)
-                std = float(current.std()) if current.size > 1 and current.std() > 0 else 0.01
-                value = rng.normal(0.0, std, size=shape)
-            weight.assign(value.astype(np.asarray(weight).dtype))

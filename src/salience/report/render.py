@@ -3,18 +3,20 @@
 Layout of ``DIR``::
 
     index.html          the report (Jinja2 template ``templates/index.html``)
-    summary.json        predictions, targets, timings, metrics, skipped files
+    summary.json        predictions, targets, timings, metrics, skipped files, status
     maps.npz            raw maps, key ``<image>__<method>``
     images/<image>.png  the model-sized original
     maps/<image>__<method>.png            the map alone, coloured
     overlays/<image>__<method>.png        the map over the image
     overlays/<image>__<method>__top10.png XRAI-style top regions (10% and 30%)
+    salience-manifest.json  every file above (see :mod:`salience.outdir`)
 
-Everything is written to a temporary sibling directory first and renamed into
-place at the end, so ``DIR`` is either the complete new report or untouched.
-An existing ``DIR`` is replaced only with ``overwrite=True`` and only when it
-is empty or a previous salience report; names from image files are
-sanitised, so no output path escapes ``DIR``.
+The directory is written by :func:`salience.outdir.write_atomically`: into a
+temporary sibling first, renamed into place at the end, so ``DIR`` is either
+the complete new report or untouched.  An existing ``DIR`` is replaced only
+with ``overwrite=True`` and only when everything in it is listed in its
+manifest (files the user added there make it refuse); names from image files
+are sanitised, so no output path escapes ``DIR``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,22 +32,25 @@ from typing import Any
 
 import numpy as np
 
-from .. import visualize
+from .. import registry, visualize
+from .._version import __version__
+from ..io import RESIZE_MODES
+from ..metrics.evaluate import METRICS
+from ..outdir import OutputDirError, check_output_dir, write_atomically
 
 __all__ = [
     "ImageEntry",
     "OutputDirError",
     "check_output_dir",
+    "run_status",
     "safe_names",
     "write_report",
 ]
 
 GENERATOR = "salience"
 REGION_FRACTIONS = (0.1, 0.3)
-
-
-class OutputDirError(ValueError):
-    """The output directory cannot be used (exists, is a file, or holds other files)."""
+#: Colour stops sampled from a colormap for the legends (CSS gradients).
+LEGEND_STOPS = 11
 
 
 @dataclass
@@ -72,46 +74,6 @@ class ImageEntry:
     source: str = ""
     original_size: tuple[int, int] | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _is_previous_report(path: Path) -> bool:
-    if not any(path.iterdir()):
-        return True
-    summary = path / "summary.json"
-    if not summary.is_file():
-        return False
-    try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Check that ``out`` may be written; call it before doing any work.
-
-    Raises
-    ------
-    OutputDirError
-        ``out`` is a file; it exists and ``overwrite`` is false; or it exists,
-        is not empty and is not a previous salience report (then even
-        ``overwrite`` does not replace it, so nothing the user had is lost).
-    """
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise OutputDirError(f"--out {str(out)!r} exists and is not a directory")
-        if not overwrite:
-            raise OutputDirError(
-                f"--out {str(out)!r} already exists; pass --overwrite to replace it, or choose "
-                "another directory"
-            )
-        if not _is_previous_report(out):
-            raise OutputDirError(
-                f"--out {str(out)!r} exists and is not a salience report (it has files but no "
-                "summary.json written by salience); refusing to replace it even with "
-                "--overwrite. Choose another directory"
-            )
-    return out
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -138,15 +100,6 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _map_2d(saliency_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    flat = visualize.to_2d(saliency_map, size)
-    if flat.shape != size:
-        from skimage.transform import resize
-
-        flat = resize(flat, size, order=1)
-    return flat
-
-
 def write_report(
     out: str | Path,
     entries: Sequence[ImageEntry],
@@ -160,9 +113,12 @@ def write_report(
     warnings: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
     cmap: str = "inferno",
+    signed_cmap: str = "bwr",
+    signed_alpha: float = 0.8,
     alpha: float = 0.5,
     overwrite: bool = False,
     top_k: int = 5,
+    metric_seconds: Mapping[str, float] | None = None,
 ) -> Path:
     """Render the report into ``out`` atomically and return the path of ``index.html``.
 
@@ -175,64 +131,54 @@ def write_report(
     explanation : salience.explain.Explanation
         Predictions, maps and timings.
     model_info : mapping
-        ``name``, ``size`` (H, W), ``channels``, ``normalisation`` for the header.
+        ``name``, ``size`` (H, W), ``channels``, ``normalisation`` and ``resize``
+        (a mode of :data:`salience.io.RESIZE_MODES`) for the header.
     labels : callable, optional
         ``labels(class_index) -> str``.
     regions : sequence of str
         Methods whose maps rank regions (XRAI): their top 10% and 30% are drawn too.
     descriptions : mapping, optional
-        A line per method for the summary.
+        A sentence per method; methods of :mod:`salience.registry` default to
+        theirs.  Whether a map is signed (diverging colours) or a magnitude
+        (colours from zero) comes from the registry too; other methods are
+        shown as magnitudes.
     skipped, warnings : sequences
-        Skipped inputs (``{"path": ..., "reason": ...}``) and warning texts to show.
+        Skipped inputs (``{"path": ..., "reason": ...}``) and notes to show.
     settings : mapping, optional
-        Command line settings recorded in ``summary.json``.
-    cmap, alpha : str, float
-        Colormap and heatmap weight of the overlays.
+        Settings of the run, shown on the page and recorded in ``summary.json``
+        (the command line's: model, methods, parameters, target, batch_size,
+        size, resize, preset, metrics, metric_score, device).
+    cmap, signed_cmap : str
+        Colormaps of magnitude and of signed maps.
+    alpha, signed_alpha : float
+        The heatmap's weight over the picture; a signed map's is largest
+        where the map is, in proportion to its magnitude (0 shows the picture).
     overwrite : bool
         Replace an existing previous report in ``out``.
     top_k : int
         Predictions listed per image.
+    metric_seconds : mapping, optional
+        Seconds the metrics took per method (all images), shown per image.
     """
-    import salience
-
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    out = Path(out)
+    with write_atomically(out, overwrite, kind="report") as tmp:
         index = _render_into(
             tmp, entries, explanation, model_info=model_info, labels=labels, regions=regions,
             descriptions=descriptions or {}, skipped=skipped, warnings=warnings,
-            settings=settings or {}, cmap=cmap, alpha=alpha, top_k=top_k,
-            version=salience.__version__,
+            settings=settings or {}, cmaps={"magnitude": cmap, "signed": signed_cmap},
+            alphas={"magnitude": alpha, "signed": signed_alpha}, top_k=top_k,
+            version=__version__,
+            metric_seconds=metric_seconds or {},
         )
-        _make_readable(tmp)
-        _install(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / index
 
 
-def _make_readable(path: Path) -> None:
-    # mkdtemp makes a private (0700) directory; give the report the usual permissions.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
-
-
-def _install(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        check_output_dir(out, overwrite)  # still a previous report?
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+def run_status(explanation: Any, skipped: Sequence[Any] = ()) -> str:
+    """``"complete"``, ``"partial"`` (a method failed or an input was skipped) or ``"failed"``
+    (no method produced maps)."""
+    if not explanation.maps:
+        return "failed"
+    return "partial" if explanation.errors or skipped else "complete"
 
 
 def _label(labels: Callable[[int], str] | None, index: int) -> str:
@@ -244,13 +190,43 @@ def _label(labels: Callable[[int], str] | None, index: int) -> str:
         return f"class {index}"
 
 
+def _entry(method: str) -> registry.MethodEntry | None:
+    try:
+        return registry.get(method)
+    except (registry.UnknownMethodError, TypeError):
+        return None
+
+
+def _scale(method: str) -> str:
+    """``"signed"`` (diverging colours) or ``"magnitude"`` (from zero), from the registry."""
+    entry = _entry(method)
+    return "signed" if entry is not None and entry.signed else "magnitude"
+
+
+def _legend(cmap: str, scale: str) -> dict[str, str]:
+    """A colour bar as a CSS gradient, with what its ends mean."""
+    stops = ", ".join(f"rgb({r}, {g}, {b})"
+                      for r, g, b in visualize.colour_stops(cmap, LEGEND_STOPS))
+    if scale == "signed":
+        return {"css": f"linear-gradient(to right, {stops})", "low": "lowers the score",
+                "middle": "0", "high": "raises the score", "cmap": cmap,
+                "text": "Signed: red pixels raise the explained class's score, blue ones "
+                        "lower it; near zero the picture shows through."}
+    return {"css": f"linear-gradient(to right, {stops})", "low": "0 (no influence)",
+            "middle": "", "high": "strongest", "cmap": cmap,
+            "text": "Magnitude: dark is no influence, bright the strongest; the top 1% of "
+                    "values all get the brightest colour."}
+
+
 def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
-                 descriptions, skipped, warnings, settings, cmap, alpha, top_k, version) -> str:
+                 descriptions, skipped, warnings, settings, cmaps, alphas, top_k, version,
+                 metric_seconds) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
     names = safe_names([os.path.splitext(e.name)[0] or e.name for e in entries])
     method_names = list(explanation.maps) + [m for m in explanation.errors
                                              if m not in explanation.maps]
+    scales = {m: _scale(m) for m in method_names}
     n = len(entries)
     tops = explanation.top(top_k) if explanation.probabilities is not None else [[]] * n
     targets = explanation.targets
@@ -267,13 +243,18 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         for method in explanation.maps:
             saliency_map = np.asarray(explanation.maps[method][i])
             raw[f"{safe}__{method}"] = saliency_map
-            flat = _map_2d(saliency_map, size)
+            flat = visualize.fit_map(saliency_map, size)
             method_safe = safe_names([method])[0]
             png = f"maps/{safe}__{method_safe}.png"
             over = f"overlays/{safe}__{method_safe}.png"
-            visualize.save_png(_inside(root, png), visualize.heatmap(flat, cmap=cmap))
+            absolute = scales[method] == "magnitude"
+            cmap = cmaps[scales[method]]
+            visualize.save_png(_inside(root, png),
+                               visualize.heatmap(flat, cmap=cmap, absolute=absolute))
             visualize.save_png(_inside(root, over),
-                               visualize.overlay(entry.display, flat, cmap=cmap, alpha=alpha))
+                               visualize.overlay(entry.display, flat, cmap=cmap,
+                                                 alpha=alphas[scales[method]],
+                                                 absolute=absolute))
             region_files = []
             if method in regions:
                 for fraction in REGION_FRACTIONS:
@@ -285,6 +266,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
             maps.append({
                 "method": method, "png": png, "overlay": over, "regions": region_files,
                 "seconds_per_image": explanation.seconds.get(method, 0.0) / max(n, 1),
+                "scale": scales[method],
             })
         images.append({
             "id": f"img-{i}",
@@ -304,29 +286,46 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         raw["targets"] = np.asarray(explanation.targets)
     if explanation.logits is not None:
         raw["logits"] = np.asarray(explanation.logits)
-    np.savez(_inside(root, "maps.npz"), **raw)
+    np.savez(_inside(root, "maps.npz"), **raw)  # type: ignore[arg-type]  # names = arrays
 
+    parameters = settings.get("parameters") or {}
+    registered = {m: _entry(m) for m in method_names}
     methods = [{
         "name": m,
-        "description": descriptions.get(m, ""),
+        "description": descriptions.get(m) or getattr(registered[m], "description", ""),
+        "family": getattr(registered[m], "family", ""),
+        "scale": scales[m],
+        "parameters": ", ".join(f"{k}={v}" for k, v in (parameters.get(m) or {}).items()),
         "seconds": float(explanation.seconds.get(m, 0.0)),
         "rows": int(explanation.rows.get(m, 0)),
         "calls": int(explanation.calls.get(m, 0)),
+        "metric_seconds_per_image": (float(metric_seconds[m]) / max(n, 1)
+                                     if m in metric_seconds else None),
         "error": explanation.errors.get(m),
     } for m in method_names]
-    metric_names = sorted({k for im in images for v in im["metrics"].values() for k in v})
+    found = {k for im in images for v in im["metrics"].values() for k in v}
+    metrics = [{"name": k, "label": METRICS[k].label, "better": METRICS[k].better,
+                "description": METRICS[k].description} for k in METRICS if k in found]
+    metrics += [{"name": k, "label": k, "better": "", "description": ""}
+                for k in sorted(found - set(METRICS))]
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    resize = model_info.get("resize")
     model = {
         "name": str(model_info.get("name", "model")),
         "size": list(model_info.get("size", (0, 0))),
         "channels": model_info.get("channels", ""),
         "normalisation": str(model_info.get("normalisation", "")),
+        "resize": resize,
+        "resize_text": RESIZE_MODES.get(resize, "") if resize else "",
     }
+    used = {scale for scale in scales.values()}
     context = {
         "model": model, "methods": methods, "images": images, "skipped": list(skipped),
         "warnings": list(warnings), "version": version, "created": created,
         "predict_seconds": float(explanation.seconds.get("predict", 0.0)),
-        "metric_names": metric_names, "thumb": 224,
+        "metrics": metrics, "thumb": 224, "settings": dict(settings),
+        "legends": {scale: _legend(cmaps[scale], scale) for scale in ("magnitude", "signed")
+                    if scale in used},
     }
     html = _environment().get_template("index.html").render(**context)
     _inside(root, "index.html").write_text(html, encoding="utf-8")
@@ -336,6 +335,9 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         "predict_seconds": context["predict_seconds"],
         "images": [{k: v for k, v in im.items() if k not in ("id",)} for im in images],
         "skipped": list(skipped), "warnings": list(warnings),
+        "status": run_status(explanation, skipped),
+        "failed_methods": sorted(explanation.errors),
+        "metrics": metrics,
     }
     _inside(root, "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")

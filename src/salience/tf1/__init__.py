@@ -6,12 +6,15 @@ current TensorFlow (build the graph inside ``with tf.Graph().as_default():``;
 eager execution need not be disabled).  ``y`` is the explained score, one
 value per row (e.g. ``logits[:, k]``), and ``x`` the input placeholder, batch
 first.  The gradient ops are added to the graph once per object; the maps
-are computed by the batch-first methods of :mod:`salience`.
+are computed by the batch-first methods of :mod:`salience`, with the same
+``session.run`` calls as PAIR (``Occlusion.GetMask(..., batch_size=n)`` is a
+salience extension that runs up to ``n`` occluded copies at once).
 
 :func:`wrap` turns a graph into a Model for the batch-first API
 (``salience.IntegratedGradients().explain(salience.tf1.wrap(...), images)``).
 """
 
+from ..core.xrai import XRAIOutput, XRAIParameters
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -41,6 +44,8 @@ __all__ = [
     "BlurIG",
     "GuidedIG",
     "XRAI",
+    "XRAIParameters",
+    "XRAIOutput",
     "Occlusion",
     "GradCam",
     "GuidedBackprop",
@@ -63,12 +68,3 @@ def create_tf1_call_model_function(graph, session, y, x, conv_layer=None):
     feed_dict (see :func:`wrap` for the arguments)."""
     return wrap(graph, session, y, x, conv_layer=conv_layer).call_model_function()
 
-
-def __getattr__(name: str):
-    # XRAIParameters / XRAIOutput come from salience.core when it has XRAI.
-    if name in ("XRAIParameters", "XRAIOutput"):
-        from .. import core
-
-        if hasattr(core, name):
-            return getattr(core, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

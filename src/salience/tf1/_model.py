@@ -4,19 +4,24 @@ The graph pieces (gradient ops of ``y`` with respect to ``x``, of ``y`` with
 respect to a convolution layer, guided gradients) are added to the graph the
 first time they are needed and reused afterwards; every model call is one
 ``session.run``.
+
+Calls from several threads are safe and give the serial results: graph
+building (adding gradient ops, which for Guided Backprop briefly overrides the
+ReLU ops' gradients) is serialised by one lock for all graphs, and
+``session.run``, which TensorFlow makes thread-safe, runs concurrently.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .._adapter import LAYER_KEYS, FrameworkModel
+from .._adapter import KNOWN_KEYS, LAYER_KEYS, CallKind, FrameworkModel
+from .._tensorflow import guided_gradients
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -26,6 +31,10 @@ from ..model import (
 )
 
 __all__ = ["TF1Model", "wrap", "import_tf"]
+
+# Adding ops to a graph is not thread-safe, and the guided rule is a temporary
+# per-op override that another thread's gradient ops must not see.
+_GRAPH_LOCK = threading.Lock()
 
 
 def import_tf() -> Any:
@@ -88,6 +97,7 @@ class TF1Model(FrameworkModel):
 
     channels_last = True
     supports_guided = True
+    layer_hint = "pass conv_layer=<the layer's output tensor>"
     #: ``y`` already picks the explained output, so there is no top class to choose.
     predict = None  # type: ignore[assignment]
 
@@ -120,21 +130,11 @@ class TF1Model(FrameworkModel):
         self.has_layer = conv_layer is not None
         self.feed_dict = _check_feed(feed_dict)
         self._x_shape = x.shape.as_list() if x.shape.rank is not None else None
+        self.input_shape = None if self._x_shape is None else tuple(self._x_shape)
+        self.input_name = f"the graph's input {x.name}"
         if self._x_shape is not None and len(self._x_shape) == 4:
             self.expected_channels = self._x_shape[3]
         self._ops: dict[str, Any] = {OUTPUT_LAYER_VALUES: y}  # shared with with_feed copies
-
-    @property
-    def batchable(self) -> bool:
-        """True when ``x`` and ``y`` take any number of rows (first dimension None)."""
-        y_shape = self.y.shape
-        return (
-            self._x_shape is not None
-            and self._x_shape[0] is None
-            and y_shape.rank is not None
-            and y_shape.rank >= 1
-            and y_shape.as_list()[0] is None
-        )
 
     def with_feed(self, feed_dict: Mapping[Any, Any] | None) -> TF1Model:
         """This model with ``feed_dict`` added to the values fed on every call."""
@@ -150,50 +150,39 @@ class TF1Model(FrameworkModel):
         for key in keys:
             self._op(key)
 
-    def __call__(self, x, targets, keys):
-        if any(k in LAYER_KEYS for k in keys) and not self.has_layer:
-            raise ValueError(
-                "this method needs a convolution layer's values and gradients (Grad-CAM); "
-                "pass conv_layer=<the layer's output tensor>"
-            )
-        return super().__call__(x, targets, keys)
-
-    def check_layout(self, x: np.ndarray) -> None:
-        super().check_layout(x)
-        if self._x_shape is None:
-            return
-        fixed = self._x_shape
-        if x.ndim != len(fixed) or any(
-            want is not None and want != got for want, got in zip(fixed, x.shape)
-        ):
-            shown = tuple("None" if d is None else d for d in fixed)
-            raise ValueError(
-                f"x has shape {x.shape} but the graph's input {self.x.name} has shape "
-                f"({', '.join(map(str, shown))})"
-            )
-
-    def _run(self, x, targets, keys):
+    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+             kind: CallKind) -> dict[str, np.ndarray]:
         if targets is not None:
             raise ValueError(
                 "a TF1 graph's y already selects the explained output (e.g. y = logits[:, k]); "
                 "call the method with targets=None"
             )
-        fetches = [self._op(key) for key in keys]
+        keys = {"scores": OUTPUT_LAYER_VALUES} if kind.scores else {}  # as PAIR fetches
+        if kind.input:
+            keys["input"] = GUIDED_INPUT_GRADIENTS if kind.guided else INPUT_OUTPUT_GRADIENTS
+        if kind.layer:
+            keys.update(values=CONVOLUTION_LAYER_VALUES, layer=CONVOLUTION_OUTPUT_GRADIENTS)
+        fetches = [self._op(key) for key in keys.values()]
+        for op in fetches:
+            if isinstance(op, _Unavailable):
+                raise ValueError(op.message)
         # x is fed by the method, also when the feed_dict names it ("x:0").
         feed = {k: v for k, v in self.feed_dict.items()
                 if not (isinstance(k, str) and k == self.x.name)}
         feed[self.x] = x
         values = self.session.run(fetches, feed_dict=feed)
-        out = {key: np.asarray(value) for key, value in zip(keys, values)}
-        scores = out.get(OUTPUT_LAYER_VALUES)
-        if scores is not None and scores.ndim == 0 and len(x) == 1:
-            out[OUTPUT_LAYER_VALUES] = scores.reshape(1)  # a scalar y for a single row
+        out = {name: np.asarray(value) for name, value in zip(keys, values)}
+        if "scores" in out and out["scores"].ndim == 0 and len(x) == 1:
+            out["scores"] = out["scores"].reshape(1)  # a scalar y for a single row
         return out
 
     def _op(self, key: str) -> Any:
         op = self._ops.get(key)
         if op is None:
-            op = self._ops[key] = self._build(key)
+            with _GRAPH_LOCK:
+                op = self._ops.get(key)
+                if op is None:
+                    op = self._ops[key] = self._build(key)
         return op
 
     def _build(self, key: str) -> Any:
@@ -207,13 +196,12 @@ class TF1Model(FrameworkModel):
             if key == CONVOLUTION_OUTPUT_GRADIENTS:
                 return self._gradient(v1.gradients(self.y, self.conv_layer)[0], "conv_layer")
             if key == GUIDED_INPUT_GRADIENTS:
-                with guided_relu_gradients(self.graph):
-                    return self._gradient(v1.gradients(self.y, self.x)[0], "x")
+                return self._gradient(guided_gradients(self.graph, self.y, self.x), "x")
         raise ValueError(f"unknown output key {key!r}")
 
     def _gradient(self, gradient: Any, name: str) -> Any:
-        if gradient is None:
-            raise ValueError(
+        if gradient is None:  # reported when requested: building the ops is no call yet
+            return _Unavailable(
                 f"y ({self.y.name}) does not depend on {name} "
                 f"({getattr(self, name).name}); pass the tensors of one model"
             )
@@ -228,59 +216,21 @@ class TF1Model(FrameworkModel):
 
         def call_model_function(x_value_batch, call_model_args=None, expected_keys=None):
             keys = list(expected_keys or [INPUT_OUTPUT_GRADIENTS])
+            for key in keys:  # PAIR's errors (code may match on them), then what to do
+                if key not in KNOWN_KEYS:
+                    raise ValueError(
+                        f"Invalid expected key {key}; known keys are {list(KNOWN_KEYS)}")
+                if key in LAYER_KEYS and not self.has_layer:
+                    raise RuntimeError(
+                        f"Cannot return key {key} because no conv_layer was specified; pass "
+                        "conv_layer=<the layer's output tensor>")
             return self.with_feed(call_model_args)(np.asarray(x_value_batch), None, keys)
 
         return call_model_function
 
 
-def _guided_rule(upper: float | None) -> Callable:
-    """Backward of a ReLU (``upper`` None) or ReLU6 (``upper`` 6) under the guided rule:
-    pass the gradient where it is > 0 and the op's output is strictly inside (0, upper)."""
+class _Unavailable:
+    """Stands for a gradient op that cannot exist; fetching it raises ``message``."""
 
-    def gradient(op: Any, grad: Any) -> Any:
-        tf = import_tf()
-        out = op.outputs[0]
-        keep = tf.logical_and(grad > 0, out > 0)
-        if upper is not None:
-            keep = tf.logical_and(keep, out < upper)
-        return tf.where(keep, grad, tf.zeros_like(grad))
-
-    return gradient
-
-
-_GUIDED_RULES = {"Relu": _guided_rule(None), "Relu6": _guided_rule(6.0)}
-
-
-@contextlib.contextmanager
-def guided_relu_gradients(graph: Any) -> Iterator[None]:
-    """While active, gradients built with ``tf.gradients`` in ``graph`` use the guided
-    rule for every ``Relu`` and ``Relu6`` op; the ops' own gradient is restored after.
-
-    Nothing is copied and the graph's ops are not changed: TensorFlow looks up a
-    per-op gradient function before the registered one, and that is set here
-    only for the duration of the gradient construction.
-    """
-    changed = []
-    try:
-        for op in graph.get_operations():
-            rule = _GUIDED_RULES.get(op.type)
-            if rule is None:
-                continue
-            if not hasattr(op, "_gradient_function"):  # pragma: no cover - other TF versions
-                raise RuntimeError(
-                    "this TensorFlow version does not allow a per-op gradient override; "
-                    "Guided Backprop for TF1 graphs needs TensorFlow >= 2.4"
-                )
-            changed.append((op, op._gradient_function))
-            op._gradient_function = rule
-        if not changed:
-            warnings.warn(
-                "Guided Backprop found no Relu or Relu6 op in the graph, so the map equals "
-                "the plain gradient",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        yield
-    finally:
-        for op, previous in changed:
-            op._gradient_function = previous
+    def __init__(self, message: str) -> None:
+        self.message = message

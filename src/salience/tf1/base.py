@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..checks import check_nonnegative, check_positive_int
-from ..core.base import CoreSaliency
+from ..checks import check_positive_int
+from ..core.base import CoreSaliency, smooth_get_mask
 from ..model import INPUT_OUTPUT_GRADIENTS
 from ._model import TF1Model
 
@@ -16,6 +18,7 @@ __all__ = [
     "TF1CoreSaliency",
     "X_SHAPE_ERROR_MESSAGE",
     "Y_SHAPE_ERROR_MESSAGE",
+    "on_graph",
 ]
 
 # The same texts as PAIR's, so code that matches on them keeps working.
@@ -32,9 +35,8 @@ class TF1Saliency:
     (batch first).
 
     Subclasses implement ``GetMask(x_value, feed_dict=None, ...)`` for one
-    input without batch axis.  A subclass that defines only ``GetMask`` still
-    gets a working ``GetSmoothedMask`` (one ``GetMask`` call per noisy
-    sample); the built-in methods send all samples to the session together.
+    input without batch axis; ``GetSmoothedMask`` calls it once per noisy
+    sample, as PAIR does.
     """
 
     def __init__(self, graph: Any, session: Any, y: Any, x: Any) -> None:
@@ -48,72 +50,37 @@ class TF1Saliency:
 
     def GetSmoothedMask(self, x_value, feed_dict=None, stdev_spread=0.15, nsamples=25,
                         magnitude=True, **kwargs):
-        """SmoothGrad over this method; see :class:`salience.SmoothGrad`.
-
-        Noise comes from the global ``np.random`` in PAIR's order, so
-        ``np.random.seed(k)`` beforehand gives PAIR's numbers.
-        """
-        if getattr(type(self).GetMask, "_salience_batched", False):
-            self._check_smoothing(kwargs)
-            return self.core_instance.GetSmoothedMask(
-                x_value, self.call_model_function, feed_dict, stdev_spread, nsamples,
-                magnitude, **self._smoothing_kwargs(kwargs),
-            )
-        # A user's own GetMask: one call per noisy sample.
-        nsamples = check_positive_int(nsamples, "nsamples")
-        x_value = np.asarray(x_value)
-        stdev = check_nonnegative(stdev_spread, "stdev_spread") * (
-            np.max(x_value) - np.min(x_value)
-        )
-        total = 0.0  # shaped like the masks, which may differ from x_value (2-D maps)
-        for _ in range(nsamples):
-            noisy = x_value + np.random.normal(0, stdev, x_value.shape)
-            mask = np.asarray(self.GetMask(noisy, feed_dict, **kwargs), dtype=np.float64)
-            total = total + (mask * mask if magnitude else mask)
-        return (total / nsamples).astype(np.result_type(x_value.dtype, np.float32))
-
-    # Hooks of the built-in methods (which also set core_instance and call_model_function).
-    core_instance: CoreSaliency
-    call_model_function: Any
-
-    def _check_smoothing(self, kwargs: dict) -> None:
-        """Check GetMask keyword arguments before a smoothed run (shape rules)."""
-
-    def _smoothing_kwargs(self, kwargs: dict) -> dict:
-        return kwargs
-
-    def _default_batch_size(self, size: int) -> int:
-        """``size`` rows per session call if the graph takes any batch size, else 1."""
-        return size if self.tf1_model.batchable else 1
-
-    def _attach(self, core_instance: CoreSaliency | None, keys, conv_layer=None) -> TF1Model:
-        """Wrap the graph once, build the ops for ``keys`` and hold the core method."""
-        model = TF1Model(self.graph, self.session, self.y, self.x, conv_layer=conv_layer)
-        model.prepare(keys)
-        self.tf1_model = model
-        self.call_model_function = model.call_model_function()
-        if core_instance is not None:
-            self.core_instance = core_instance
-        return model
+        """SmoothGrad over ``GetMask``, one call per noisy sample; ``kwargs`` go to
+        ``GetMask``.  The same loop as :meth:`salience.core.CoreSaliency.GetSmoothedMask`
+        (see :func:`salience.core.base.smooth_get_mask`)."""
+        return smooth_get_mask(lambda noisy: self.GetMask(noisy, feed_dict, **kwargs),
+                               x_value, stdev_spread, nsamples, magnitude)
 
 
 class TF1CoreSaliency(TF1Saliency):
     """Base of the TF1 methods that run a :mod:`salience.core` method on the graph.
 
     ``conv_layer`` is the tensor of the layer Grad-CAM uses (batch first).
-    The gradient ops are added to the graph once, when the object is built.
+    The gradient ops for :attr:`keys` are added to the graph once, when the
+    object is built (a gradient that cannot exist, because ``y`` does not
+    depend on the tensor, is reported when it is first requested, before the
+    session runs).  ``call_model_function`` is PAIR's callback running the
+    graph, with a feed_dict as ``call_model_args``.  A subclass sets
+    :attr:`core_class` and makes its ``GetMask`` with :func:`on_graph`.
     """
 
-    _core_class: Any = None  # the salience.core class (or its name, looked up when built)
-    _keys: tuple[str, ...] = (INPUT_OUTPUT_GRADIENTS,)
+    #: The salience.core class whose methods run on the graph (None: a user's subclass).
+    core_class: type[CoreSaliency] | None = None
+    #: Outputs whose graph ops are built with the object.
+    keys: tuple[str, ...] = (INPUT_OUTPUT_GRADIENTS,)
 
     def __init__(self, graph: Any, session: Any, y: Any, x: Any, conv_layer: Any = None) -> None:
         super().__init__(graph, session, y, x)
-        core_class = self._core_class
-        if isinstance(core_class, str):
-            core_class = _core_method(core_class)
-        # A user's subclass (no core class) gets call_model_function, as in PAIR.
-        self._attach(None if core_class is None else core_class(), self._keys, conv_layer)
+        self.tf1_model = TF1Model(graph, session, y, x, conv_layer=conv_layer)
+        self.tf1_model.prepare(self.keys)
+        self.call_model_function = self.tf1_model.call_model_function()
+        if self.core_class is not None:
+            self.core_instance = self.core_class()
 
     def validate_xy_tensor_shape(self, x_steps: int = 1, batch_size: int = 1) -> None:
         """Check that ``x`` and ``y`` can take the batches ``x_steps`` rows in chunks
@@ -142,14 +109,45 @@ class TF1CoreSaliency(TF1Saliency):
             expected = "None" + ("" if rows is None else f" or {rows}")
             raise ValueError(X_SHAPE_ERROR_MESSAGE.format(expected, x_dims[0]))
 
+    def _check_arguments(self, options: dict[str, Any]) -> None:
+        """Check a call's options (all of them, defaults included) before the core
+        method runs; PAIR checks the tensor shapes here for the batched methods."""
 
-def _core_method(name: str) -> type:
-    from .. import core
 
-    cls = getattr(core, name, None)
-    if cls is None:
-        raise NotImplementedError(
-            f"salience.tf1.{name} runs salience.core.{name}, which this version of salience "
-            "does not provide yet"
+def on_graph(core_method: Callable) -> Callable:
+    """A :mod:`salience.core` method as the method of a TF1 class.
+
+    The result has PAIR's tf1 signature: the core method's, with
+    ``call_model_function`` and ``call_model_args`` replaced by
+    ``feed_dict=None`` (PAIR's tf1 and core options and defaults are the
+    same, so they are written once, in :mod:`salience.core`).  A call checks
+    its arguments against that signature, passes every option (defaults
+    included) to :meth:`TF1CoreSaliency._check_arguments`, then calls the
+    core method of ``self.core_instance`` with the graph's
+    ``call_model_function``, ``feed_dict`` as ``call_model_args`` and the
+    options by keyword, as PAIR's tf1 classes do.
+    """
+    name = core_method.__name__
+    core_signature = inspect.signature(core_method)
+    self_param, x_param, _function, _args, *options = core_signature.parameters.values()
+    feed_dict = inspect.Parameter("feed_dict", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  default=None)
+    signature = core_signature.replace(parameters=[self_param, x_param, feed_dict, *options])
+
+    def method(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        del given["self"]
+        x_value, feed = given.pop("x_value"), given.pop("feed_dict")
+        self._check_arguments(given)
+        return getattr(self.core_instance, name)(
+            x_value, call_model_function=self.call_model_function, call_model_args=feed, **given
         )
-    return cls
+
+    method.__name__ = name
+    method.__qualname__ = name
+    method.__signature__ = signature  # type: ignore[attr-defined]
+    method.__doc__ = (f"{core_method.__qualname__} on the graph: ``x_value`` without batch axis, "
+                      "``feed_dict`` for ``session.run``; see the core method for the options.")
+    return method

@@ -1,9 +1,10 @@
 """PAIR ``saliency.tf1`` methods: each runs the matching :mod:`salience.core`
 method (and through it the batch-first method) on a TF1 graph.
 
-Parameters are documented on the batch-first classes named in each docstring;
-``feed_dict`` holds extra values for ``session.run`` (``x`` is fed by the
-method).
+Signatures are the core ones with ``feed_dict`` (extra values for
+``session.run``; ``x`` is fed by the method) in place of the callback and
+its arguments (:func:`~salience.tf1.base.on_graph`); the options are
+documented on the core classes and the batch-first classes they name.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import core
-from ..core.base import CoreSaliency, batched, run_method
+from ..core.base import CoreSaliency, run_method
 from ..methods.guided_backprop import GuidedBackprop as _GuidedBackprop
 from ..model import (
     CONVOLUTION_LAYER_VALUES,
@@ -19,7 +20,7 @@ from ..model import (
     GUIDED_INPUT_GRADIENTS,
     INPUT_OUTPUT_GRADIENTS,
 )
-from .base import TF1CoreSaliency, _core_method
+from .base import TF1CoreSaliency, on_graph
 
 __all__ = [
     "GradientSaliency",
@@ -34,168 +35,87 @@ __all__ = [
 
 
 class GradientSaliency(TF1CoreSaliency):
-    """Vanilla gradients; see :class:`salience.Gradients`.
+    """Vanilla gradients; see :class:`salience.core.GradientSaliency`."""
 
-    ``GetSmoothedMask`` sends the noisy samples to the session together (up
-    to ``batch_size``, default 32) when ``x`` and ``y`` have a None batch
-    dimension, one at a time otherwise.
-    """
-
-    _core_class = core.GradientSaliency
-    _keys = (INPUT_OUTPUT_GRADIENTS,)
-
-    @batched
-    def GetMask(self, x_value, feed_dict=None):
-        return self.core_instance.GetMask(x_value, self.call_model_function,
-                                          call_model_args=feed_dict)
-
-    def _smoothing_kwargs(self, kwargs):
-        return {"batch_size": self._default_batch_size(32), **kwargs}
+    core_class = core.GradientSaliency
+    keys = (INPUT_OUTPUT_GRADIENTS,)
+    GetMask = on_graph(core.GradientSaliency.GetMask)
 
 
 class IntegratedGradients(TF1CoreSaliency):
-    """Integrated Gradients; see :class:`salience.IntegratedGradients`."""
+    """Integrated Gradients; see :class:`salience.core.IntegratedGradients`."""
 
-    _core_class = core.IntegratedGradients
-    _keys = (INPUT_OUTPUT_GRADIENTS,)
+    core_class = core.IntegratedGradients
+    keys = (INPUT_OUTPUT_GRADIENTS,)
+    GetMask = on_graph(core.IntegratedGradients.GetMask)
 
-    @batched
-    def GetMask(self, x_value, feed_dict=None, x_baseline=None, x_steps=25, batch_size=1):
-        self.validate_xy_tensor_shape(x_steps, batch_size)
-        return self.core_instance.GetMask(
-            x_value, self.call_model_function, call_model_args=feed_dict,
-            x_baseline=x_baseline, x_steps=x_steps, batch_size=batch_size,
-        )
-
-    def _check_smoothing(self, kwargs):
-        self.validate_xy_tensor_shape(kwargs.get("x_steps", 25), kwargs.get("batch_size", 1))
+    def _check_arguments(self, options):
+        self.validate_xy_tensor_shape(options["x_steps"], options["batch_size"])
 
 
 class BlurIG(TF1CoreSaliency):
-    """Blur IG; see :class:`salience.BlurIG` (and :class:`salience.core.BlurIG` for
-    where it differs from PAIR when ``sqrt=True`` and ``batch_size > 1``)."""
+    """Blur IG; see :class:`salience.core.BlurIG` (also for where it differs from PAIR
+    when ``sqrt=True`` and ``batch_size > 1``)."""
 
-    _core_class = core.BlurIG
-    _keys = (INPUT_OUTPUT_GRADIENTS,)
+    core_class = core.BlurIG
+    keys = (INPUT_OUTPUT_GRADIENTS,)
+    GetMask = on_graph(core.BlurIG.GetMask)
 
-    @batched
-    def GetMask(self, x_value, feed_dict=None, max_sigma=50, steps=100, grad_step=0.01,
-                sqrt=False, batch_size=1):
-        self.validate_xy_tensor_shape(steps, batch_size)
-        return self.core_instance.GetMask(
-            x_value, self.call_model_function, call_model_args=feed_dict,
-            max_sigma=max_sigma, steps=steps, grad_step=grad_step, sqrt=sqrt,
-            batch_size=batch_size,
-        )
-
-    def _check_smoothing(self, kwargs):
-        self.validate_xy_tensor_shape(kwargs.get("steps", 100), kwargs.get("batch_size", 1))
+    def _check_arguments(self, options):
+        self.validate_xy_tensor_shape(options["steps"], options["batch_size"])
 
 
 class GuidedIG(TF1CoreSaliency):
     """Guided Integrated Gradients; see :class:`salience.core.GuidedIG`."""
 
-    _core_class = "GuidedIG"
-    _keys = (INPUT_OUTPUT_GRADIENTS,)
-
-    @batched
-    def GetMask(self, x_value, feed_dict=None, x_baseline=None, x_steps=200, fraction=0.25,
-                max_dist=0.02):
-        return self.core_instance.GetMask(
-            x_value, self.call_model_function, call_model_args=feed_dict,
-            x_baseline=x_baseline, x_steps=x_steps, fraction=fraction, max_dist=max_dist,
-        )
+    core_class = core.GuidedIG
+    keys = (INPUT_OUTPUT_GRADIENTS,)
+    GetMask = on_graph(core.GuidedIG.GetMask)
 
 
 class XRAI(TF1CoreSaliency):
     """XRAI; see :class:`salience.core.XRAI`."""
 
-    _core_class = "XRAI"
-    _keys = (INPUT_OUTPUT_GRADIENTS,)
+    core_class = core.XRAI
+    keys = (INPUT_OUTPUT_GRADIENTS,)
+    GetMask = on_graph(core.XRAI.GetMask)
+    GetMaskWithDetails = on_graph(core.XRAI.GetMaskWithDetails)
 
-    @batched
-    def GetMask(self, x_value, feed_dict=None, baselines=None, segments=None,
-                base_attribution=None, batch_size=1, extra_parameters=None):
-        self._validate_steps(batch_size, extra_parameters)
-        return self.core_instance.GetMask(
-            x_value, call_model_function=self.call_model_function, call_model_args=feed_dict,
-            baselines=baselines, segments=segments, base_attribution=base_attribution,
-            batch_size=batch_size, extra_parameters=extra_parameters,
-        )
-
-    def GetMaskWithDetails(self, x_value, feed_dict=None, baselines=None, segments=None,
-                           base_attribution=None, batch_size=1, extra_parameters=None):
-        """As ``GetMask``, returning an ``XRAIOutput`` with the intermediate results."""
-        self._validate_steps(batch_size, extra_parameters)
-        return self.core_instance.GetMaskWithDetails(
-            x_value, call_model_function=self.call_model_function, call_model_args=feed_dict,
-            baselines=baselines, segments=segments, base_attribution=base_attribution,
-            batch_size=batch_size, extra_parameters=extra_parameters,
-        )
-
-    def _validate_steps(self, batch_size, extra_parameters):
-        if extra_parameters is None:
-            extra_parameters = _core_method("XRAIParameters")()
-        self.validate_xy_tensor_shape(extra_parameters.steps, batch_size)
-
-    def _check_smoothing(self, kwargs):
-        self._validate_steps(kwargs.get("batch_size", 1), kwargs.get("extra_parameters"))
+    def _check_arguments(self, options):
+        params = options["extra_parameters"]
+        steps = (core.XRAIParameters() if params is None else params).steps
+        self.validate_xy_tensor_shape(steps, options["batch_size"])
 
 
 class Occlusion(TF1CoreSaliency):
-    """Occlusion; see :class:`salience.Occlusion`.
+    """Occlusion; see :class:`salience.core.Occlusion`: one occluded copy per
+    ``session.run`` as in PAIR, or up to ``batch_size`` (a salience extension)."""
 
-    ``batch_size`` (not in PAIR) is how many occluded copies go to the session
-    at once; None means 64 when ``x`` and ``y`` have a None batch dimension and
-    1 otherwise.
-    """
-
-    _core_class = core.Occlusion
-    _keys = ()
-
-    @batched
-    def GetMask(self, x_value, feed_dict=None, size=15, value=0, batch_size=None):
-        return self.core_instance.GetMask(
-            x_value, self.call_model_function, call_model_args=feed_dict, size=size,
-            value=value, batch_size=self._batch_size(batch_size),
-        )
-
-    def _batch_size(self, batch_size):
-        return self._default_batch_size(64) if batch_size is None else batch_size
-
-    def _smoothing_kwargs(self, kwargs):
-        return {**kwargs, "batch_size": self._batch_size(kwargs.get("batch_size"))}
+    core_class = core.Occlusion
+    keys = ()  # y itself
+    GetMask = on_graph(core.Occlusion.GetMask)
 
 
 class GradCam(TF1CoreSaliency):
-    """Grad-CAM on the activations ``conv_layer``; see :class:`salience.GradCAM`."""
+    """Grad-CAM on the activations ``conv_layer``; see :class:`salience.core.GradCam`."""
 
-    _core_class = core.GradCam
-    _keys = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
+    core_class = core.GradCam
+    keys = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
+    GetMask = on_graph(core.GradCam.GetMask)
 
     def __init__(self, graph: Any, session: Any, y: Any, x: Any, conv_layer: Any) -> None:
         super().__init__(graph, session, y, x, conv_layer)
 
-    @batched
-    def GetMask(self, x_value, feed_dict=None, should_resize=True, three_dims=True):
-        return self.core_instance.GetMask(
-            x_value, self.call_model_function, call_model_args=feed_dict,
-            should_resize=should_resize, three_dims=three_dims,
-        )
-
 
 class _CoreGuidedBackprop(CoreSaliency):
     # salience.core has no Guided Backprop (PAIR's core has none); this private
-    # translation lets the TF1 class share the core machinery (batched SmoothGrad).
-    @batched
+    # translation lets the TF1 class run like the others.
     def GetMask(self, x_value, call_model_function, call_model_args=None):
-        return run_method(self._method(), x_value, call_model_function, call_model_args)
-
-    def _method(self, batch_size=1):
-        return _GuidedBackprop(batch_size=batch_size)
+        return run_method(_GuidedBackprop(batch_size=1), x_value, call_model_function,
+                          call_model_args)
 
 
-class GuidedBackprop(GradientSaliency):
+class GuidedBackprop(TF1CoreSaliency):
     """Guided Backprop on the graph; see :class:`salience.GuidedBackprop`.
 
     The guided gradient ops are added to the graph once, when the object is
@@ -204,11 +124,8 @@ class GuidedBackprop(GradientSaliency):
     everything else.  Unlike PAIR, the graph is neither copied nor saved to a
     checkpoint (``tmp_ckpt_path`` is accepted and ignored), the session's
     current variable values are used, and ``Relu6`` is guided too (PAIR only
-    changes ``Relu``).
-
-    ``GetSmoothedMask`` sends the noisy samples to the session together (up
-    to ``batch_size``, default 32) when ``x`` and ``y`` have a None batch
-    dimension.
+    changes ``Relu``).  One ``session.run`` of one row per ``GetMask``, as in
+    PAIR.
 
     References
     ----------
@@ -216,9 +133,10 @@ class GuidedBackprop(GradientSaliency):
     All Convolutional Net", 2014. https://arxiv.org/abs/1412.6806
     """
 
-    _core_class = _CoreGuidedBackprop
-    _keys = (GUIDED_INPUT_GRADIENTS,)
+    core_class = _CoreGuidedBackprop
+    keys = (GUIDED_INPUT_GRADIENTS,)
+    GetMask = on_graph(_CoreGuidedBackprop.GetMask)
 
     def __init__(self, graph: Any, session: Any, y: Any, x: Any,
-                 tmp_ckpt_path: str | None = None) -> None:
+                 tmp_ckpt_path: str = "/tmp/guided_backprop_ckpt") -> None:
         super().__init__(graph, session, y, x)

@@ -13,8 +13,18 @@ widths, which keeps them friendly to saliency methods (piecewise-linear).
 - :func:`lite0_state_dict_arrays`: the weights as numpy arrays, which both
   ports read.
 
-All three give the same logits on the same (transposed) input up to float32
-rounding.  Framework imports happen inside the functions.
+All three compute the same function: in float64 (the torch model's
+``.double()``, the Keras port's ``dtype="float64"``) the Keras port's gradient
+maps match torch's to ~1e-15 of their maximum.  In float32 the logits agree to
+~1e-6, and so do the gradient maps on most inputs, but the gradient of a
+piecewise-linear network jumps where a ReLU6 input crosses 0 or 6: an
+activation within float32 rounding of such a kink can fall on different sides
+in different frameworks (their convolutions round differently), and the maps
+then differ around that unit.  On ``skimage.data.coffee()`` one depthwise
+activation of block 3a lies 3e-6 from 0 (torch: -2.9e-6, Keras: +3.6e-6), and
+the Keras map differs from torch's by 1.3e-2 of its maximum (JAX's by 1.6e-4,
+as much as torch's own float32 map differs from its float64 one).  Framework
+imports happen inside the functions.
 """
 
 from __future__ import annotations
@@ -155,8 +165,8 @@ def preprocess_lite0(images_uint8: np.ndarray, channels_last: bool = False) -> n
     ndarray
         ``(x / 255 - LITE0_MEAN) / LITE0_STD`` in the chosen layout, float32.
     """
-    x = np.asarray(images_uint8, dtype=np.float32) / 255.0
-    x = (x - np.array(LITE0_MEAN, dtype=np.float32)) / np.array(LITE0_STD, dtype=np.float32)
+    scaled = np.asarray(images_uint8, dtype=np.float32) / np.float32(255.0)
+    x = (scaled - np.array(LITE0_MEAN, dtype=np.float32)) / np.array(LITE0_STD, dtype=np.float32)
     return np.ascontiguousarray(x if channels_last else x.transpose(0, 3, 1, 2))
 
 
@@ -212,7 +222,7 @@ def lite0_state_dict_arrays(state_dict: Any = None) -> dict[str, np.ndarray]:
 class _Block(NamedTuple):
     """One MBConv block of EfficientNet-Lite0, as every port builds it."""
 
-    index: int  # position in the torch model's ``_blocks``
+    position: int  # in the torch model's ``_blocks``
     name: str  # Keras layer prefix, as in keras.applications (block1a, block2a, ...)
     kernel: int
     stride: int
@@ -273,7 +283,9 @@ def _bn(arrays: Mapping[str, np.ndarray], prefix: str, channels: int) -> list[np
 
 
 def efficientnet_lite0_keras(
-    weights: Any = None, input_shape: tuple[int | None, int | None, int] = (None, None, 3)
+    weights: Any = None,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    dtype: str = "float32",
 ) -> Any:
     """EfficientNet-Lite0 as a functional Keras 3 model with the torch model's weights.
 
@@ -302,6 +314,10 @@ def efficientnet_lite0_keras(
     input_shape : (int or None, int or None, int)
         The model's per-row input shape (H, W, 3); None sizes accept any
         height or width (each size is traced once by ``salience.keras``).
+    dtype : str
+        The layers' dtype: ``"float32"``, or ``"float64"`` to compare with the
+        torch model in double precision (``.double()``), where the two agree to
+        ~1e-15 (see the module docs on float32 agreement).
 
     Returns
     -------
@@ -325,17 +341,18 @@ def efficientnet_lite0_keras(
 
     def conv(h, out, kernel, stride, name, torch_name, inp, depthwise=False):
         if stride > 1:
-            h = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(h)
+            h = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad", dtype=dtype)(h)
         padding = "valid" if stride > 1 else "same"
         if depthwise:
             layer = layers.DepthwiseConv2D(
-                kernel, strides=stride, padding=padding, use_bias=False, name=name
+                kernel, strides=stride, padding=padding, use_bias=False, name=name, dtype=dtype
             )
             w = _get(arrays, f"{torch_name}.weight", (out, 1, kernel, kernel))
             kernel_w = w.transpose(2, 3, 0, 1)  # (out, 1, kh, kw) -> (kh, kw, in, multiplier 1)
         else:
             layer = layers.Conv2D(
-                out, kernel, strides=stride, padding=padding, use_bias=False, name=name
+                out, kernel, strides=stride, padding=padding, use_bias=False, name=name,
+                dtype=dtype,
             )
             w = _get(arrays, f"{torch_name}.weight", (out, inp, kernel, kernel))
             kernel_w = w.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -343,14 +360,15 @@ def efficientnet_lite0_keras(
         return layer(h)
 
     def bn(h, channels, name, torch_name):
-        layer = layers.BatchNormalization(momentum=0.99, epsilon=LITE0_BN_EPS, name=name)
+        layer = layers.BatchNormalization(momentum=0.99, epsilon=LITE0_BN_EPS, name=name,
+                                          dtype=dtype)
         loads.append((layer, _bn(arrays, torch_name, channels)))
         return layer(h)
 
     def relu6(h, name):
-        return layers.ReLU(max_value=6.0, name=name)(h)
+        return layers.ReLU(max_value=6.0, name=name, dtype=dtype)(h)
 
-    inputs = keras.Input(tuple(input_shape), name="image")
+    inputs = keras.Input(tuple(input_shape), name="image", dtype=dtype)
     h = conv(inputs, 32, 3, 2, "stem_conv", "_conv_stem", 3)
     h = relu6(bn(h, 32, "stem_bn", "_bn0"), "stem_activation")
     for block in _lite0_blocks():
@@ -365,13 +383,13 @@ def efficientnet_lite0_keras(
         x = relu6(bn(x, mid, f"{name}_bn", f"{t}._bn1"), f"{name}_activation")
         x = conv(x, out, 1, 1, f"{name}_project_conv", f"{t}._project_conv", mid)
         x = bn(x, out, f"{name}_project_bn", f"{t}._bn2")
-        h = layers.Add(name=f"{name}_add")([x, h]) if block.residual else x
+        h = layers.Add(name=f"{name}_add", dtype=dtype)([x, h]) if block.residual else x
     head_channels = int(arrays["_conv_head.weight"].shape[0])
     h = conv(h, head_channels, 1, 1, "top_conv", "_conv_head", _HEAD_INPUT)
     h = relu6(bn(h, head_channels, "top_bn", "_bn1"), "top_activation")
-    h = layers.GlobalAveragePooling2D(name="avg_pool")(h)
-    h = layers.Dropout(0.2, name="top_dropout")(h)
-    dense = layers.Dense(num_classes, name="predictions")
+    h = layers.GlobalAveragePooling2D(name="avg_pool", dtype=dtype)(h)
+    h = layers.Dropout(0.2, name="top_dropout", dtype=dtype)(h)
+    dense = layers.Dense(num_classes, name="predictions", dtype=dtype)
     outputs = dense(h)
     loads.append(
         (
@@ -384,7 +402,7 @@ def efficientnet_lite0_keras(
     )
     model = keras.Model(inputs, outputs, name="efficientnet_lite0")
     for layer, values in loads:
-        layer.set_weights([np.ascontiguousarray(v) for v in values])
+        layer.set_weights([np.ascontiguousarray(v, dtype=dtype) for v in values])
     return model
 
 

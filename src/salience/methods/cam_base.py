@@ -1,0 +1,195 @@
+"""What every class activation map (CAM) method shares.
+
+A CAM method asks the model for one row per image (a chosen layer's values
+and, for most methods, the score's gradients with respect to them), turns them
+into one map per image at the layer's resolution with a small pure function,
+and finishes the maps the same way: scaled by their maximum and resized to the
+input (bilinear), optionally repeated over the input's channels.
+
+The pure functions here and in each method's file take the layer as
+``(n, channels, h, w)`` float64 arrays (:func:`layer_arrays` converts any
+layout once), so they read like the papers' sums over channels ``k`` and
+positions ``(i, j)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from skimage.transform import resize as skimage_resize
+
+from ..arrays import channels_last, spatial_axes
+from ..checks import check_positive_int
+from ..model import CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS, Model
+from ..numeric import one_blas_thread
+from .base import Method, collect_rows
+
+__all__ = [
+    "CAMMethod",
+    "GradientCAMMethod",
+    "bilinear_matrix",
+    "finish_maps",
+    "layer_arrays",
+    "normalise_by_max",
+    "resize_maps",
+    "weighted_channel_sum",
+]
+
+
+class CAMMethod(Method):
+    """Base of the CAM methods: one layer row per image, a map kernel, the finishing.
+
+    Subclasses set ``keys`` (the layer outputs they need) and implement
+    ``_layer_maps(values, grads)`` on ``(n, k, h, w)`` float64 arrays (``grads``
+    is None when ``keys`` holds no gradients), returning ``(n, h, w)`` maps
+    that are >= 0.
+
+    Parameters
+    ----------
+    resize : bool
+        Scale each map to [0, 1] by its maximum and resize it (bilinear) to the
+        input's height and width.  Otherwise return the raw layer-resolution map.
+    broadcast : bool
+        With ``resize``, repeat the map over the input's channels so the result
+        is shaped exactly like ``x``.  Otherwise maps are ``(n, H, W)``.
+    batch_size : int
+        Largest number of inputs per model call.
+    """
+
+    name = "CAM"
+    #: The method's name as its paper writes it (in error messages).
+    title = "CAM"
+    #: The model outputs of the layer this method reads.
+    keys: tuple[str, ...] = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
+
+    def __init__(self, resize: bool = True, broadcast: bool = False, batch_size: int = 32) -> None:
+        self.resize = bool(resize)
+        self.broadcast = bool(broadcast)
+        if self.broadcast and not self.resize:
+            raise ValueError("broadcast=True needs resize=True (maps must have the input's size)")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        spatial_axes(x.ndim - 1, channels_last(model))
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        is_last = channels_last(model)
+        out = collect_rows(model, x, targets, list(self.keys), self.batch_size, self.name)
+        values, grads = layer_arrays(
+            out[CONVOLUTION_LAYER_VALUES], out.get(CONVOLUTION_OUTPUT_GRADIENTS), is_last,
+            self.title,
+        )
+        return finish_maps(self._layer_maps(values, grads), x, is_last, self.resize,
+                           self.broadcast)
+
+    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement _layer_maps")
+
+
+class GradientCAMMethod(CAMMethod):
+    """A CAM method that weighs the layer with the score's gradients: subclasses
+    implement ``_gradient_maps(values, grads)`` on ``(n, k, h, w)`` float64 arrays."""
+
+    def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+        if grads is None:  # keys ask for the gradients, so the model returned them
+            raise ValueError(f"{self.title} needs the layer's gradients")
+        return self._gradient_maps(values, grads)
+
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement _gradient_maps")
+
+
+def layer_arrays(
+    values: np.ndarray, grads: np.ndarray | None, is_channels_last: bool, method: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The layer's values (and gradients) as float64 ``(n, k, h, w)`` arrays.
+
+    Raises
+    ------
+    ValueError
+        The layer is not 4-D, or values and gradients differ in shape.
+    """
+    if values.ndim != 4 or (grads is not None and grads.shape != values.shape):
+        what = "values" if grads is None else "values and gradients"
+        got = f"values {values.shape}" + ("" if grads is None else f" and gradients {grads.shape}")
+        raise ValueError(
+            f"{method} needs layer {what} shaped (n, h, w, channels) or (n, channels, h, w), "
+            f"got {got}; choose a convolutional layer"
+        )
+
+    def first(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64, copy=False)
+        return np.moveaxis(a, -1, 1) if is_channels_last else a
+
+    return first(values), None if grads is None else first(grads)
+
+
+def weighted_channel_sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``sum_k weights[n, k] * values[n, k]``: one ``(h, w)`` map per row."""
+    return np.einsum("nk,nkhw->nhw", weights, values)
+
+
+def finish_maps(
+    cams: np.ndarray, x: np.ndarray, is_channels_last: bool, resize: bool, broadcast: bool
+) -> np.ndarray:
+    """Layer-resolution maps as the method returns them (see :class:`CAMMethod`)."""
+    if not resize:
+        return cams.astype(x.dtype)
+    h_axis, w_axis = spatial_axes(x.ndim - 1, is_channels_last)
+    size = (x.shape[1 + h_axis], x.shape[1 + w_axis])
+    maps = resize_maps(normalise_by_max(cams), size)
+    if broadcast and x.ndim == 4:
+        maps = np.broadcast_to(np.expand_dims(maps, 3 if is_channels_last else 1), x.shape)
+    return np.ascontiguousarray(maps, dtype=x.dtype)
+
+
+def normalise_by_max(cams: np.ndarray) -> np.ndarray:
+    """Divide each map by its maximum when that is positive (all-zero maps stay zero)."""
+    peaks = cams.reshape(len(cams), -1).max(axis=1)
+    safe = np.where(peaks > 0, peaks, 1.0)
+    return cams / safe[:, None, None]
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a stack of 2-D maps (scikit-image's rules, one call)."""
+    if maps.shape[1:] == tuple(size):
+        return maps
+    (h, w), (height, width) = maps.shape[1:], size
+    if height < h or width < w:  # downsampling: scikit-image also anti-aliases
+        return skimage_resize(maps, (len(maps), *size))
+    # Upsampling is separable and linear: two small matrices reproduce
+    # scikit-image's bilinear zoom exactly, at a fraction of its cost.  Small
+    # products: one BLAS thread avoids spin-wait contention.
+    with one_blas_thread():
+        return _skimage_upsampling(h, height) @ maps @ _skimage_upsampling(w, width).T
+
+
+@functools.lru_cache(maxsize=16)
+def _skimage_upsampling(size: int, new_size: int) -> np.ndarray:
+    """Rows: scikit-image's bilinear weights of each output pixel over the inputs."""
+    return skimage_resize(np.eye(size), (new_size, size), anti_aliasing=False)
+
+
+@functools.lru_cache(maxsize=32)
+def bilinear_matrix(size: int, new_size: int, align_corners: bool) -> np.ndarray:
+    """The ``(new_size, size)`` matrix of bilinear resampling along one axis, with
+    PyTorch's two conventions.
+
+    ``align_corners=True``: the first and last pixels of both grids coincide
+    (``UpsamplingBilinear2d``).  ``align_corners=False``: pixel centres are
+    aligned and positions beyond the outer centres take the edge pixel
+    (``interpolate(mode="bilinear")``).
+    """
+    out = np.arange(new_size, dtype=np.float64)
+    if align_corners:
+        where = out * ((size - 1) / (new_size - 1)) if new_size > 1 else np.zeros(1)
+    else:
+        where = np.clip((out + 0.5) * (size / new_size) - 0.5, 0, size - 1)
+    left = np.minimum(np.floor(where).astype(int), max(size - 2, 0))
+    frac = where - left
+    matrix = np.zeros((new_size, size))
+    matrix[np.arange(new_size), left] = 1 - frac
+    if size > 1:
+        matrix[np.arange(new_size), left + 1] += frac
+    return matrix

@@ -1,0 +1,60 @@
+"""Grad-CAM++: channel weights from positive gradients, each position weighted by
+the closed-form coefficients of the paper's second- and third-order terms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..checks import check_nonnegative
+from .cam_base import GradientCAMMethod, weighted_channel_sum
+
+__all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
+
+
+class GradCAMPlusPlus(GradientCAMMethod):
+    """Grad-CAM++: ``ReLU(sum_k w_k A_k)`` with ``w_k = sum_ij alpha_kij ReLU(g_kij)``.
+
+    ``g`` is the gradient of the score with respect to the layer's channels
+    ``A_k``, and ``alpha_kij = g^2 / (2 g^2 + sum_ab A_kab g^3)`` at position
+    ``(i, j)`` (the paper's Eq. 19, where the score is taken as the
+    exponential of the class output so that higher derivatives are powers of
+    the first).  Positions with zero gradient get ``alpha = 0``.
+
+    Parameters
+    ----------
+    eps : float
+        Added to the denominator of ``alpha``; 1e-6 as in pytorch-grad-cam, so
+        maps agree with it.  0 gives the paper's formula exactly (positions
+        whose denominator is 0 then get ``alpha = 0``).
+    resize, broadcast, batch_size
+        As in :class:`salience.GradCAM`.
+
+    References
+    ----------
+    Chattopadhyay, Sarkar, Howlader, Balasubramanian. "Grad-CAM++: Improved
+    Visual Explanations for Deep Convolutional Networks", WACV 2018.
+    https://arxiv.org/abs/1710.11063
+    """
+
+    name = "GradCAMPlusPlus"
+    title = "Grad-CAM++"
+
+    def __init__(self, eps: float = 1e-6, resize: bool = True, broadcast: bool = False,
+                 batch_size: int = 32) -> None:
+        super().__init__(resize, broadcast, batch_size)
+        self.eps = check_nonnegative(eps, "eps")
+
+    def _gradient_maps(self, values: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        weights = grad_cam_plus_plus_weights(values, grads, self.eps)
+        return np.maximum(weighted_channel_sum(weights, values), 0)
+
+
+def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float) -> np.ndarray:
+    """Channel weights ``(n, k)`` of Grad-CAM++ for ``(n, k, h, w)`` values and gradients."""
+    g2 = grads * grads
+    g3 = g2 * grads
+    channel_sums = values.sum(axis=(2, 3), keepdims=True)  # sum_ab A_kab
+    denominator = 2 * g2 + channel_sums * g3 + eps
+    alpha = np.divide(g2, denominator, out=np.zeros_like(g2),
+                      where=(grads != 0) & (denominator != 0))
+    return (alpha * np.maximum(grads, 0)).sum(axis=(2, 3))

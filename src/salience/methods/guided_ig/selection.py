@@ -1,0 +1,221 @@
+"""Guided IG's selection step: which features move, and how far, in one path step.
+
+Pure kernels on plain arrays.  A row's point on its path is kept as ``t``, per
+feature the fraction of the way from the baseline to the input (so the point
+is ``baseline + (input - baseline) * t``); ``weights = |input - baseline|``
+turns ``t`` into L1 distances.  Features with no way to go (weight 0) sit at
+``t = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...numeric import row_dots
+
+__all__ = [
+    "SAMPLED_SELECT_MIN",
+    "SAMPLE_SIZE",
+    "SelectionScratch",
+    "StepTarget",
+    "advance_rows",
+    "kth_smallest",
+]
+
+_CLOSE = 1e-9  # relative and absolute tolerance for "the step's L1 target is reached"
+SAMPLED_SELECT_MIN = 1 << 15
+"""Rows at least this long find their k-th value from a sample (see :func:`kth_smallest`)."""
+SAMPLE_SIZE = 4096
+"""Values in that sample."""
+_MARGIN = 4.0 * np.sqrt(SAMPLE_SIZE * 0.25) + 2  # 4 sigma of a sample quantile's position
+
+
+@dataclass(frozen=True)
+class StepTarget:
+    """Where path step ``step`` of ``steps`` ends.
+
+    Attributes
+    ----------
+    lower, upper : float
+        No feature may trail below ``lower`` or lead beyond ``upper`` (in
+        ``t``): the straight line's ``(step + 1) / steps``, minus and plus
+        ``max_dist``, within [0, 1].
+    l1_left : float
+        Fraction of each row's L1 distance to the input left after the step.
+    """
+
+    lower: float
+    upper: float
+    l1_left: float
+
+    @classmethod
+    def of(cls, step: int, steps: int, max_dist: float) -> StepTarget:
+        alpha = (step + 1.0) / steps
+        return cls(max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0), 1 - (step + 1) / steps)
+
+
+class SelectionScratch:
+    """Work arrays of :func:`advance_rows` for up to ``rows`` rows, allocated once:
+    fresh large arrays cost page faults on every allocation, which dominates at
+    this size."""
+
+    def __init__(self, rows: int, features: int, grad_dtype: np.dtype) -> None:
+        self.free = np.empty((rows, features), dtype=bool)
+        self.selected = np.empty((rows, features), dtype=bool)
+        self.ranked = np.empty((rows, features), dtype=grad_dtype)
+        self.room = np.empty((rows, features), dtype=np.float64)
+        self.window = np.empty(features, dtype=bool)
+
+
+def advance_rows(
+    t: np.ndarray,
+    weights: np.ndarray,
+    abs_grad: np.ndarray,
+    target: StepTarget,
+    k: int,
+    l1_total: np.ndarray | None = None,
+    scratch: SelectionScratch | None = None,
+) -> None:
+    """One path step of every row, in place on ``t`` (rows x features).
+
+    A row repeats (at most once per feature) until its L1 distance to the
+    input is ``target.l1_left`` of its total: features trailing
+    ``target.lower`` catch up; then the ``k``-th smallest absolute gradient
+    among features not yet at ``target.upper`` (those count as +inf) selects
+    the features to move towards ``upper``: all the way if that is not
+    enough, else by the fraction ``gamma`` that meets the target.  A row
+    that cannot move (every feature at its limit) or is already past the
+    target ends its step.  Rows iterate in lockstep, each seeing only its own
+    values, so the result is that of one row at a time.
+
+    Parameters
+    ----------
+    t : float64 ndarray (rows, features)
+        Positions, updated in place.
+    weights : float64 ndarray (rows, features)
+        ``|input - baseline|``.
+    abs_grad : ndarray (rows, features)
+        Absolute gradients at the current points.
+    target : StepTarget
+        The step's limits and L1 target.
+    k : int
+        Index of the selection threshold among a row's sorted gradients
+        (``floor((features - 1) * fraction)``, numpy's 'lower' quantile).
+    l1_total : ndarray (rows,), optional
+        ``weights.sum(axis=1)``, if already known.
+    scratch : SelectionScratch, optional
+        Work arrays for at least ``rows`` rows.
+
+    Raises
+    ------
+    RuntimeError
+        If a row did not reach its target within ``features + 2`` iterations
+        (only with non-finite or inconsistent values).
+    """
+    n_rows, features = t.shape
+    if l1_total is None:
+        l1_total = weights.sum(axis=1)
+    if scratch is None:
+        scratch = SelectionScratch(n_rows, features, abs_grad.dtype)
+    l1_target = l1_total * target.l1_left
+    a_max = target.upper
+    np.maximum(t, target.lower, out=t)
+    active = np.arange(n_rows)
+    for _ in range(features + 2):
+        every = len(active) == n_rows  # views while every row moves, copies after
+        tt = t if every else t[active]
+        w, g = (weights, abs_grad) if every else (weights[active], abs_grad[active])
+        goal, n = l1_target[active], len(active)
+        free, selected, ranked, room = (b[:n] for b in (scratch.free, scratch.selected,
+                                                         scratch.ranked, scratch.room))
+        l1_now = l1_total[active] - row_dots(w, tt)
+        close = np.abs(goal - l1_now) <= np.maximum(
+            _CLOSE * np.maximum(np.abs(goal), np.abs(l1_now)), _CLOSE)
+        np.less(tt, a_max, out=free)
+        # ranked = |grad|, or +inf at the limit: 1 / 1 - 1 = 0 and 1 / 0 - 1 = inf
+        # (arithmetic instead of a masked copy, which numpy does element by element).
+        np.copyto(ranked, free)
+        with np.errstate(divide="ignore"):
+            np.reciprocal(ranked, out=ranked)
+        ranked -= 1
+        ranked += g
+        kth = kth_smallest(ranked, k, selected, scratch.window)
+        np.less_equal(g, kth, out=selected)
+        np.logical_and(selected, free, out=selected)
+        np.subtract(a_max, tt, out=room)
+        room *= selected
+        l1_selected = row_dots(w, room)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gamma = (l1_now - goal) / l1_selected
+        moves = ~close & (l1_selected > 0) & (gamma > 0)
+        partial = moves & (gamma <= 1.0)
+        if partial.any():  # move by gamma; other rows add exactly zero
+            room *= np.where(partial, gamma, 0.0)[:, None]
+            tt += room
+        full = moves & ~partial
+        # Rows that need more: selected features to a_max exactly; t is in [0, 1],
+        # so max(t, 0) = t elsewhere.
+        if full.all():
+            np.multiply(selected, a_max, out=room)
+            np.maximum(tt, room, out=tt)
+        elif full.any():
+            tt[full] = np.maximum(tt[full], selected[full] * a_max)
+        if not every:
+            t[active] = tt
+        active = active[full]
+        if not len(active):
+            return
+    raise RuntimeError(
+        f"GuidedIG: a path step did not converge within {features + 2} iterations; this "
+        "indicates non-finite or inconsistent values"
+    )
+
+
+def kth_smallest(
+    values: np.ndarray,
+    k: int,
+    below: np.ndarray | None = None,
+    window: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ``k``-th smallest value (0-based) of each row, as a column; exact.
+
+    Rows of at least :data:`SAMPLED_SELECT_MIN` values are not partitioned
+    whole (the partition was half of Guided IG's own work): a strided sample
+    brackets the ``k``-th value between two sample values ``lo <= hi``; the
+    values below ``lo`` are only counted, and the few in ``[lo, hi]`` are
+    partitioned.  When the bracket misses (a sample unlike its row) the row
+    is partitioned whole, so the result is always ``np.partition(row, k)[k]``.
+    ``below`` (rows x features, bool) and ``window`` (features, bool) are
+    optional scratch; long rows of ``values`` are left as they were, short
+    ones are partitioned in place.
+    """
+    n, features = values.shape
+    if features < SAMPLED_SELECT_MIN:
+        values.partition(k, axis=1)
+        return values[:, k : k + 1]
+    if below is None:
+        below = np.empty((n, features), dtype=bool)
+    if window is None:
+        window = np.empty(features, dtype=bool)
+    stride = features // SAMPLE_SIZE
+    kth = np.empty((n, 1), dtype=values.dtype)
+    for r in range(n):
+        row, lt = values[r], below[r]
+        sample = row[::stride].copy()
+        at = k / features * len(sample)
+        ends = [max(int(at - _MARGIN), 0), min(int(at + _MARGIN), len(sample) - 1)]
+        sample.partition(ends)
+        lo, hi = sample[ends]
+        np.less(row, lo, out=lt)
+        j = k - np.count_nonzero(lt)
+        np.less_equal(row, hi, out=window)
+        window ^= lt  # lo <= value <= hi
+        inside = np.compress(window, row)  # (faster than boolean indexing)
+        if 0 <= j < len(inside):
+            inside.partition(j)
+            kth[r] = inside[j]
+        else:
+            kth[r] = np.partition(row, k)[k]
+    return kth

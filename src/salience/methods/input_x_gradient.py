@@ -1,0 +1,32 @@
+"""Input x Gradient: each input value times the score's gradient with respect to it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import Model
+from .gradients import Gradients
+
+__all__ = ["InputXGradient"]
+
+
+class InputXGradient(Gradients):
+    """``x * d score / d x``: the first-order (Taylor) share of each input value in
+    the score; for a linear model it is exactly each term of the sum.
+
+    Parameters
+    ----------
+    batch_size : int
+        Largest number of inputs per model call.
+
+    References
+    ----------
+    Shrikumar, Greenside, Shcherbina, Kundaje. "Not Just a Black Box: Learning
+    Important Features Through Propagating Activation Differences", 2016.
+    https://arxiv.org/abs/1605.01713
+    """
+
+    name = "InputXGradient"
+
+    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
+        return (x * super()._explain(model, x, targets)).astype(x.dtype, copy=False)
