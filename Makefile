@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.demo-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: venv test demo lint bench bench-quick clean
+.PHONY: venv test test-long demo lint bench bench-quick clean
 
 venv: $(TEST_STAMP)
 
@@ -25,6 +25,10 @@ $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The hypothesis sweeps with many more examples (minutes; CI runs a few per method).
+test-long: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench
