@@ -1,6 +1,7 @@
 """The local and Ray engines on ~40 images (photos, grayscale, 16-bit TIFF, a corrupt
 file) with gradient methods and XRAI: the same store from either engine, from a
-run whose Ray worker was killed, and from a local run killed by SIGKILL and resumed."""
+run whose Ray worker was killed, and from a local run killed by SIGKILL or stopped
+by Ctrl-C (SIGINT) and resumed."""
 
 from __future__ import annotations
 
@@ -126,6 +127,38 @@ def test_a_local_run_killed_by_sigkill_resumes_to_the_same_store(local_store, da
     resumed = open_results(out)
     assert resumed.complete and len(_parts(out)) == 1
     kit.assert_same_stores(local_store[1], resumed, methods=methods)
+
+
+def test_a_local_run_stopped_by_ctrl_c_exits_130_and_resumes(dataset_dir, tmp_path, kit):
+    total = sum(1 for p in dataset_dir.rglob("*") if p.is_file())
+    torch.save(kit.tiny_net(), tmp_path / "tiny.pth")
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "salience.cli", "explain-dataset", str(dataset_dir),
+               "--out", str(out), "--model", str(tmp_path / "tiny.pth"), "--trust-model",
+               "--size", "32", "--preset", "unit", "--methods", "gradients", "-b", "2",
+               "--report-sample", "0", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_parts(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr.decode()[-2000:]
+    assert "run the same command again" in " ".join(stderr.decode().split())
+    stopped = open_results(out)
+    committed = len(stopped)
+    assert not stopped.complete and 4 <= committed < total
+
+    finished = subprocess.run(command, env=env, capture_output=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert f"{committed} skipped" in finished.stdout.decode()
+    resumed = open_results(out)
+    assert resumed.complete and len(resumed) == total == len(set(resumed.ids))
 
 
 def test_a_ray_dataset_source_of_paths_or_arrays(dataset_dir, tmp_path, kit, ray_session):

@@ -71,6 +71,29 @@ def test_records_and_maps_are_standard_files_with_explain_numbers(small_dir, tmp
     assert group["gradients"].chunks == (1, *x.shape[1:])
 
 
+def test_metric_values_are_those_of_evaluate_maps(small_dir, tmp_path, kit):
+    from salience.metrics import evaluate_maps
+
+    out = tmp_path / "out"
+    kit.explain_here(out, small_dir, ["gradients"], metrics=True, batch_size=8)  # one batch
+    results = open_results(out)
+    ok = sorted((r for r in results.records.to_pylist() if r["status"] == "ok"),
+                key=lambda r: r["map_index"])  # the batch's order
+    displays = [kit.PREP.display(load_image(r["path"])) for r in ok]
+    x = kit.PREP.model_input(displays)
+    maps = {"gradients": np.stack([results.map(r["id"], "gradients") for r in ok])}
+    expected = evaluate_maps(kit.tiny_model(), x, displays, maps,
+                             np.array([r["target"] for r in ok]),
+                             lambda images: kit.PREP.model_input(list(images)), batch_size=8)
+    for record, want in zip(ok, expected):
+        for metric in ("insertion_auc", "deletion_auc", "sic_auc", "aic_auc"):
+            value = want["gradients"][metric]
+            stored = record[f"gradients.{metric}"]
+            assert (stored is None or np.isnan(stored)) if value is None else \
+                stored == pytest.approx(value, rel=1e-6, abs=1e-9), (record["name"], metric)
+    assert any(r["gradients.insertion_auc"] is not None for r in ok)
+
+
 def test_a_corrupt_image_is_a_failed_record_with_its_reason(small_dir, tmp_path, kit):
     out = tmp_path / "out"
     kit.explain_here(out, small_dir, ["gradients"])
