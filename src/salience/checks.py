@@ -23,6 +23,7 @@ __all__ = [
     "check_nonnegative_int",
     "check_positive_int",
     "check_reduction",
+    "check_progress",
     "check_seed",
     "resolve_targets",
 ]
@@ -191,3 +192,13 @@ def _check_class_indices(indices: np.ndarray, width: int | None) -> None:
         bound = (f" and < {width} (the model has {width} outputs)" if width is not None
                  else " and < 2**63" if high >= limit else "")
         raise ValueError(f"targets must be >= 0{bound}, got {low if low < 0 else high}")
+
+
+def check_progress(progress: Any) -> None:
+    """Raise TypeError unless ``progress`` is True, False, None or a callable (see
+    :func:`salience.progress.progress_stage`)."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(
+            f"progress must be True, False, None or a callable taking a ProgressEvent, got "
+            f"{type(progress).__name__}"
+        )

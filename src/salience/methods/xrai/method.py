@@ -115,9 +115,10 @@ class XRAI(Method):
         becomes one region.
     min_pixel_diff : int
         Regions that would add fewer new pixels are dropped.
-    segments : None, list of (H, W) boolean masks, or n such lists
+    segments : None, list of (H, W) boolean masks, or n such lists or SegmentMasks
         Candidate regions instead of the Felzenszwalb ones (one list for every
-        input, or one list per input).
+        input, or one per input; a :class:`SegmentMasks` per input, such as
+        :func:`felzenszwalb_masks` of that input computed ahead, is used as it is).
     batch_size : int
         Largest number of IG rows per model call.
     seed : None, int or numpy Generator
@@ -262,15 +263,25 @@ class XRAI(Method):
         if self.segments is None:
             return None
         given = list(self.segments)
-        if given and all(isinstance(s, (list, tuple)) for s in given):
+        if given and all(isinstance(s, (list, tuple, SegmentMasks)) for s in given):
             if len(given) != n:
                 raise ValueError(
                     f"segments has {len(given)} lists but the batch has {n} inputs; give one "
                     "list of masks for all inputs or one list per input"
                 )
-            return [SegmentMasks.from_masks(s, shape) for s in given]
+            return [_checked_masks(s, shape, i) if isinstance(s, SegmentMasks)
+                    else SegmentMasks.from_masks(s, shape) for i, s in enumerate(given)]
         shared = SegmentMasks.from_masks(given, shape)
         return [shared] * n
+
+
+def _checked_masks(masks: SegmentMasks, shape: tuple[int, int], i: int) -> SegmentMasks:
+    if tuple(masks.shape) != tuple(shape):
+        raise ValueError(
+            f"segments[{i}] holds masks of shape {tuple(masks.shape)}; the inputs are "
+            f"{tuple(shape)} (height, width)"
+        )
+    return masks
 
 
 def _as_attribution(attributions: Any, shape: tuple[int, ...]) -> np.ndarray:
