@@ -17,7 +17,7 @@ $(DEMO_STAMP): pyproject.toml requirements-demo.txt
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
-	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dev]'
+	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dataset,ray,dev]'
 	# grad-cam requires torchvision, which cannot sit beside the pinned torch; its tests
 	# import it beside a stand-in, so its own dependency list is skipped.
 	$(PY) -m pip install -q --no-deps grad-cam==1.5.7
