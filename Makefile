@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.demo-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: venv test demo lint docs bench bench-quick clean
+.PHONY: venv test test-long demo lint docs bench bench-quick clean
 
 venv: $(TEST_STAMP)
 
@@ -17,7 +17,7 @@ $(DEMO_STAMP): pyproject.toml requirements-demo.txt
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
-	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,docs,dev]'
+	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dataset,ray,docs,dev]'
 	# grad-cam requires torchvision, which cannot sit beside the pinned torch; its tests
 	# import it beside a stand-in, so its own dependency list is skipped.
 	$(PY) -m pip install -q --no-deps grad-cam==1.5.7
@@ -25,6 +25,10 @@ $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The hypothesis sweeps with many more examples (minutes; CI runs a few per method).
+test-long: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -27,7 +27,7 @@ if str(HERE) not in sys.path:
 from common import ROW_FIELDS, configure_process, machine_info  # noqa: E402
 
 # Modules whose rows come first in the results file; the rest follow by name.
-ORDER = ("core", "guided_ig_xrai", "adapters", "metrics", "report")
+ORDER = ("core", "guided_ig_xrai", "adapters", "metrics", "report", "dataset")
 
 
 def discover(only: list[str] | None) -> list[Path]:

@@ -149,6 +149,75 @@ def pair_guided_ig_on_numpy2(monkeypatch):
     monkeypatch.setattr(guided_ig, "np", _NumpyWithOldQuantile())
 
 
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """``tiny_vit(size=(16, 16), patch=4, dim=16, depth=2, heads=2, classes=5, prefix=1,
+    pool="token")``: a small vision transformer in torch (float64, eval mode, seeded
+    weights), laid out as timm's ViT (``patch_embed``, ``blocks.<i>.norm1``, ...).
+
+    ``prefix`` learned tokens come before the patch tokens (1: ViT's class token; 2:
+    DeiT's class and distillation tokens); the head reads the class token
+    (``pool="token"``) or the mean patch token (``pool="mean"``).  With the class-token
+    head, the last block's patch tokens do not reach the score (their gradient is 0),
+    which is why pytorch-grad-cam's ViT recipe takes the last block's ``norm1``, the
+    input of its attention."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Attention(nn.Module):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.heads = heads
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x):
+            n, t, d = x.shape
+            qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            weights = ((q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5).softmax(-1)
+            return self.proj((weights @ v).transpose(1, 2).reshape(n, t, d))
+
+    class Block(nn.Module):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = Attention(dim, heads)
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
+                                     nn.Linear(2 * dim, dim))
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class TinyViT(nn.Module):
+        def __init__(self, size=(16, 16), patch=4, dim=16, depth=2, heads=2, classes=5,
+                     prefix=1, pool="token"):
+            super().__init__()
+            torch.manual_seed(0)
+            self.pool, self.n_prefix = pool, prefix
+            self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
+            self.prefix = nn.Parameter(torch.randn(1, prefix, dim) * 0.5)
+            patches = (size[0] // patch) * (size[1] // patch)
+            self.pos_embed = nn.Parameter(torch.randn(1, prefix + patches, dim) * 0.5)
+            self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, x):
+            patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (n, h*w, dim) by rows
+            tokens = torch.cat([self.prefix.expand(len(x), -1, -1), patches], 1)
+            out = self.norm(self.blocks(tokens + self.pos_embed))
+            pooled = out[:, 0] if self.pool == "token" else out[:, self.n_prefix:].mean(1)
+            return self.head(pooled)
+
+    def build(**kwargs):
+        return TinyViT(**kwargs).double().eval()
+
+    return build
+
+
 class Chromium:
     """Headless Chromium, run once per page (flags that work in containers and CI)."""
 

@@ -115,6 +115,27 @@ def test_maps_match_the_python_api(workdir):
     np.testing.assert_array_equal(maps["targets"], expected.targets)
 
 
+def test_vargrad_and_squaregrad_by_name(workdir):
+    import salience_cli_tiny_arch as arch
+
+    import salience
+    from salience.io import load_image
+
+    result = run(*base_args(workdir), "--methods", "VarGrad,squaregrad")
+    assert result.exit_code == 0, result.output
+    net = arch.tiny()
+    net.load_state_dict(torch.load(workdir / "tiny.pt", weights_only=True))
+    prep = Preprocessing(size=(16, 16), channels=3, preset="unit")
+    images = [prep.display(load_image(workdir / "imgs" / n)) for n in ("a.png", "b gray.jpg")]
+    expected = salience.explain(net.eval(), prep.model_input(images), ["vargrad", "squaregrad"])
+    maps = np.load(workdir / "out" / "maps.npz")
+    for name in ("vargrad", "squaregrad"):
+        np.testing.assert_allclose(maps[f"a__{name}"], expected.maps[name][0], rtol=1e-5,
+                                   atol=1e-12)
+    listing = run("methods").stdout
+    assert "vargrad" in listing and "squaregrad" in listing
+
+
 def test_one_channel_model_gets_one_channel(workdir):
     args = base_args(workdir, model="tiny_gray.pt", arch="salience_cli_tiny_arch:tiny_gray")
     result = run(*args, "--methods", "gradients")

@@ -73,3 +73,19 @@ def test_the_new_methods_say_what_they_need():
     assert registry.score_only_names() == ["occlusion", "rise", "lime", "kernel_shap"]
     assert registry.canonical_name("Grad-CAM++") == "gradcam_plus_plus"
     assert registry.canonical_name("SHAP") == "kernel_shap"
+
+
+def test_vargrad_and_squaregrad_are_smoothgrad_aggregations_of_gradients(analytic, images):
+    for name in ("vargrad", "squaregrad"):
+        entry = registry.get(name)
+        assert entry.wraps == "gradients" and not entry.signed and entry.family == "gradient"
+        method = entry.build(batch_size=4)
+        assert method.aggregation == name and isinstance(method.method, salience.Gradients)
+    assert registry.canonical_name("VarGrad") == "vargrad"
+    assert registry.canonical_name("Square-Grad") == "squaregrad"
+    maps = salience.explain(analytic, images, ["vargrad", "squaregrad", "smoothgrad"], 0).maps
+    expected = salience.SmoothGrad(salience.Gradients(), nsamples=25, seed=0,
+                                   aggregation="vargrad").explain(analytic, images, 0)
+    np.testing.assert_array_equal(maps["vargrad"], expected)
+    # PAIR's SmoothGrad squares (magnitude=True): the same map as SquareGrad
+    np.testing.assert_array_equal(maps["squaregrad"], maps["smoothgrad"])

@@ -32,6 +32,7 @@ def _ran(model):
 ALL_METHODS = [
     salience.Gradients(),
     salience.SmoothGrad(salience.Gradients(), nsamples=2, seed=0),
+    salience.SmoothGrad(salience.Gradients(), nsamples=2, seed=0, aggregation="vargrad"),
     salience.IntegratedGradients(steps=3),
     salience.BlurIG(max_sigma=2, steps=3),
     salience.Occlusion(size=3),

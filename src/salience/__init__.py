@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from .dataset import explain_dataset as explain_dataset
+    from .dataset import open_results as open_results
     from .methods import (
         LIME,
         RISE,
@@ -94,16 +96,19 @@ _HOMES = {
     **{name: "model" for name in ("Model", "CallbackModel", "CONVOLUTION_LAYER_VALUES",
                                   "CONVOLUTION_OUTPUT_GRADIENTS", "INPUT_OUTPUT_GRADIENTS",
                                   "OUTPUT_LAYER_VALUES", "GUIDED_INPUT_GRADIENTS")},
+    # Dataset runs need pyarrow and zarr (salience[dataset]): reachable as attributes but
+    # kept out of __all__, like the adapters, so ``from salience import *`` needs no extra.
+    "explain_dataset": "dataset", "open_results": "dataset",
 }
 
 # The submodules people reach as attributes (``salience.torch.wrap``) without importing
 # them first (any other submodule works too); adapters import their framework only then.
 _SUBMODULES = ("torch", "keras", "jax", "tf1", "core", "visualize", "metrics", "registry",
-               "io", "progress", "zoo", "blackbox")
+               "io", "progress", "zoo", "blackbox", "dataset")
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in __all__ or name in _HOMES:
         home = importlib.import_module(f"{__name__}.{_HOMES.get(name, 'methods')}")
         value = getattr(home, name)
         globals()[name] = value  # later look-ups are plain attribute reads
@@ -118,4 +123,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    return sorted({*globals(), *__all__, *_HOMES, *_SUBMODULES})

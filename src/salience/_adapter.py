@@ -6,10 +6,19 @@ shape per input shape) and the targets (forms and range, one message) before
 the model runs, packs the adapter's results into the requested keys, and
 provides ``predict`` and the PAIR callback.  A subclass implements ``_run``,
 ``_predict`` and ``_probe``.
+
+Layers that output tokens (vision transformers: ``(n, tokens, features)``)
+are turned into feature maps here, for every adapter alike: the adapter hands
+over its layer's raw output and gradient, and :func:`layer_grid` (chosen by the
+adapters' ``reshape=`` argument) drops the class / distillation tokens and lays
+the patch tokens out on their grid in the model's layout, so the CAM methods
+see a convolution-like ``(n, h, w, d)`` or ``(n, d, h, w)`` layer.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +50,8 @@ __all__ = [
     "KNOWN_KEYS",
     "LAYER_KEYS",
     "call_kind",
+    "check_reshape",
+    "layer_grid",
     "layer_not_found",
     "score_rule_error",
     "target_fn_error",
@@ -134,6 +145,13 @@ class FrameworkModel:
     and ``"input"``, ``"values"``, ``"layer"`` as ``kind`` asks), ``_predict(x)`` and ``_probe(x)``, and sets ``channels_last``,
     ``expected_channels``, ``input_shape``, ``has_layer``, ``supports_guided``
     and ``target_fn`` as they apply.
+
+    The layer's ``"values"`` and ``"layer"`` gradient are the layer's raw
+    output; ``reshape`` (see :func:`layer_grid`) turns token outputs into
+    feature maps for every adapter.  An adapter that can tell the layer's
+    output shape before running (``_probe_layer``) lets a token count that
+    fits no grid be refused before the model runs; otherwise it is refused
+    after the first layer call.
     """
 
     channels_last: bool = True
@@ -143,6 +161,8 @@ class FrameworkModel:
     has_layer: bool = False
     supports_guided: bool = False
     target_fn: Callable | None = None
+    #: How the layer's raw output becomes a feature map (see :func:`layer_grid`).
+    reshape: Any = "auto"
     predict_batch_size: int = 64
     #: What the input-shape errors call the model's input.
     input_name: str = "the model"
@@ -157,6 +177,7 @@ class FrameworkModel:
         self._check_kind(kind)
         x = np.asarray(x)
         self.check_input(x)
+        grid = self._layer_grid_before_running(x) if kind.layer else None
         if targets is not None:
             targets = resolve_targets(self, x, targets)
         result = self._run(x, targets, kind)
@@ -165,8 +186,13 @@ class FrameworkModel:
             out[GUIDED_INPUT_GRADIENTS if kind.guided else INPUT_OUTPUT_GRADIENTS] = \
                 result["input"]
         if kind.layer:
-            out[CONVOLUTION_LAYER_VALUES] = result["values"]
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = result["layer"]
+            values, grads = result["values"], result["layer"]
+            if grid is _UNKNOWN:  # the adapter could not tell the shape before running
+                grid = self._layer_grid(values.shape[1:])
+            if grid is not None:
+                values, grads = grid(values), grid(grads)
+            out[CONVOLUTION_LAYER_VALUES] = values
+            out[CONVOLUTION_OUTPUT_GRADIENTS] = grads
         return out
 
     # -- checks ------------------------------------------------------------------------
@@ -217,6 +243,28 @@ class FrameworkModel:
     def _layout(self) -> str:
         return "channels-last (n, H, W, C)" if self.channels_last \
             else "channels-first (n, C, H, W)"
+
+    # -- the layer's output as a feature map ----------------------------------------------
+
+    def _layer_grid_before_running(self, x: np.ndarray) -> Any:
+        """The layer's reshape for inputs shaped like ``x`` (None: none), checked
+        before the model runs when the adapter can tell the layer's shape; else
+        ``_UNKNOWN``."""
+        if self.reshape is None:
+            return None
+        shapes = self.__dict__.setdefault("_layer_row_shapes", {})
+        key = x.shape[1:]
+        if key not in shapes:
+            shapes[key] = self._probe_layer(x[:1])
+        row_shape = shapes[key]
+        return _UNKNOWN if row_shape is None else self._layer_grid(tuple(row_shape))
+
+    def _layer_grid(self, row_shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """:func:`layer_grid` for this adapter, once per layer shape."""
+        grids = self.__dict__.setdefault("_layer_grids", {})
+        if row_shape not in grids:
+            grids[row_shape] = layer_grid(row_shape, self.reshape, self.channels_last)
+        return grids[row_shape]
 
     def _output_row_shape(self, x: np.ndarray) -> tuple[int, ...] | None:
         """The model's output shape per row for inputs shaped like ``x`` (cached per
@@ -308,6 +356,144 @@ class FrameworkModel:
         """The output shape (batch axis first) for the one-row batch ``x``, found as
         cheaply as the framework allows; None if the adapter cannot tell."""
         return None
+
+    def _probe_layer(self, x: np.ndarray) -> tuple[int, ...] | None:
+        """The layer's output shape per row (no batch axis) for the one-row batch
+        ``x``, found without a gradient pass; None if the adapter cannot tell."""
+        return None
+
+
+_UNKNOWN = object()  # a layer shape the adapter could not tell before running
+
+
+def check_reshape(reshape: Any) -> Any:
+    """Validate the adapters' ``reshape=`` argument (see :func:`layer_grid`)."""
+    if reshape is None or callable(reshape) or (isinstance(reshape, str) and reshape == "auto"):
+        return reshape
+    if isinstance(reshape, (tuple, list)) and len(reshape) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0
+        for v in reshape
+    ):
+        return (int(reshape[0]), int(reshape[1]))
+    raise ValueError(
+        "reshape must be 'auto', None, a grid (h, w) of positive ints, or a callable taking "
+        f"and returning numpy arrays, got {reshape!r}")
+
+
+def layer_grid(
+    row_shape: tuple[int, ...], reshape: Any, channels_last: bool
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How a layer's output of per-row shape ``row_shape`` becomes a feature map.
+
+    Vision transformers' blocks output ``(n, tokens, features)``: a class token
+    (ViT), a class and a distillation token (DeiT), then the patch tokens row
+    by row.  The feature map is the patch tokens on their ``h x w`` grid,
+    ``(n, h, w, features)`` for a channels-last model and
+    ``(n, features, h, w)`` otherwise, as CAM methods read a convolution.
+
+    Parameters
+    ----------
+    row_shape : tuple of int
+        The layer's output shape without the batch axis.
+    reshape : 'auto', (h, w), callable or None
+        ``'auto'``: a ``(tokens, features)`` output loses its first 0, 1 or 2
+        tokens, whichever leaves a square grid; outputs of any other rank
+        (convolutions) are left as they are.  ``(h, w)``: a grid of that size,
+        after the first ``tokens - h * w`` tokens.  A callable: ``f(batch)``
+        on numpy arrays ``(n, *row_shape)`` returning the ``(n, ...)`` 4-D map
+        in the model's layout; it may only select and rearrange entries, row
+        by row (slicing, reshape, transpose), since it is applied to the
+        layer's gradients too (it is run once on index arrays to check that).
+        None: the output as it is.
+    channels_last : bool
+        The model's layout, which the feature map takes.
+
+    Returns
+    -------
+    callable or None
+        ``g(batch)`` for the layer's values and gradients alike, or None to
+        leave them as they are.
+
+    Raises
+    ------
+    ValueError
+        The tokens fill no grid, or the callable fails those rules.
+
+    References
+    ----------
+    Dosovitskiy et al. "An Image is Worth 16x16 Words: Transformers for Image
+    Recognition at Scale", ICLR 2021. https://arxiv.org/abs/2010.11929
+
+    Touvron et al. "Training data-efficient image transformers & distillation
+    through attention", ICML 2021. https://arxiv.org/abs/2012.12877
+    """
+    if reshape is None:
+        return None
+    if callable(reshape):
+        return _checked_rearrangement(row_shape, reshape)
+    if reshape == "auto":
+        if len(row_shape) != 2:
+            return None  # a convolution's (or any other) output is taken as it is
+        tokens = row_shape[0]
+        for extra in (0, 1, 2):  # at most one count leaves a square: see the tests
+            side = math.isqrt(max(tokens - extra, 0))
+            if side > 0 and side * side == tokens - extra:
+                return _token_grid(row_shape, (side, side), channels_last)
+        raise ValueError(
+            f"the layer's output has shape (n, {tokens}, {row_shape[1]}), read as {tokens} "
+            f"tokens of {row_shape[1]} features, but neither {tokens}, {tokens - 1} nor "
+            f"{tokens - 2} of them (without a class token, or a class and a distillation "
+            "token) fill a square grid; wrap the model with reshape=(h, w) for a grid of "
+            "h x w patches (the first tokens - h*w tokens are dropped), or a callable")
+    h, w = reshape
+    if len(row_shape) != 2 or row_shape[0] < h * w:
+        got = (f"{row_shape[0]} tokens" if len(row_shape) == 2
+               else f"per-row shape {row_shape}, not (tokens, features)")
+        raise ValueError(
+            f"reshape=({h}, {w}) needs a layer that outputs at least {h * w} tokens, shaped "
+            f"(n, tokens, features); the layer gives {got}")
+    return _token_grid(row_shape, (h, w), channels_last)
+
+
+def _token_grid(row_shape: tuple[int, ...], grid: tuple[int, int],
+                channels_last: bool) -> Callable[[np.ndarray], np.ndarray]:
+    tokens, features = row_shape
+    h, w = grid
+    first_patch = tokens - h * w
+
+    def to_grid(batch: np.ndarray) -> np.ndarray:
+        patches = batch[:, first_patch:].reshape(len(batch), h, w, features)
+        return patches if channels_last else np.ascontiguousarray(np.moveaxis(patches, -1, 1))
+
+    return to_grid
+
+
+def _checked_rearrangement(row_shape: tuple[int, ...],
+                           fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """``fn`` as a fixed gather of each row's entries, after checking on index arrays
+    that it selects and rearranges entries row by row, each at most once."""
+    size = math.prod(row_shape)
+    index = np.arange(2 * size, dtype=np.float64).reshape(2, *row_shape)
+    rule = ("reshape must be a function of numpy arrays (n, *layer_shape) -> 4-D feature "
+            "maps (n, ...) in the model's layout that only selects and rearranges each row's "
+            "entries (slicing, reshape, transpose), since it is applied to the layer's "
+            "gradients too")
+    try:
+        out = np.asarray(fn(index))
+    except Exception as error:  # noqa: BLE001 - any failure of the user's function
+        raise ValueError(f"{rule}; it failed on a batch shaped {index.shape}: "
+                         f"{type(error).__name__}: {error}") from error
+    if out.ndim != 4 or out.shape[0] != 2 or not np.issubdtype(out.dtype, np.number):
+        raise ValueError(f"{rule}; for a batch shaped {index.shape} it returned "
+                         f"{out.dtype} of shape {out.shape}")
+    first = out[0]
+    picked = first.ravel()
+    if not (picked.size > 0 and np.array_equal(picked, np.round(picked)) and picked.min() >= 0
+            and picked.max() < size and np.array_equal(out[1], first + size)
+            and np.unique(picked).size == picked.size):
+        raise ValueError(f"{rule}; it computes new values, mixes rows or repeats entries")
+    take, shape = picked.astype(np.int64), first.shape
+    return lambda batch: batch.reshape(len(batch), -1)[:, take].reshape(len(batch), *shape)
 
 
 def _move_channels(x: np.ndarray, to_last: bool) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import to_numpy, working_dtype
+from .arrays import REDUCTIONS, to_numpy, working_dtype
 from .numeric import as_random_state
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "check_nonnegative",
     "check_nonnegative_int",
     "check_positive_int",
+    "check_reduction",
+    "check_progress",
     "check_seed",
     "resolve_targets",
 ]
@@ -104,6 +106,15 @@ def check_fraction(value: Any, name: str, *, allow_zero: bool = True) -> float:
     return value
 
 
+def check_reduction(how: Any, name: str = "reduction") -> str:
+    """Validate a channel reduction name (see :data:`salience.arrays.REDUCTIONS`)."""
+    if not isinstance(how, str) or how not in REDUCTIONS:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, REDUCTIONS))}, got {how!r}"
+        )
+    return how
+
+
 def check_seed(seed: Any) -> Any:
     """Validate a ``seed`` argument when a method is built (before any model call):
     None, an int, a numpy ``Generator`` or ``RandomState``."""
@@ -181,3 +192,13 @@ def _check_class_indices(indices: np.ndarray, width: int | None) -> None:
         bound = (f" and < {width} (the model has {width} outputs)" if width is not None
                  else " and < 2**63" if high >= limit else "")
         raise ValueError(f"targets must be >= 0{bound}, got {low if low < 0 else high}")
+
+
+def check_progress(progress: Any) -> None:
+    """Raise TypeError unless ``progress`` is True, False, None or a callable (see
+    :func:`salience.progress.progress_stage`)."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise TypeError(
+            f"progress must be True, False, None or a callable taking a ProgressEvent, got "
+            f"{type(progress).__name__}"
+        )

@@ -9,6 +9,8 @@ photos with the built-in EfficientNet-Lite0 (ImageNet) and writes
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 import sys
@@ -21,7 +23,7 @@ import numpy as np
 import typer
 
 __all__ = ["app", "main", "SAMPLE_IMAGES", "ExplainOutcome", "NothingExplainedError",
-           "run_explain"]
+           "run_explain", "run_explain_dataset"]
 
 #: scikit-image sample photos explained when no image is given.
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut")
@@ -270,6 +272,7 @@ def run_explain(
     quiet: bool = False,
     follow_symlinks: bool = False,
     memory_limit: str | None = None,
+    reduction: str | None = None,
 ) -> ExplainOutcome:
     """Everything ``salience explain`` does; returns where the report is and what failed.
 
@@ -278,7 +281,6 @@ def run_explain(
     """
     from . import registry
     from .io import ImageReadError, ImageTooLargeError, LargeImageWarning, search_images
-    from .loading import load_labels, load_model
     from .metrics.insertion_deletion import DEFAULT_SCORE
     from .report import ImageEntry, check_output_dir, run_status, write_report
     from .runner import explain
@@ -290,6 +292,10 @@ def run_explain(
     say = (lambda *_a, **_k: None) if quiet else console.print
     if batch_size <= 0:
         raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    if reduction is not None:
+        from .checks import check_reduction
+
+        check_reduction(reduction, "--reduction")
     limit, limit_source = _memory_limit(memory_limit)
     _method_names(methods)  # unknown names fail before any work
     check_output_dir(out, overwrite)
@@ -304,23 +310,10 @@ def run_explain(
         if not files:
             raise CliError(f"no image files found in {', '.join(str(p) for p in images)}")
 
-    loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
-                        channels_last=channels_last)
-    if labels is not None:
-        loaded.labels = load_labels(labels)
-    prep = loaded.preprocessing.with_(size=_size(size), preset=preset, resize=resize,
-                                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                                      channels=channels)
-    names = _method_names(methods, loaded.has_layer)
-    for note in _method_notes(methods, loaded.has_layer):
-        warned.append(note)
-        say(f"[yellow]note:[/yellow] {note}", markup=True)
-    layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
-    if layerless:
-        raise CliError(
-            f"{', '.join(layerless)} needs a convolutional layer; pass --layer NAME (a dotted "
-            "module name) with a state_dict/pickled model, or drop it from --methods"
-        )
+    loaded, prep, names = _model_and_methods(
+        model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+        channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
+        mean=mean, std=std, channels=channels, methods=methods, notes=warned, say=say)
 
     _check_run_memory(len(files) if files is not None else len(SAMPLE_IMAGES), prep,
                       len(names), batch_size, limit, limit_source)
@@ -360,7 +353,7 @@ def run_explain(
                          errors="collect")
         if metrics:
             metric_seconds = _add_metrics(entries, loaded.model, x, result, prep, batch_size,
-                                          bar)
+                                          bar, reduction)
     for method, message in result.errors.items():
         console.print(f"[bold red]{method} failed:[/bold red] {message}", markup=True)
 
@@ -379,8 +372,9 @@ def run_explain(
                   "parameters": {m: dict(registry.get(m).parameters) for m in names},
                   "target": target, "batch_size": batch_size, "size": list(prep.size),
                   "resize": prep.resize, "preset": prep.preset, "metrics": metrics,
-                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device},
-        metric_seconds=metric_seconds,
+                  "metric_score": DEFAULT_SCORE if metrics else None, "device": device,
+                  "reduction": reduction},
+        metric_seconds=metric_seconds, reduction=reduction,
     )
     outcome = ExplainOutcome(index=index, status=run_status(result, skipped),
                              failed_methods=sorted(result.errors), skipped_images=len(skipped),
@@ -415,6 +409,140 @@ class ExplainOutcome:
         if failures:
             return f"Report written to {self.index}, with failures: {'; '.join(failures)}"
         return f"Report written to {self.index}"
+
+
+def _model_and_methods(*, model, arch, layer, trust_model, device, channels_last, labels, size,
+                       preset, resize, mean, std, channels, methods, notes, say):
+    """The model, its preprocessing with the command line's changes, and the method
+    names; notes on how ``--methods`` was read go to ``notes`` and ``say``
+    (``explain`` and ``explain-dataset`` share it)."""
+    from . import registry
+    from .loading import load_labels, load_model
+
+    loaded = load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+                        channels_last=channels_last)
+    if labels is not None:
+        loaded.labels = load_labels(labels)
+    prep = loaded.preprocessing.with_(size=_size(size), preset=preset, resize=resize,
+                                      mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                      channels=channels)
+    names = _method_names(methods, loaded.has_layer)
+    for note in _method_notes(methods, loaded.has_layer):
+        notes.append(note)
+        say(f"[yellow]note:[/yellow] {note}", markup=True)
+    layerless = [m for m in names if registry.get(m).needs_layer and not loaded.has_layer]
+    if layerless:
+        raise CliError(
+            f"{', '.join(layerless)} needs a convolutional layer (or a vision transformer block); "
+            "pass --layer NAME (a dotted module name) with a state_dict/pickled model, or drop it "
+            "from --methods"
+        )
+    return loaded, prep, names
+
+
+def run_explain_dataset(
+    sources: list[Path],
+    *,
+    out: Path,
+    model: str | None = None,
+    arch: str | None = None,
+    layer: str | None = None,
+    trust_model: bool = False,
+    methods: str | None = None,
+    target: str | None = None,
+    batch_size: int = 32,
+    metrics: bool = False,
+    device: str | None = None,
+    preset: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    size: str | None = None,
+    resize: str | None = None,
+    channels: int | None = None,
+    channels_last: bool | None = None,
+    labels: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    resume: bool = True,
+    report_sample: int = 8,
+    seed: int = 0,
+    map_dtype: str = "float32",
+    quiet: bool = False,
+):
+    """Everything ``salience explain-dataset`` does; returns the
+    :class:`~salience.dataset.DatasetSummary`.
+
+    Raises :class:`CliError` (and the loaders' and the store's ``ValueError``
+    subclasses) on bad input, and :class:`NothingExplainedError` when no image
+    was explained and some failed (the store holds why).
+    """
+    from .dataset import explain_dataset
+    from .io import LargeImageWarning
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()  # the command owns its process: keep large blocks for reuse
+    console = _stderr_console()
+    say = (lambda *_a, **_k: None) if quiet else console.print
+    if engine not in ("local", "ray"):
+        raise CliError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local" and (address is not None or workers != 2 or gpus_per_worker):
+        raise CliError("--address, --workers and --gpus-per-worker need --engine ray")
+    if batch_size <= 0:
+        raise CliError(f"--batch-size must be a positive int, got {batch_size}")
+    _method_names(methods)  # unknown names fail before any work
+    loaded, prep, names = _model_and_methods(
+        model=model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+        channels_last=channels_last, labels=labels, size=size, preset=preset, resize=resize,
+        mean=mean, std=std, channels=channels, methods=methods, notes=[], say=say)
+    options: dict[str, Any] = {}
+    model_arg: Any = loaded
+    if engine == "ray":
+        options = {"workers": workers, "address": address, "cpus_per_worker": cpus_per_worker,
+                   "gpus_per_worker": gpus_per_worker}
+        # Each Ray worker loads the model itself, from the same arguments.
+        model_arg = functools.partial(_load_in_worker, model, arch, layer, trust_model, device,
+                                      channels_last, os.getcwd())
+    with _progress_bar(quiet, console, []) as bar, warnings.catch_warnings():
+        # Each record holds its image's size: no warning per large photo of a dataset.
+        warnings.simplefilter("ignore", LargeImageWarning)
+        summary = explain_dataset(
+            [str(p) for p in sources], model_arg, names, out,
+            targets=_target(target, loaded.labels, 0), engine=engine, batch_size=batch_size,
+            resume=resume, metrics=metrics, preprocessing=prep, labels=loaded.labels, seed=seed,
+            map_dtype=map_dtype, report_sample=report_sample,
+            model_id=_model_id(model, arch, layer, loaded), progress=bar, **options)
+    if summary.done == 0 and summary.failed:
+        raise NothingExplainedError(
+            f"nothing was explained: {summary}; the records in {out} say why each failed")
+    return summary
+
+
+def _load_in_worker(model, arch, layer, trust_model, device, channels_last, cwd):
+    """The model as a Ray worker loads it (``--arch`` modules are found in ``cwd``)."""
+    from .loading import load_model
+
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return load_model(model, arch=arch, layer=layer, trust_model=trust_model, device=device,
+                      channels_last=channels_last)
+
+
+def _model_id(model: str | None, arch: str | None, layer: str | None, loaded) -> str:
+    """The model's identity in the store: the built-in name, or the file's hash."""
+    parts = [loaded.name]
+    path = Path(model) if model else None
+    if path is not None and path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        parts.append(f"file sha256:{digest.hexdigest()[:16]}")
+    if layer is not None:
+        parts.append(f"layer {layer}")
+    return "; ".join(parts)
 
 
 def _read_image(path: Path, limit: int) -> np.ndarray:
@@ -452,14 +580,17 @@ def _progress_bar(quiet: bool, console, image_names: list[str]):
         yield bar
 
 
-def _add_metrics(entries, model, x, result, prep, batch_size, bar) -> dict[str, float]:
+def _add_metrics(entries, model, x, result, prep, batch_size, bar,
+                 reduction=None) -> dict[str, float]:
     """Fill each entry's metric values; returns the metrics' seconds per method."""
     from .metrics import evaluate_maps
 
     seconds: dict[str, float] = {}
     values = evaluate_maps(model, x, [e.display for e in entries], result.maps, result.targets,
                            lambda batch: prep.model_input(list(batch)), batch_size=batch_size,
-                           progress=bar, seconds=seconds)
+                           progress=bar, seconds=seconds,
+                           # without --reduction: ranked by the sum of magnitudes
+                           reduction=reduction or "abs_sum")
     for entry, per_image in zip(entries, values):
         entry.metrics = per_image
     return seconds
@@ -475,65 +606,91 @@ def _root(ctx: typer.Context) -> None:
         typer.echo(ctx.get_help())
 
 
+# Options shared by `explain` and `explain-dataset`.
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Built-in model name (see `salience models`) or a model file: "
+    "state_dict (.pt/.pth, with --arch), TorchScript, torch.export (.pt2), Keras .keras. "
+    "Default: efficientnet-lite0.")]
+ArchOption = Annotated[str | None, typer.Option(
+    help="package.module:function building the architecture of a state_dict.")]
+LayerOption = Annotated[str | None, typer.Option(
+    help="Layer for Grad-CAM (dotted module name; default: the last Conv2d). A vision "
+    "transformer's block works too: its patch tokens are laid out on their square grid.")]
+TrustModelOption = Annotated[bool, typer.Option(
+    "--trust-model", help="Load model files in ways that can run code they hold: whole "
+    "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
+    "Keras files without safe_mode. Only for files you trust.")]
+MethodsOption = Annotated[str | None, typer.Option(
+    "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
+    "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")]
+TargetOption = Annotated[str | None, typer.Option(
+    "--target", "-t", help="Class to explain for every image: index or label name. "
+    "Default: each image's top class.")]
+BatchSizeOption = Annotated[int, typer.Option(
+    "--batch-size", "-b", help="Largest number of rows per model call.")]
+MetricsOption = Annotated[bool, typer.Option(
+    "--metrics", help="Score each map's faithfulness: insertion/deletion AUC on the "
+    "class probability (RISE) and SIC/AIC (PIC); 50 to 80 more model rows per map.")]
+DeviceOption = Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")]
+PresetOption = Annotated[str | None, typer.Option(
+    help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")]
+MeanOption = Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")]
+StdOption = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+SizeOption = Annotated[str | None, typer.Option(
+    help="Model input size: N or HEIGHTxWIDTH (default: the model's).")]
+ResizeOption = Annotated[str | None, typer.Option(
+    help="crop (default: shorter side to the model's size, centre cut out, aspect ratio "
+    "kept) or squash (whole image, stretched to the model's size).")]
+ChannelsOption = Annotated[int | None, typer.Option(
+    help="Channels the model takes (1 or 3; default: from its first layer).")]
+ChannelsLastOption = Annotated[bool, typer.Option(
+    "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")]
+LabelsOption = Annotated[str | None, typer.Option(
+    help="Class names: 'imagenet' or a text file with one name per line.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")]
+
+
 @app.command("explain")
 def explain_command(
     images: Annotated[list[Path] | None, typer.Argument(
         help="Image files or folders (searched recursively). Default: scikit-image's sample "
              "photos chelsea, coffee, astronaut.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Built-in model name (see `salience models`) or a model file: "
-        "state_dict (.pt/.pth, with --arch), TorchScript, torch.export (.pt2), Keras .keras. "
-        "Default: efficientnet-lite0.")] = None,
-    arch: Annotated[str | None, typer.Option(
-        help="package.module:function building the architecture of a state_dict.")] = None,
-    layer: Annotated[str | None, typer.Option(
-        help="Layer for Grad-CAM (dotted module name; default: the last Conv2d).")] = None,
-    trust_model: Annotated[bool, typer.Option(
-        "--trust-model", help="Load model files in ways that can run code they hold: whole "
-        "pickled modules, torch.export archives with pickles, guard code or shape expressions, "
-        "Keras files without safe_mode. Only for files you trust.")] = False,
-    methods: Annotated[str | None, typer.Option(
-        "--methods", help="Comma-separated methods (see `salience methods`), or 'all'. "
-        "Default: gradients,smoothgrad,integrated_gradients,xrai,gradcam.")] = None,
-    target: Annotated[str | None, typer.Option(
-        "--target", "-t", help="Class to explain for every image: index or label name. "
-        "Default: each image's top class.")] = None,
+    model: ModelOption = None,
+    arch: ArchOption = None,
+    layer: LayerOption = None,
+    trust_model: TrustModelOption = False,
+    methods: MethodsOption = None,
+    target: TargetOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path(
         "salience-report"),
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Largest number of rows per model call.")] = 32,
-    metrics: Annotated[bool, typer.Option(
-        "--metrics", help="Score each map's faithfulness: insertion/deletion AUC on the "
-        "class probability (RISE) and SIC/AIC (PIC); 50 to 80 more model rows per map.")
-    ] = False,
+    batch_size: BatchSizeOption = 32,
+    metrics: MetricsOption = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing report directory.")] = False,
-    device: Annotated[str | None, typer.Option(help="PyTorch device, e.g. cpu, cuda:0.")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="Normalisation preset: imagenet, efficientnet-lite, unit, symmetric, raw.")] = None,
-    mean: Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
-    size: Annotated[str | None, typer.Option(
-        help="Model input size: N or HEIGHTxWIDTH (default: the model's).")] = None,
-    resize: Annotated[str | None, typer.Option(
-        help="crop (default: shorter side to the model's size, centre cut out, aspect ratio "
-        "kept) or squash (whole image, stretched to the model's size).")] = None,
-    channels: Annotated[int | None, typer.Option(
-        help="Channels the model takes (1 or 3; default: from its first layer).")] = None,
-    channels_last: Annotated[bool, typer.Option(
-        "--channels-last", help="The PyTorch model takes (n, H, W, C) inputs.")] = False,
-    labels: Annotated[str | None, typer.Option(
-        help="Class names: 'imagenet' or a text file with one name per line.")] = None,
+    device: DeviceOption = None,
+    preset: PresetOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    channels: ChannelsOption = None,
+    channels_last: ChannelsLastOption = False,
+    labels: LabelsOption = None,
     cmap: Annotated[str, typer.Option(
         help="Matplotlib colormap of magnitude maps (signed maps are blue-white-red).")
     ] = "inferno",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.")] = False,
+    quiet: QuietOption = False,
     follow_symlinks: Annotated[bool, typer.Option(
         "--follow-symlinks", help="Read symbolic links in image folders that lead outside "
         "them, and search linked folders (default: skip them with a note).")] = False,
     memory_limit: Annotated[str | None, typer.Option(
         "--memory-limit", help="Memory a run may plan to use, e.g. 8GB: larger runs and "
         "images are refused before allocating (default: half of the memory available).")
+    ] = None,
+    reduction: Annotated[str | None, typer.Option(
+        "--reduction", help="How a map's channels become one value per pixel in the pictures "
+        "and metrics: sum (signed), abs_sum (PAIR), abs_max (Xplique), l2 or max. Default: "
+        "pictures of the channel sum, metrics on abs_sum. maps.npz keeps every channel.")
     ] = None,
 ) -> None:
     """Explain images with a model and write an HTML report to --out."""
@@ -544,7 +701,7 @@ def explain_command(
             overwrite=overwrite, device=device, preset=preset, mean=mean, std=std, size=size,
             resize=resize, channels=channels, channels_last=channels_last or None,
             labels=labels, cmap=cmap, quiet=quiet, follow_symlinks=follow_symlinks,
-            memory_limit=memory_limit,
+            memory_limit=memory_limit, reduction=reduction,
         )
     except NothingExplainedError as err:
         _fail(str(err), code=1)
@@ -556,13 +713,82 @@ def explain_command(
     typer.echo(outcome.line())
 
 
+@app.command("explain-dataset")
+def explain_dataset_command(
+    sources: Annotated[list[Path], typer.Argument(
+        help="Image files, folders (searched recursively) or list files (.txt: one path per "
+             "line; .csv/.tsv/.parquet: a 'path' column, optional 'target' and 'label').",
+        show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Store directory (records, maps, summary); a run stopped "
+        "for any reason continues where it was when started again.")],
+    engine: Annotated[str, typer.Option(
+        help="local (this process) or ray (Ray Data; pip install salience\\[ray]).")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (with --engine ray; default: start Ray here).")] = None,
+    workers: Annotated[int, typer.Option(
+        help="Model workers (Ray actors) with --engine ray.")] = 2,
+    cpus_per_worker: Annotated[float, typer.Option(
+        help="CPUs each Ray model worker reserves.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(
+        help="GPUs each Ray model worker reserves (use with --device cuda).")] = 0.0,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="Continue the store in --out (skip images it has), or "
+        "replace it.")] = True,
+    report_sample: Annotated[int, typer.Option(
+        help="Images with their own page in the HTML summary.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of random methods (SmoothGrad).")] = 0,
+    map_dtype: Annotated[str, typer.Option(
+        help="Precision of the stored maps: float32 or float16.")] = "float32",
+    model: ModelOption = None,
+    arch: ArchOption = None,
+    layer: LayerOption = None,
+    trust_model: TrustModelOption = False,
+    methods: MethodsOption = None,
+    target: TargetOption = None,
+    batch_size: BatchSizeOption = 32,
+    metrics: MetricsOption = False,
+    device: DeviceOption = None,
+    preset: PresetOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    channels: ChannelsOption = None,
+    channels_last: ChannelsLastOption = False,
+    labels: LabelsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Explain every image of a dataset into a resumable store of Parquet records,
+    Zarr maps and an HTML summary."""
+    try:
+        summary = run_explain_dataset(
+            sources, out=out, model=model, arch=arch, layer=layer, trust_model=trust_model,
+            methods=methods, target=target, batch_size=batch_size, metrics=metrics,
+            device=device, preset=preset, mean=mean, std=std, size=size, resize=resize,
+            channels=channels, channels_last=channels_last or None, labels=labels,
+            engine=engine, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker, resume=resume, report_sample=report_sample,
+            seed=seed, map_dtype=map_dtype, quiet=quiet)
+    except NothingExplainedError as err:
+        _fail(str(err), code=1)
+    except (CliError, ValueError, FileNotFoundError, ImportError) as err:
+        _fail(str(err))
+    except MemoryError:
+        _fail("ran out of memory; use a smaller --size or --batch-size")
+    except KeyboardInterrupt:
+        _fail(f"interrupted; what was committed stays in {out}: run the same command again "
+              "to finish", code=130)
+    typer.echo(str(summary))
+
+
 @app.command("methods")
 def methods_command() -> None:
     """List the saliency methods this installation has."""
     from . import registry
 
     for entry in registry.METHODS.values():
-        extra = " (needs a convolutional layer)" if entry.needs_layer else ""
+        extra = " (needs a convolutional layer or a ViT block)" if entry.needs_layer else ""
         typer.echo(f"{entry.name:22s} {entry.description}{extra}")
 
 

@@ -51,7 +51,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._adapter import INPUT, INPUT_AND_LAYER, SCORES, CallKind, FrameworkModel, target_fn_error
+from ._adapter import (
+    INPUT,
+    INPUT_AND_LAYER,
+    SCORES,
+    CallKind,
+    FrameworkModel,
+    check_reshape,
+    target_fn_error,
+)
 from .checks import check_positive_int
 
 __all__ = ["wrap", "JaxModel"]
@@ -71,6 +79,7 @@ def wrap(
     channels: int | None = None,
     batched: bool = True,
     max_compiled_sizes: int = 8,
+    reshape: Any = "auto",
 ) -> JaxModel:
     """Wrap a pure JAX function as a salience Model.
 
@@ -106,6 +115,15 @@ def wrap(
     max_compiled_sizes : int
         How many chunk sizes each kind of call compiles exactly before new
         sizes are padded (see the module docs).
+    reshape : 'auto', (h, w), callable or None
+        How ``layer_fn``'s output becomes a feature map for the CAM methods.
+        ``'auto'``: a vision transformer block's ``(n, tokens, features)``
+        output loses its class (and distillation) token and its patch tokens
+        are laid out on their square grid, in the model's layout;
+        convolution outputs are left as they are.  ``(h, w)`` for a
+        non-square grid, a numpy function for other layouts, None to take the
+        output as it is.  See :func:`salience._adapter.layer_grid`.  Gradient
+        methods do not use it.
 
     Returns
     -------
@@ -119,7 +137,7 @@ def wrap(
     """
     return JaxModel(fn, params, layer_fn=layer_fn, head_fn=head_fn, target_fn=target_fn,
                     channels_last=channels_last, batch_size=batch_size, channels=channels,
-                    batched=batched, max_compiled_sizes=max_compiled_sizes)
+                    batched=batched, max_compiled_sizes=max_compiled_sizes, reshape=reshape)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -150,7 +168,7 @@ class JaxModel(FrameworkModel):
 
     def __init__(self, fn, params=None, *, layer_fn=None, head_fn=None, target_fn=None,
                  channels_last=True, batch_size=64, channels=None, batched=True,
-                 max_compiled_sizes=8):
+                 max_compiled_sizes=8, reshape="auto"):
         for name, value in (("fn", fn), ("layer_fn", layer_fn), ("head_fn", head_fn),
                             ("target_fn", target_fn)):
             if value is not None and not callable(value):
@@ -178,6 +196,7 @@ class JaxModel(FrameworkModel):
         self.predict_batch_size = check_positive_int(batch_size, "batch_size")
         self.expected_channels = None if channels is None else int(channels)
         self.has_layer = layer_fn is not None
+        self.reshape = check_reshape(reshape)
         self.max_compiled_sizes = int(max_compiled_sizes)
         self.trace_count = 0
         self._sizes: dict[tuple, set[int]] = {}
@@ -210,6 +229,14 @@ class JaxModel(FrameworkModel):
         out = jax.eval_shape(self._apply, self._params,
                              jax.ShapeDtypeStruct(x.shape, jnp.float32))
         return tuple(out.shape) if hasattr(out, "shape") else None
+
+    def _probe_layer(self, x: np.ndarray) -> tuple[int, ...] | None:
+        """The layer's output shape by abstract evaluation: nothing is compiled or run."""
+        if self._layer is None:
+            return None
+        out = jax.eval_shape(self._layer, self._params,
+                             jax.ShapeDtypeStruct(x.shape, jnp.float32))
+        return tuple(out.shape[1:]) if hasattr(out, "shape") else None
 
     def _check_target_fn(self, x: np.ndarray, targets: np.ndarray | None) -> None:
         """That ``target_fn`` gives one score per row, by abstract evaluation (once per shape)."""

@@ -31,6 +31,7 @@ from ._adapter import (
     SCORES,
     CallKind,
     FrameworkModel,
+    check_reshape,
     layer_not_found,
     score_rule_error,
     target_fn_error,
@@ -62,6 +63,7 @@ def wrap(
     jit_compile: bool = False,
     batch_size: int = 64,
     channels_last: bool = True,
+    reshape: Any = "auto",
 ) -> KerasModel:
     """Wrap a Keras model (Keras 3 on TensorFlow, or ``tf.keras``) as a salience Model.
 
@@ -90,6 +92,15 @@ def wrap(
     channels_last : bool
         True (Keras' default) if the model takes (n, H, W, C) inputs; False
         for models built with ``data_format='channels_first'``.
+    reshape : 'auto', (h, w), callable or None
+        How the ``layer``'s output becomes a feature map for the CAM methods.
+        ``'auto'``: a vision transformer block's ``(n, tokens, features)``
+        output loses its class (and distillation) token and its patch tokens
+        are laid out on their square grid, ``(n, h, w, features)``;
+        convolution outputs are left as they are.  ``(h, w)`` for a
+        non-square grid, a numpy function for other layouts, None to take the
+        output as it is.  See :func:`salience._adapter.layer_grid`.  Gradient
+        methods do not use it.
 
     Returns
     -------
@@ -102,7 +113,7 @@ def wrap(
     OSDI 2016. https://arxiv.org/abs/1605.08695
     """
     return KerasModel(model, layer, target_fn=target_fn, jit_compile=jit_compile,
-                      batch_size=batch_size, channels_last=channels_last)
+                      batch_size=batch_size, channels_last=channels_last, reshape=reshape)
 
 
 def all_layers(model: Any) -> list[Any]:
@@ -179,7 +190,7 @@ class KerasModel(FrameworkModel):
     supports_guided = True
 
     def __init__(self, model, layer=None, *, target_fn=None, jit_compile=False,
-                 batch_size=64, channels_last=True):
+                 batch_size=64, channels_last=True, reshape="auto"):
         if not is_keras_model(model):
             raise TypeError(
                 "model must be a Keras model (keras.Model or tf.keras.Model), got "
@@ -195,6 +206,7 @@ class KerasModel(FrameworkModel):
         inputs = self._model_inputs()
         self.layer = None if layer is None else find_layer(model, layer)
         self.has_layer = self.layer is not None
+        self.reshape = check_reshape(reshape)
         self._net = model if self.layer is None else self._layer_view(inputs)
         first = _single(inputs) if inputs is not None else None
         shape = tuple(first.shape) if first is not None and hasattr(first, "shape") else None
@@ -322,6 +334,16 @@ class KerasModel(FrameworkModel):
             return tuple(outputs[0].shape)
         spec = self._function(_PREDICT, self._cast(x), None).structured_outputs
         return tuple(spec.shape) if hasattr(spec, "shape") else None
+
+    def _probe_layer(self, x: np.ndarray) -> tuple[int, ...] | None:
+        """The layer's declared output shape, when the model's input size is fixed."""
+        if self.input_shape is None or None in self.input_shape[1:]:
+            return None
+        try:
+            shape = tuple(self.layer.output.shape)
+        except (AttributeError, ValueError):  # a layer called more than once, ...
+            return None
+        return None if None in shape[1:] else tuple(int(d) for d in shape[1:])
 
     def _cast(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=self.dtype.as_numpy_dtype)

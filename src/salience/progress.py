@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_progress
+
 __all__ = [
     "EVENT_INTERVAL",
     "ProgressBar",
@@ -42,7 +44,8 @@ class ProgressEvent:
     Attributes
     ----------
     stage : str
-        ``"predict"``, ``"explain"`` or ``"metrics"``.
+        ``"predict"``, ``"explain"``, ``"metrics"``, or ``"dataset"`` for a whole
+        dataset run (:func:`salience.explain_dataset`: units are images).
     method : str or None
         The method being computed or evaluated (None while predicting).
     images : range
@@ -57,6 +60,8 @@ class ProgressEvent:
         Units of the stage: methods x images.
     elapsed : float
         Seconds since the stage started.
+    failed : int
+        Images that failed so far (dataset runs record them and go on).
     """
 
     stage: str
@@ -66,6 +71,7 @@ class ProgressEvent:
     completed: float
     total: int
     elapsed: float
+    failed: int = 0
 
     @property
     def fraction(self) -> float:
@@ -73,7 +79,10 @@ class ProgressEvent:
         return self.completed / self.total if self.total else 1.0
 
     def describe(self, names: Sequence[str] | None = None) -> str:
-        """``"integrated_gradients: coffee (2/3)"`` or ``"xrai: images 1-3 of 3"``."""
+        """``"integrated_gradients: coffee (2/3)"`` or ``"xrai: images 1-3 of 3"``; for a
+        dataset run ``"4.20 images/s, 0:12:30 left, 3 failed"``."""
+        if self.stage == "dataset":
+            return self._rate()
         what = self.method if self.method is not None else "predicting"
         if len(self.images) == 0:
             return what
@@ -82,6 +91,17 @@ class ProgressEvent:
             name = f"{names[first]} " if names is not None and first < len(names) else "image "
             return f"{what}: {name}({first + 1}/{self.n_images})"
         return f"{what}: images {first + 1}-{last + 1} of {self.n_images}"
+
+
+    def _rate(self) -> str:
+        rate = self.completed / self.elapsed if self.elapsed > 0 else 0.0
+        parts = [f"{rate:.2f} images/s"]
+        if rate > 0 and self.completed < self.total:
+            seconds = round((self.total - self.completed) / rate)
+            parts.append(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} left")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        return ", ".join(parts)
 
 
 #: What the scheduler reports rows to while a call shows progress (see :func:`watch_rows`).
@@ -119,15 +139,16 @@ class Stage:
         self._last = -np.inf
 
     def emit(self, method: str | None, images: range, completed: float,
-             force: bool = True) -> None:
-        """Report ``completed`` units (never less than reported before)."""
+             force: bool = True, failed: int = 0) -> None:
+        """Report ``completed`` units (never less than reported before) and ``failed``
+        images."""
         now = time.perf_counter()
         self.completed = min(max(self.completed, completed), self.total)
         if not force and now - self._last < EVENT_INTERVAL:
             return
         self._last = now
         self._report(ProgressEvent(self.stage, method, images, self.n_images, self.completed,
-                                   self.total, now - self._start))
+                                   self.total, now - self._start, failed))
 
     @contextlib.contextmanager
     def group(self, method: str | None, first: int, stop: int, offset: float,
@@ -209,6 +230,7 @@ def progress_stage(progress: Any, stage: str, total: int, n_images: int,
     TypeError
         ``progress`` is none of these.
     """
+    check_progress(progress)
     if progress is None or progress is False:
         yield None
         return
@@ -216,15 +238,11 @@ def progress_stage(progress: Any, stage: str, total: int, n_images: int,
         with ProgressBar(image_names=image_names) as bar:
             yield Stage(bar, stage, total, n_images)
         return
-    if not callable(progress):
-        raise TypeError(
-            f"progress must be True, False, None or a callable taking a ProgressEvent, got "
-            f"{type(progress).__name__}"
-        )
     yield Stage(progress, stage, total, n_images)
 
 
-_STAGE_LABELS = {"predict": "predicting", "explain": "explaining", "metrics": "metrics"}
+_STAGE_LABELS = {"predict": "predicting", "explain": "explaining", "metrics": "metrics",
+                 "dataset": "images"}
 
 
 class ProgressBar:
@@ -280,8 +298,10 @@ class ProgressBar:
             task = self._rich.add_task(text, total=event.total,
                                        stage=_STAGE_LABELS.get(event.stage, event.stage))
             self._tasks[event.stage] = task
+        # A dataset run's line keeps its rate and failures at the end.
+        finished = event.completed >= event.total and event.stage != "dataset"
         self._rich.update(task, completed=event.completed, total=event.total,
-                          description=text if event.completed < event.total else "done")
+                          description="done" if finished else text)
 
     def close(self) -> None:
         """Draw the last state and stop."""

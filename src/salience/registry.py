@@ -195,6 +195,20 @@ def _entries() -> tuple[MethodEntry, ...]:
             aliases=("inputxgradient", "input_times_gradient", "ixg"),
         ),
         MethodEntry(
+            "vargrad", SmoothGrad,
+            "VarGrad: the variance of the gradients over 25 noisy copies of the image, where "
+            "the score is most sensitive to noise (a magnitude).",
+            {"nsamples": 25, "seed": 0, "aggregation": "vargrad"}, wraps="gradients",
+            signed=False, aliases=("var_grad",),
+        ),
+        MethodEntry(
+            "squaregrad", SmoothGrad,
+            "SquareGrad: the mean of the squared gradients over 25 noisy copies of the image "
+            "(the same map as smoothgrad, which squares as PAIR does).",
+            {"nsamples": 25, "seed": 0, "aggregation": "squaregrad"}, wraps="gradients",
+            signed=False, aliases=("square_grad", "smoothgrad2", "smoothgrad_squared"),
+        ),
+        MethodEntry(
             "gradcam_plus_plus", GradCAMPlusPlus,
             "Grad-CAM++: Grad-CAM with each position's positive gradient weighted by "
             "higher-order terms, which covers several instances of the class better.",

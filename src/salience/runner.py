@@ -19,7 +19,8 @@ import numpy as np
 
 from . import registry
 from ._adapter import wrap_native
-from .checks import as_float_batch, check_positive_int, resolve_targets
+from .arrays import channels_last, reduce_channels
+from .checks import as_float_batch, check_positive_int, check_reduction, resolve_targets
 from .methods.base import Method
 from .numeric import to_probabilities
 from .progress import ProgressEvent, in_group, progress_stage
@@ -148,6 +149,7 @@ def explain(
     group_size: int | None = None,
     progress: bool | Callable[[ProgressEvent], None] | None = None,
     errors: str = "raise",
+    reduction: str | None = None,
 ) -> Explanation:
     """Predict and explain a batch of images with several methods.
 
@@ -180,6 +182,12 @@ def explain(
     errors : {'raise', 'collect'}
         On a failing method: raise, or record the message in
         :attr:`Explanation.errors` and go on with the other methods.
+    reduction : str, optional
+        Give 2-D maps ``(n, H, W)``: each map's channels reduced by
+        ``"sum"``, ``"abs_sum"`` (PAIR's grayscale), ``"abs_max"`` (Xplique),
+        ``"l2"`` or ``"max"`` (see :func:`salience.arrays.reduce_channels`);
+        maps without channels (Grad-CAM, XRAI, gray images) are one channel.
+        Default: maps as the methods return them.
 
     Returns
     -------
@@ -194,16 +202,20 @@ def explain(
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     batch_size = check_positive_int(batch_size, "batch_size")
     group = check_positive_int(group_size if group_size is not None else batch_size, "group_size")
+    if reduction is not None:
+        check_reduction(reduction)
     model = wrap_native(model)
     resolved = resolve_methods(methods, batch_size)
     x = as_float_batch(images, "images")
 
     n = len(x)
     with progress_stage(progress, "explain", len(resolved) * n, n) as stage:
-        return _explain(model, x, resolved, targets, batch_size, group, errors, stage)
+        return _explain(model, x, resolved, targets, batch_size, group, errors, stage,
+                        reduction)
 
 
-def _explain(model, x, resolved, targets, batch_size, group, errors, stage) -> Explanation:
+def _explain(model, x, resolved, targets, batch_size, group, errors, stage,
+             reduction) -> Explanation:
     n = len(x)
     start = time.perf_counter()
     if stage is not None:
@@ -241,9 +253,16 @@ def _explain(model, x, resolved, targets, batch_size, group, errors, stage) -> E
             result.seconds[name] = time.perf_counter() - start
             result.rows[name] = counting.rows
             result.calls[name] = counting.calls
-        result.maps[name] = np.concatenate(parts)
+        maps = np.concatenate(parts)
+        result.maps[name] = maps if reduction is None else _reduced(maps, x, model, reduction)
     return result
 
+
+def _reduced(maps: np.ndarray, x: np.ndarray, model: Any, reduction: str) -> np.ndarray:
+    """``(n, H, W)`` maps: a channel axis where the images have one, in the model's layout."""
+    has_channels = maps.ndim == x.ndim == 4
+    axis = (-1 if channels_last(model) else 1) if has_channels else None
+    return reduce_channels(maps, reduction, axis)
 
 
 def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray | None:

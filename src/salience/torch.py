@@ -34,6 +34,7 @@ from torch import nn
 from ._adapter import (
     CallKind,
     FrameworkModel,
+    check_reshape,
     layer_not_found,
     score_rule_error,
     target_fn_error,
@@ -60,6 +61,7 @@ def wrap(
     device: torch.device | str | None = None,
     channels_last: bool = False,
     batch_size: int = 64,
+    reshape: Any = "auto",
 ) -> TorchModel:
     """Wrap a ``torch.nn.Module`` as a salience Model.
 
@@ -84,12 +86,22 @@ def wrap(
         channels-last model must itself return (n, h, w, C).
     batch_size : int
         Chunk size of :meth:`TorchModel.predict`.
+    reshape : 'auto', (h, w), callable or None
+        How the ``layer``'s output becomes a feature map for the CAM methods.
+        ``'auto'``: a vision transformer block's ``(n, tokens, features)``
+        output loses its class (and distillation) token and its patch tokens
+        are laid out on their square grid, ``(n, features, h, w)``;
+        convolution outputs are left as they are.  ``(h, w)`` for a
+        non-square grid, a numpy function for other layouts, None to take the
+        output as it is.  See :func:`salience._adapter.layer_grid`.  Gradient
+        methods do not use it.
 
     Notes
     -----
     The first call for each input shape runs the module once on one row
-    (without gradients) to learn its output shape, so that targets and the
-    input's rank are checked before any real work.
+    (without gradients) to learn its output shape (and the layer's), so that
+    targets, the input's rank and the layer's token grid are checked before
+    any real work.
 
     On the CPU, images for a channels-first module with convolutions are
     handed over in channels-last memory (``torch.channels_last``; the tensor
@@ -97,9 +109,14 @@ def wrap(
     module that refuses such a tensor in that first run (a ``.view()`` of its
     input) gets contiguous memory for that input shape.  Results differ from
     contiguous memory only by float rounding.
+
+    References
+    ----------
+    Dosovitskiy et al. "An Image is Worth 16x16 Words: Transformers for Image
+    Recognition at Scale", ICLR 2021. https://arxiv.org/abs/2010.11929
     """
     return TorchModel(module, layer, target_fn=target_fn, device=device,
-                      channels_last=channels_last, batch_size=batch_size)
+                      channels_last=channels_last, batch_size=batch_size, reshape=reshape)
 
 
 def find_layer(module: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -128,7 +145,7 @@ class TorchModel(FrameworkModel):
     supports_guided = True
 
     def __init__(self, module, layer=None, *, target_fn=None, device=None,
-                 channels_last=False, batch_size=64):
+                 channels_last=False, batch_size=64, reshape="auto"):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         if target_fn is not None and not callable(target_fn):
@@ -136,6 +153,8 @@ class TorchModel(FrameworkModel):
         self.module = module
         self.layer = None if layer is None else find_layer(module, layer)
         self.has_layer = self.layer is not None
+        self.reshape = check_reshape(reshape)
+        self._layer_rows: dict[tuple[int, ...], tuple[int, ...] | None] = {}
         self.target_fn = target_fn
         self.channels_last = bool(channels_last)
         self.predict_batch_size = int(batch_size)
@@ -192,9 +211,18 @@ class TorchModel(FrameworkModel):
         xt = self._tensor(x)
         if contiguous:
             xt = xt.contiguous()
-        with self._explaining(), torch.no_grad():
+        # The same pass notes the layer's output shape (for the token grid check).
+        with self._explaining(), torch.no_grad(), self._tapped(self.has_layer,
+                                                               shape_only=True) as seen:
             out = self.module(xt)
+        if self.has_layer:
+            self._layer_rows[x.shape[1:]] = seen.get("shape")
         return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+
+    def _probe_layer(self, x: np.ndarray) -> tuple[int, ...] | None:
+        if x.shape[1:] not in self._layer_rows:  # _probe normally ran first, for the output
+            self._probe(x)
+        return self._layer_rows.get(x.shape[1:])
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         with self._explaining(), torch.no_grad():
@@ -266,9 +294,10 @@ class TorchModel(FrameworkModel):
             _SHARED.release(held)
 
     @contextlib.contextmanager
-    def _tapped(self, want_layer: bool) -> Iterator[dict[str, torch.Tensor]]:
-        """The layer's output in this thread's forward pass, under ``"values"``."""
-        captured: dict[str, torch.Tensor] = {}
+    def _tapped(self, want_layer: bool, shape_only: bool = False) -> Iterator[dict[str, Any]]:
+        """The layer's output in this thread's forward pass, under ``"values"``
+        (with ``shape_only``: only its shape per row, under ``"shape"``)."""
+        captured: dict[str, Any] = {"shape_only": True} if shape_only else {}
         if not want_layer:
             yield captured
             return
@@ -355,7 +384,7 @@ def _set(obj: Any, attr: str, value: Any) -> None:
 _SHARED = _SharedChanges()
 
 
-def _thread_slots() -> dict[int, dict[str, torch.Tensor]]:
+def _thread_slots() -> dict[int, dict[str, Any]]:
     """This thread's running calls that want a layer's output: id(layer) -> its slot."""
     slots = getattr(_THREAD, "slots", None)
     if slots is None:
@@ -367,6 +396,9 @@ def _tap_hook(layer: nn.Module, _inputs: Any, output: Any) -> Any:
     slot = _thread_slots().get(id(layer))
     if slot is None:
         return None  # a forward pass of another thread, or of a call without Grad-CAM
+    if slot.get("shape_only"):  # a probe: note the shape, change nothing
+        slot["shape"] = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+        return None
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"the Grad-CAM layer {type(layer).__name__} returns {type(output).__name__}, "

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import to_numpy
+from .arrays import reduce_channels, to_numpy
 
 __all__ = [
     "visualize_image_grayscale",
@@ -60,12 +60,12 @@ def collapse_channels(maps: np.ndarray, channel_axis: int | None = -1, absolute:
         raise ValueError(
             f"maps must be (H, W), (H, W, C) or (N, H, W, C), got shape {arr.shape}"
         )
-    values = np.abs(arr) if absolute else arr
+    how = "abs_sum" if absolute else "sum"
     if arr.ndim == 2:
-        return values[None], True
+        return reduce_channels(arr, how, None)[None], True
     if channel_axis is None:
         raise ValueError("channel_axis=None needs 2-D maps")
-    summed = values.sum(axis=channel_axis)
+    summed = reduce_channels(arr, how, channel_axis)
     return (summed[None], True) if arr.ndim == 3 else (summed, False)
 
 
@@ -136,8 +136,14 @@ def absolute_normalize(saliency_map: np.ndarray) -> np.ndarray:
     return arr / peak if peak > 0 else np.zeros_like(arr)
 
 
-def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One map as ``(H, W)``: channels summed, wherever they are.
+def to_2d(
+    saliency_map: np.ndarray, size: tuple[int, int] | None = None, reduction: str = "sum"
+) -> np.ndarray:
+    """One map as ``(H, W)``: channels reduced (summed by default), wherever they are.
+
+    ``reduction`` is one of :data:`salience.arrays.REDUCTIONS` (``"sum"``,
+    ``"abs_sum"``, ``"abs_max"``, ``"l2"``, ``"max"``); a 2-D map is taken as
+    one channel (``"abs_*"`` and ``"l2"`` give its absolute value).
 
     A 3-D map is read as ``(H, W, C)`` unless ``size`` (the image's height and
     width) says it is ``(C, H, W)``; without ``size`` the smaller of the first
@@ -145,7 +151,7 @@ def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.n
     """
     arr = np.asarray(saliency_map, dtype=np.float64)
     if arr.ndim == 2:
-        return arr
+        return reduce_channels(arr, reduction, None)
     if arr.ndim != 3:
         raise ValueError(
             f"saliency_map must be (H, W), (H, W, C) or (C, H, W), got shape {arr.shape}"
@@ -156,17 +162,17 @@ def to_2d(saliency_map: np.ndarray, size: tuple[int, int] | None = None) -> np.n
         channels_first = False
     else:
         channels_first = arr.shape[0] < arr.shape[-1]
-    return arr.sum(axis=0 if channels_first else -1)
+    return reduce_channels(arr, reduction, 0 if channels_first else -1)
 
 
-def fit_map(saliency_map: Any, size: tuple[int, int]) -> np.ndarray:
+def fit_map(saliency_map: Any, size: tuple[int, int], reduction: str = "sum") -> np.ndarray:
     """One map as ``(H, W)`` float64 of the image's ``size``, from what a method returned.
 
     Takes a map straight from ``explain`` or ``salience.explain(...).maps[name]``:
-    ``(H, W)``, channels first ``(C, H, W)`` or last ``(H, W, C)`` (summed), a
-    batch of one ``(1, ...)``, a torch tensor; a map of another resolution with
-    the image's aspect ratio (Grad-CAM at its layer's 7x7) is resized
-    bilinearly.
+    ``(H, W)``, channels first ``(C, H, W)`` or last ``(H, W, C)`` (reduced
+    by ``reduction``, see :func:`to_2d`; summed by default), a batch of one
+    ``(1, ...)``, a torch tensor; a map of another resolution with the image's
+    aspect ratio (Grad-CAM at its layer's 7x7) is resized bilinearly.
 
     Raises
     ------
@@ -175,7 +181,7 @@ def fit_map(saliency_map: Any, size: tuple[int, int]) -> np.ndarray:
         differs from the image's (it was computed on another crop).
     """
     height, width = (int(v) for v in size)
-    flat = to_2d(_one_map(saliency_map), (height, width))
+    flat = to_2d(_one_map(saliency_map), (height, width), reduction)
     if not np.isfinite(flat).all():
         raise ValueError("saliency_map contains NaN or inf; nothing sensible can be drawn")
     if flat.shape == (height, width):
@@ -239,6 +245,7 @@ def heatmap(
     cmap: str | None = None,
     absolute: bool = True,
     percentile: float = 99,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """A map coloured with a matplotlib colormap: ``(H, W, 3)`` uint8.
 
@@ -247,9 +254,11 @@ def heatmap(
     Otherwise signed values, 0 in the colormap's middle and the ``percentile``-th
     percentile of ``|map|`` at its ends.  ``cmap`` defaults to ``"inferno"`` for
     magnitudes and the diverging ``"bwr"`` (blue negative, white 0, red positive)
-    for signed maps.  The map may be any shape :func:`fit_map` takes.
+    for signed maps.  The map may be any shape :func:`fit_map` takes;
+    ``reduction`` says how its channels become one value per pixel (see
+    :func:`to_2d`).
     """
-    flat = to_2d(_one_map(saliency_map))
+    flat = to_2d(_one_map(saliency_map), reduction=reduction)
     values = _scaled(fit_map(flat, flat.shape), absolute, percentile)
     return to_uint8(_colormap(default_cmap(absolute) if cmap is None else cmap)(values)[..., :3])
 
@@ -321,6 +330,7 @@ def overlay(
     alpha: float = 0.5,
     absolute: bool = True,
     percentile: float = 99,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """Blend a coloured map over an image: ``(H, W, 3)`` uint8.
 
@@ -342,38 +352,41 @@ def overlay(
         proportion to its magnitude, so where it is 0 the image shows as it is.
     absolute, percentile
         How values are scaled to colours, see :func:`heatmap`.
+    reduction : str
+        How the map's channels become one value per pixel, see :func:`to_2d`.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be within [0, 1], got {alpha}")
     rgb = _as_rgb_float(image)
-    values = _scaled(fit_map(saliency_map, rgb.shape[:2]), absolute, percentile)
+    values = _scaled(fit_map(saliency_map, rgb.shape[:2], reduction), absolute, percentile)
     colours = _colormap(default_cmap(absolute) if cmap is None else cmap)(values)[..., :3]
     weight = alpha if absolute else alpha * np.abs(2 * values - 1)[..., None]
     return to_uint8((1 - weight) * rgb + weight * colours)
 
 
-def top_mask(saliency_map: np.ndarray, fraction: float) -> np.ndarray:
+def top_mask(saliency_map: np.ndarray, fraction: float, reduction: str = "sum") -> np.ndarray:
     """Boolean ``(H, W)`` mask of the pixels whose value is in the top ``fraction``.
 
     Pixels tied at the threshold are all kept, so region maps (XRAI) keep whole
-    regions.
+    regions.  ``reduction``: how channels become one value, see :func:`to_2d`.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be within (0, 1], got {fraction}")
-    flat = to_2d(saliency_map)
+    flat = to_2d(saliency_map, reduction=reduction)
     threshold = np.percentile(flat, 100 * (1 - fraction))
     return flat >= threshold
 
 
 def top_regions(
-    image: np.ndarray, saliency_map: np.ndarray, fraction: float = 0.1, background: int = 0
+    image: np.ndarray, saliency_map: np.ndarray, fraction: float = 0.1, background: int = 0,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """The image where the map is in its top ``fraction``, ``background`` elsewhere.
 
     Returns ``(H, W, 3)`` uint8 (gray images are replicated), as XRAI's "most
     salient 10% / 30%" pictures.
     """
-    mask = top_mask(fit_map(saliency_map, image_size(image)), fraction)
+    mask = top_mask(fit_map(saliency_map, image_size(image), reduction), fraction)
     rgb = to_uint8(_as_rgb_float(image))
     out = np.full_like(rgb, int(np.clip(background, 0, 255)))
     out[mask] = rgb[mask]

@@ -1,5 +1,6 @@
 """The CAM family against pytorch-grad-cam 1.5.x on the same layer and target:
-a tiny CNN and the pretrained EfficientNet-Lite0, both in float64.
+a tiny CNN, the pretrained EfficientNet-Lite0 and a tiny ViT / DeiT (through
+its documented reshape_transform recipe), all in float64.
 
 pytorch-grad-cam imports torchvision at module level (``utils/image.py``,
 ``sess.py``, ``utils/model_targets.py``) for image preprocessing, SESS and
@@ -99,12 +100,12 @@ def grad_cam_lib():
         del sys.modules[name]
 
 
-def _theirs(grad_cam_lib, cls, net, layer, x, targets, batch_size=64):
+def _theirs(grad_cam_lib, cls, net, layer, x, targets, batch_size=64, reshape_transform=None):
     """pytorch-grad-cam's raw layer-resolution map (after its ReLU, before rescaling)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     grad_cam_lib.captured.clear()
-    with cls(model=net, target_layers=[layer]) as cam:
+    with cls(model=net, target_layers=[layer], reshape_transform=reshape_transform) as cam:
         cam.batch_size = batch_size  # Score-CAM's masked inputs per forward
         cam(input_tensor=torch.tensor(x), targets=[ClassifierOutputTarget(int(t))
                                                     for t in targets])
@@ -233,3 +234,44 @@ def test_guided_grad_cam_on_lite0_is_guided_backprop_times_grad_cam(lite0):
     cam = salience.GradCAM(broadcast=True).explain(lite0.model, x, targets)
     assert np.abs(got).max() > 0
     np.testing.assert_allclose(got, guided * cam, rtol=1e-12, atol=0)
+
+
+# --- vision transformers --------------------------------------------------------------------
+
+
+def _tokens_to_grid(prefix, side):
+    """pytorch-grad-cam's documented ViT recipe (its tutorial's reshape_transform, in our
+    words): drop the first ``prefix`` tokens, put the patch tokens on a ``side x side``
+    grid, features first."""
+
+    def transform(tokens):
+        n, _, features = tokens.shape
+        grid = tokens[:, prefix:, :].reshape(n, side, side, features)
+        return grid.permute(0, 3, 1, 2)
+
+    return transform
+
+
+@pytest.mark.parametrize("ours, theirs", [*PAIRS, ("ScoreCAM", "ScoreCAM")])
+@pytest.mark.parametrize("prefix", [1, 2], ids=["vit", "deit"])
+def test_cams_on_a_vit_equal_pytorch_grad_cams_vit_recipe(grad_cam_lib, ours, theirs, prefix,
+                                                          tiny_vit):
+    # The recipe's layer: the last block's norm1 (the class-token head gives the last
+    # block's output tokens no gradient).  Ours: the default reshape='auto'.
+    net = tiny_vit(prefix=prefix)
+    layer = "blocks.1.norm1"
+    x = np.random.default_rng(2).normal(size=(3, 3, 16, 16))
+    model = salience.torch.wrap(net, layer=layer)
+    targets = model.predict(x).argmax(axis=1)
+    targets[1] = (targets[1] + 2) % 5  # not only the top class
+    method = getattr(salience, ours)
+    got = (method(resize=False, batch_size=16) if ours == "ScoreCAM"
+           else method(resize=False)).explain(model, x, targets)
+    expected = _theirs(grad_cam_lib, getattr(grad_cam_lib.lib, theirs), net,
+                       net.get_submodule(layer), x, targets, batch_size=16,
+                       reshape_transform=_tokens_to_grid(prefix, 4))
+    assert got.shape == (3, 4, 4) and expected.dtype == np.float64 and (expected > 0).any()
+    # Score-CAM: pytorch-grad-cam keeps the masked scores in float32 (see above).
+    rtol, atol = (1e-5, 1e-6) if ours == "ScoreCAM" else (1e-9, 1e-12)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol * expected.max())
+    assert grad_cam_lib.touched == []

@@ -162,3 +162,112 @@ def test_the_same_seed_gives_the_same_noise_in_float32_and_float64(seed, inner, 
     maps32, maps64 = smooth(single), smooth(double)
     assert maps32.dtype == np.float32 and maps64.dtype == np.float64
     np.testing.assert_allclose(maps32, maps64, rtol=2e-4, atol=1e-5 * np.abs(maps64).max())
+
+
+# --- VarGrad and SquareGrad (aggregation=) ---------------------------------------------
+
+
+def _xplique_statistic(gradients, aggregation, chunk=2):
+    """Xplique's online statistics, written from its documented formulas: running sums of
+    the gradients and of their squares over chunks of perturbations, then SquareGrad =
+    sum(g^2) / N and VarGrad = N / (N - 1) * (sum(g^2) / N - (sum(g) / N)^2)."""
+    n = gradients.shape[1]
+    total = np.zeros(gradients.shape[:1] + gradients.shape[2:])
+    square_total = np.zeros_like(total)
+    for start in range(0, n, chunk):
+        part = gradients[:, start : start + chunk]
+        total += part.sum(axis=1)
+        square_total += (part**2).sum(axis=1)
+    square_mean = square_total / n
+    if aggregation == "squaregrad":
+        return square_mean
+    return n / (n - 1) * (square_mean - (total / n) ** 2)
+
+
+def _assert_xplique(maps, samples, aggregation):
+    # Xplique's one-pass E[g^2] - E[g]^2 loses ~1e-16 * E[g^2] to cancellation (ours
+    # subtracts the mean first), so small variances are compared to that absolute bound.
+    atol = 1e-13 * (samples**2).mean(axis=1).max()
+    np.testing.assert_allclose(maps, _xplique_statistic(samples, aggregation), rtol=1e-9,
+                               atol=atol)
+
+
+@pytest.mark.parametrize("aggregation", ["vargrad", "squaregrad"])
+def test_vargrad_and_squaregrad_equal_a_direct_computation(aggregation, analytic, images):
+    maps = salience.SmoothGrad(
+        salience.Gradients(), nsamples=7, stdev_spread=0.3, seed=5, aggregation=aggregation
+    ).explain(analytic, images, [2, 0, 1])
+    noisy = _noisy_copies(images, 7, 0.3, 5)
+    grads = analytic.gradient(noisy.reshape(-1, 8, 8, 3), np.repeat([2, 0, 1], 7))
+    grads = grads.reshape(3, 7, 8, 8, 3)
+    if aggregation == "vargrad":
+        mean = grads.sum(axis=1) / 7
+        expected = ((grads - mean[:, None]) ** 2).sum(axis=1) / 6
+    else:
+        expected = (grads * grads).sum(axis=1) / 7
+    np.testing.assert_allclose(maps, expected, rtol=1e-10)
+    # and Xplique's formula on the same noisy samples
+    _assert_xplique(maps, grads, aggregation)
+
+
+@pytest.mark.parametrize("aggregation", ["vargrad", "squaregrad"])
+def test_aggregations_wrap_any_method(aggregation, analytic, images):
+    steps, nsamples = 4, 3
+    ig = salience.IntegratedGradients(steps=steps, baseline=0.1, batch_size=5)
+    maps = salience.SmoothGrad(ig, nsamples=nsamples, seed=2, aggregation=aggregation).explain(
+        analytic, images, [0, 1, 2]
+    )
+    rows = 3 * nsamples * steps
+    assert analytic.rows == rows and analytic.calls == math.ceil(rows / 5)
+    noisy = _noisy_copies(images, nsamples, 0.15, 2)
+    per_copy = np.array([
+        [salience.IntegratedGradients(steps=steps, baseline=0.1).explain(
+            analytic, noisy[i, s][None], i)[0] for s in range(nsamples)]
+        for i in range(3)
+    ])
+    _assert_xplique(maps, per_copy, aggregation)
+
+
+def test_the_aggregations_share_the_noise(analytic, images):
+    def run(**kwargs):
+        return salience.SmoothGrad(salience.Gradients(), nsamples=5, seed=8, **kwargs).explain(
+            analytic, images, 1)
+
+    mean, square, variance = run(magnitude=False), run(aggregation="squaregrad"), run(
+        aggregation="vargrad")
+    # PAIR's magnitude=True is SquareGrad, and Var = N / (N - 1) * (E[g^2] - E[g]^2)
+    np.testing.assert_array_equal(run(), square)
+    np.testing.assert_allclose(variance, 5 / 4 * (square - mean**2), rtol=1e-9, atol=1e-14)
+    assert (variance >= 0).all()
+
+
+def test_vargrad_keeps_float32_maps_float32(analytic, images):
+    maps = salience.SmoothGrad(salience.Gradients(), nsamples=3, seed=0,
+                               aggregation="vargrad").explain(analytic,
+                                                              images.astype(np.float32), 0)
+    assert maps.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"aggregation": "var"}, "aggregation must be one of 'mean', 'squaregrad', 'vargrad', "
+                                 "got 'var'"),
+        ({"aggregation": None}, "aggregation must be one of .* got None"),
+        ({"aggregation": "vargrad", "magnitude": False},
+         "magnitude=False applies only to aggregation='mean'"),
+        ({"aggregation": "squaregrad", "magnitude": True},
+         "magnitude=True applies only to aggregation='mean'"),
+        ({"aggregation": "vargrad", "nsamples": 1},
+         "aggregation='vargrad' needs nsamples >= 2 .* got nsamples=1"),
+    ],
+)
+def test_bad_aggregation_settings_are_refused_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        salience.SmoothGrad(salience.Gradients(), **kwargs)
+
+
+def test_magnitude_keeps_its_pair_default_and_meaning():
+    assert salience.SmoothGrad(salience.Gradients()).magnitude is True
+    assert salience.SmoothGrad(salience.Gradients(), magnitude=False).magnitude is False
+    assert salience.SmoothGrad(salience.Gradients(), aggregation="vargrad").magnitude is None

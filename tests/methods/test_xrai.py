@@ -290,6 +290,20 @@ def test_segments_one_list_per_input():
     np.testing.assert_array_equal(both.maps, np.concatenate([first.maps, second.maps]))
 
 
+def test_segment_masks_computed_ahead_give_the_same_maps():
+    # A dataset run segments images in a stage of its own, before the model is free.
+    x = smooth_images(2, 30, 34)
+    attr = smooth_attr(x.shape)
+    ahead = [felzenszwalb_masks(image) for image in x]
+    given = salience.XRAI(segments=ahead).explain_with_details(no_model, x, attributions=attr)
+    inside = salience.XRAI().explain_with_details(no_model, x, attributions=attr)
+    np.testing.assert_array_equal(given.maps, inside.maps)
+    np.testing.assert_array_equal(given.ranks, inside.ranks)
+    with pytest.raises(ValueError, match=r"segments\[1\] holds masks of shape \(30, 30\)"):
+        salience.XRAI(segments=[ahead[0], felzenszwalb_masks(x[1, :, :30])]
+                      ).explain_with_details(no_model, x, attributions=attr)
+
+
 @pytest.mark.parametrize("shape, algorithms", [((32, 32), ("full", "fast")),
                                                ((48, 160), ("full", "fast")),
                                                ((2048, 2048), ("full",))])

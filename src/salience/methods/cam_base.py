@@ -115,7 +115,8 @@ def layer_arrays(
         got = f"values {values.shape}" + ("" if grads is None else f" and gradients {grads.shape}")
         raise ValueError(
             f"{method} needs layer {what} shaped (n, h, w, channels) or (n, channels, h, w), "
-            f"got {got}; choose a convolutional layer"
+            f"got {got}; choose a convolutional layer, or a transformer block whose tokens the "
+            "adapter's reshape= lays out on their grid"
         )
 
     def first(a: np.ndarray) -> np.ndarray:

@@ -1,4 +1,14 @@
-"""SmoothGrad: average any method's maps over noisy copies of the input."""
+"""SmoothGrad and its relatives: a statistic of any method's maps over noisy copies
+of the input.
+
+Each input gets ``N`` noisy copies ``x + eps_s`` and the wrapped method's map
+``M(x + eps_s)`` of each; the copies' maps are then reduced per input:
+
+- ``"mean"`` (SmoothGrad): ``1/N sum_s M_s`` (or of ``M_s^2`` with ``magnitude``, PAIR);
+- ``"squaregrad"`` (SquareGrad, SmoothGrad^2): ``1/N sum_s M_s^2``;
+- ``"vargrad"`` (VarGrad): the unbiased sample variance
+  ``1/(N-1) sum_s (M_s - mean_s M_s)^2``.
+"""
 
 from __future__ import annotations
 
@@ -12,37 +22,67 @@ from ..numeric import as_random_state
 from ..schedule import check_row_budget
 from .base import Method
 
-__all__ = ["SmoothGrad", "draw_noise"]
+__all__ = ["AGGREGATIONS", "SmoothGrad", "aggregate_samples", "draw_noise"]
+
+#: What :class:`SmoothGrad` can compute from the noisy copies' maps, and its paper.
+AGGREGATIONS = {
+    "mean": "SmoothGrad: the mean of the maps (of their squares with magnitude=True)",
+    "squaregrad": "SquareGrad: the mean of the squared maps",
+    "vargrad": "VarGrad: the unbiased variance of the maps",
+}
 
 
 class SmoothGrad(Method):
-    """Wrap a method and average its maps over Gaussian-noised inputs.
+    """Wrap a method and reduce its maps over Gaussian-noised inputs.
 
     All noisy copies of all inputs are handed to the wrapped method as one
     batch, so their rows share model calls (SmoothGrad over Integrated
-    Gradients packs samples x steps rows into the same chunks).
+    Gradients packs samples x steps rows into the same chunks).  The copies'
+    maps are then reduced per input by ``aggregation``: their mean
+    (SmoothGrad), the mean of their squares (SquareGrad) or their variance
+    (VarGrad), see :func:`aggregate_samples`.
 
     Parameters
     ----------
     method : Method
         The method to smooth (Gradients, IntegratedGradients, BlurIG, ...).
     nsamples : int
-        Noisy copies per input.
+        Noisy copies per input (at least 2 for ``"vargrad"``).
     stdev_spread : float
         Noise standard deviation as a fraction of each input's value range
-        ``max(x) - min(x)``.
-    magnitude : bool
-        Average squared maps (True) or the maps themselves (False).
+        ``max(x) - min(x)``.  (Xplique's ``noise`` is an absolute standard
+        deviation: for inputs spanning ``[0, 1]`` the two are the same number.)
+    magnitude : bool, optional
+        With ``aggregation="mean"``: average squared maps (True, the default,
+        as PAIR ``saliency``) or the maps themselves (False).  It belongs to
+        ``"mean"`` alone: ``"squaregrad"`` always squares and ``"vargrad"``
+        never does, so giving ``magnitude`` with them is an error.
     seed : None, int, numpy Generator or RandomState
         Source of the noise.  Noise is drawn per input, sample after sample, so
         passing ``numpy.random.mtrand._rand`` after ``np.random.seed(k)``
         reproduces PAIR ``saliency``'s draws.  The same seed gives the same
         noise for float32 and float64 copies of an input (see :func:`draw_noise`).
+    aggregation : {'mean', 'squaregrad', 'vargrad'}
+        How the noisy copies' maps become one map (see :data:`AGGREGATIONS`);
+        ``"squaregrad"`` and ``"vargrad"`` are defined as in Xplique.  The
+        same seed draws the same noise whatever the aggregation.
 
     References
     ----------
     Smilkov, Thorat, Kim, Viegas, Wattenberg. "SmoothGrad: removing noise by
     adding noise", 2017. https://arxiv.org/abs/1706.03825
+
+    Adebayo, Gilmer, Goodfellow, Kim. "Local explanation methods for deep
+    neural networks lack sensitivity to parameter values", ICLR 2018
+    workshop. https://arxiv.org/abs/1810.03307 (VarGrad)
+
+    Hooker, Erhan, Kindermans, Kim. "A Benchmark for Interpretability Methods
+    in Deep Neural Networks", NeurIPS 2019. https://arxiv.org/abs/1806.10758
+    (SquareGrad)
+
+    Fel, Hervier, et al. "Xplique: A Deep Learning Explainability Toolbox",
+    CVPR 2022 workshop. https://arxiv.org/abs/2206.04394 (the definitions
+    followed here)
     """
 
     name = "SmoothGrad"
@@ -52,8 +92,9 @@ class SmoothGrad(Method):
         method: Method,
         nsamples: int = 25,
         stdev_spread: float = 0.15,
-        magnitude: bool = True,
+        magnitude: bool | None = None,
         seed: Any = None,
+        aggregation: str = "mean",
     ) -> None:
         if not isinstance(method, Method):
             raise TypeError(
@@ -62,7 +103,10 @@ class SmoothGrad(Method):
         self.method = method
         self.nsamples = check_positive_int(nsamples, "nsamples")
         self.stdev_spread = check_nonnegative(stdev_spread, "stdev_spread")
-        self.magnitude = bool(magnitude)
+        self.aggregation = _check_aggregation(aggregation, magnitude, self.nsamples)
+        # PAIR's flag, only meaningful for "mean" (None with the other aggregations).
+        self.magnitude = None if aggregation != "mean" else (
+            True if magnitude is None else bool(magnitude))
         self.seed = check_seed(seed)
 
     def _rows_per_input(self) -> int:
@@ -84,9 +128,51 @@ class SmoothGrad(Method):
         repeated = None if targets is None else np.repeat(targets, self.nsamples, axis=0)
         maps = self.method._explain_copies(model, noisy, repeated, copies * self.nsamples)
         maps = maps.reshape(n, self.nsamples, *maps.shape[1:])
-        if self.magnitude:
-            maps = np.square(maps)
-        return maps.mean(axis=1, dtype=np.float64).astype(x.dtype)
+        how = self.aggregation
+        if how == "mean" and self.magnitude:
+            how = "squaregrad"  # PAIR's magnitude=True is the mean of the squares
+        return aggregate_samples(maps, how).astype(x.dtype)
+
+
+def _unknown_aggregation(aggregation: Any) -> ValueError:
+    return ValueError(
+        f"aggregation must be one of {', '.join(map(repr, AGGREGATIONS))}, got {aggregation!r}"
+    )
+
+
+def _check_aggregation(aggregation: Any, magnitude: Any, nsamples: int) -> str:
+    """``aggregation`` checked against :data:`AGGREGATIONS`, ``magnitude`` and ``nsamples``."""
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
+        raise _unknown_aggregation(aggregation)
+    if aggregation != "mean" and magnitude is not None:
+        raise ValueError(
+            f"magnitude={magnitude!r} applies only to aggregation='mean' (PAIR's SmoothGrad); "
+            f"aggregation={aggregation!r} fixes whether maps are squared, so leave magnitude "
+            "unset"
+        )
+    if aggregation == "vargrad" and nsamples < 2:
+        raise ValueError(
+            f"aggregation='vargrad' needs nsamples >= 2 (a variance of one map is undefined), "
+            f"got nsamples={nsamples}"
+        )
+    return aggregation
+
+
+def aggregate_samples(maps: np.ndarray, aggregation: str) -> np.ndarray:
+    """Reduce ``maps`` of shape ``(n, nsamples, ...)`` over the samples axis, in float64.
+
+    ``"mean"``: ``1/N sum_s M_s``; ``"squaregrad"``: ``1/N sum_s M_s^2``;
+    ``"vargrad"``: ``1/(N-1) sum_s (M_s - Mbar)^2`` with ``Mbar`` the mean,
+    which is Xplique's ``N/(N-1) (mean(M^2) - mean(M)^2)`` computed in two
+    passes (no cancellation when the variance is small beside the mean).
+    """
+    if aggregation == "mean":
+        return maps.mean(axis=1, dtype=np.float64)
+    if aggregation == "squaregrad":
+        return np.square(maps).mean(axis=1, dtype=np.float64)
+    if aggregation == "vargrad":
+        return maps.var(axis=1, ddof=1, dtype=np.float64)
+    raise _unknown_aggregation(aggregation)
 
 
 def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> np.ndarray:

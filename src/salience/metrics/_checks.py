@@ -6,36 +6,41 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import to_numpy
+from ..arrays import reduce_channels, to_numpy
 from ..checks import check_finite
 
 __all__ = ["as_map_batch", "as_mask_batch"]
 
 
 def as_map_batch(
-    saliency: Any, name: str = "saliency", *, channels_last: bool = True, size: tuple | None = None
+    saliency: Any, name: str = "saliency", *, channels_last: bool = True,
+    size: tuple | None = None, reduction: str = "sum",
 ) -> np.ndarray:
     """Return a batch of 2-D importance maps, shape ``(n, H, W)``, as float64.
 
-    ``(n, H, W)`` maps are taken as they are.  ``(n, H, W, C)`` maps (or
-    ``(n, C, H, W)`` with ``channels_last=False``) are summed over the channel
-    axis; apply ``abs`` first if the sign should not matter.  NaN or inf values
-    raise a ValueError naming the first bad index.  With ``size=(H, W)`` the
-    spatial size must match.
+    ``(n, H, W, C)`` maps (or ``(n, C, H, W)`` with ``channels_last=False``)
+    have their channels reduced by ``reduction`` (see
+    :func:`salience.arrays.reduce_channels`; the default ``"sum"`` keeps the
+    sign, ``"abs_sum"``, ``"abs_max"`` or ``"l2"`` make magnitudes);
+    ``(n, H, W)`` maps are one channel.  NaN or inf values raise a ValueError
+    naming the first bad index.  With ``size=(H, W)`` the spatial size must
+    match.
     """
     arr = to_numpy(saliency)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim == 4:
-        arr = arr.sum(axis=3 if channels_last else 1, dtype=np.float64)
-    elif arr.ndim != 3:
+        arr = reduce_channels(arr.astype(np.float64), reduction, 3 if channels_last else 1)
+    elif arr.ndim == 3:
+        arr = reduce_channels(arr.astype(np.float64), reduction, None)
+    else:
         raise ValueError(
             f"{name} must be a batch of maps shaped (n, H, W) or (n, H, W, C), got shape "
             f"{arr.shape}"
         )
     if arr.shape[0] == 0 or arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
-    arr = arr.astype(np.float64)
+    arr = arr.astype(np.float64, copy=False)  # a copy already (astype above)
     check_finite(arr, name)
     if size is not None and tuple(arr.shape[1:]) != tuple(size):
         raise ValueError(

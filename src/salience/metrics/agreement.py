@@ -2,9 +2,10 @@
 outline of a blastocyst's inner cell mass): pointing game, energy-based
 pointing game and IoU of the top-k% region, for batches of maps and masks.
 
-Maps are ``(n, H, W)``, or ``(n, H, W, C)`` / ``(n, C, H, W)`` summed over
-channels (apply ``abs`` first if the sign should not count); masks are
-``(n, H, W)`` booleans (or 0/1), one non-empty mask per map.
+Maps are ``(n, H, W)``, or ``(n, H, W, C)`` / ``(n, C, H, W)`` whose channels
+are reduced by ``reduction`` (summed by default; ``"abs_sum"``, ``"abs_max"``
+or ``"l2"`` if the sign should not count); masks are ``(n, H, W)`` booleans
+(or 0/1), one non-empty mask per map.
 
 References
 ----------
@@ -29,13 +30,15 @@ from ._checks import as_map_batch, as_mask_batch
 __all__ = ["pointing_game", "energy_pointing_game", "top_k_iou", "agreement_table"]
 
 
-def _inputs(saliency: Any, masks: Any, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
-    maps = as_map_batch(saliency, "saliency", channels_last=channels_last)
+def _inputs(saliency: Any, masks: Any, channels_last: bool,
+            reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    maps = as_map_batch(saliency, "saliency", channels_last=channels_last, reduction=reduction)
     return maps, as_mask_batch(masks, maps.shape, "masks")
 
 
 def pointing_game(
-    saliency: Any, masks: Any, *, tolerance: float = 0.0, channels_last: bool = True
+    saliency: Any, masks: Any, *, tolerance: float = 0.0, channels_last: bool = True,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """Whether each map's maximum falls on its mask.
 
@@ -50,6 +53,9 @@ def pointing_game(
         Zhang et al. use 15 pixels on full-size images.
     channels_last : bool
         Layout of 4-D maps.
+    reduction : str
+        How the channels of 4-D maps become one value per pixel (one of
+        :data:`salience.arrays.REDUCTIONS`; 3-D maps are one channel).
 
     Returns
     -------
@@ -64,7 +70,7 @@ def pointing_game(
     https://arxiv.org/abs/1608.00507
     """
     tolerance = check_nonnegative(tolerance, "tolerance")
-    maps, masks = _inputs(saliency, masks, channels_last)
+    maps, masks = _inputs(saliency, masks, channels_last, reduction)
     n, height, width = maps.shape
     peaks = np.argmax(maps.reshape(n, -1), axis=1)
     rows, cols = np.unravel_index(peaks, (height, width))
@@ -76,14 +82,16 @@ def pointing_game(
     return near[np.arange(n), rows, cols]
 
 
-def energy_pointing_game(saliency: Any, masks: Any, *, channels_last: bool = True) -> np.ndarray:
+def energy_pointing_game(
+    saliency: Any, masks: Any, *, channels_last: bool = True, reduction: str = "sum"
+) -> np.ndarray:
     """Share of each map's positive energy that lies inside its mask.
 
     ``sum(max(map, 0) * mask) / sum(max(map, 0))`` per image, in [0, 1].
 
     Parameters
     ----------
-    saliency, masks, channels_last
+    saliency, masks, channels_last, reduction
         As in :func:`pointing_game`.
 
     Returns
@@ -101,7 +109,7 @@ def energy_pointing_game(saliency: Any, masks: Any, *, channels_last: bool = Tru
     Convolutional Neural Networks", CVPR Workshops 2020.
     https://arxiv.org/abs/1910.01279
     """
-    maps, masks = _inputs(saliency, masks, channels_last)
+    maps, masks = _inputs(saliency, masks, channels_last, reduction)
     energy = np.clip(maps, 0.0, None).reshape(len(maps), -1)
     total = energy.sum(axis=1)
     if (total <= 0).any():
@@ -114,7 +122,8 @@ def energy_pointing_game(saliency: Any, masks: Any, *, channels_last: bool = Tru
 
 
 def top_k_iou(
-    saliency: Any, masks: Any, k: float = 0.1, *, channels_last: bool = True
+    saliency: Any, masks: Any, k: float = 0.1, *, channels_last: bool = True,
+    reduction: str = "sum",
 ) -> np.ndarray:
     """Intersection over union of each map's top-``k`` region with its mask.
 
@@ -123,7 +132,7 @@ def top_k_iou(
 
     Parameters
     ----------
-    saliency, masks, channels_last
+    saliency, masks, channels_last, reduction
         As in :func:`pointing_game`.
     k : float
         Fraction of the pixels in the region, in (0, 1]; the mask's own area
@@ -139,7 +148,7 @@ def top_k_iou(
     https://arxiv.org/abs/1608.00507
     """
     k = check_fraction(k, "k", allow_zero=False)
-    maps, masks = _inputs(saliency, masks, channels_last)
+    maps, masks = _inputs(saliency, masks, channels_last, reduction)
     n = len(maps)
     flat = maps.reshape(n, -1)
     count = int(np.ceil(k * flat.shape[1]))
@@ -157,19 +166,20 @@ def agreement_table(
     k: float = 0.1,
     tolerance: float = 0.0,
     channels_last: bool = True,
+    reduction: str = "sum",
 ) -> list[dict[str, Any]]:
     """All agreement scores as a table: one dict per image.
 
     Keys: ``image``, ``pointing_hit`` (bool), ``energy`` (share in the mask,
     None for a map without positive values), ``top_k_iou``, ``mask_fraction``
-    (the mask's share of the image).
+    (the mask's share of the image).  ``reduction`` as in :func:`pointing_game`.
 
     References
     ----------
     Zhang et al. ECCV 2016 (pointing game); Wang et al. CVPR-W 2020
     (energy-based pointing game).
     """
-    maps, mask_arr = _inputs(saliency, masks, channels_last)
+    maps, mask_arr = _inputs(saliency, masks, channels_last, reduction)
     hits = pointing_game(maps, mask_arr, tolerance=tolerance)
     ious = top_k_iou(maps, mask_arr, k)
     positive = np.clip(maps, 0, None).reshape(len(maps), -1).sum(axis=1) > 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import as_float_batch
+from ..checks import as_float_batch, check_reduction
 from ..progress import ProgressEvent, in_group, progress_stage
 from ..visualize import to_2d
 from .insertion_deletion import DEFAULT_SCORE, check_score, insertion_deletion_curves
@@ -94,6 +94,7 @@ def evaluate_maps(
     score: str = DEFAULT_SCORE,
     progress: bool | Callable[[ProgressEvent], None] | None = None,
     seconds: MutableMapping[str, float] | None = None,
+    reduction: str = "abs_sum",
 ) -> list[dict[str, dict[str, float | None]]]:
     """Insertion/deletion AUC and SIC/AIC of every map, per image.
 
@@ -126,6 +127,10 @@ def evaluate_maps(
         one unit per method and image).
     seconds : dict, optional
         Filled with the wall time of each method's metrics (all images).
+    reduction : str
+        How a map's channels become the one value per pixel the metrics rank
+        (see :func:`salience.arrays.reduce_channels`); the default ``"abs_sum"``
+        ranks by magnitude, as PAIR's grayscale visualisation.
 
     Returns
     -------
@@ -143,6 +148,7 @@ def evaluate_maps(
     """
     x = as_float_batch(x, "x")
     score = check_score(score)
+    check_reduction(reduction)
     if len(images) != len(x):
         raise ValueError(f"images has {len(images)} entries but x has {len(x)} inputs")
     n = len(x)
@@ -156,7 +162,7 @@ def evaluate_maps(
             flat = []
             for i, m in enumerate(method_maps):
                 size = tuple(np.asarray(images[i]).shape[:2])
-                flat.append(_resized(to_2d(np.abs(np.asarray(m)), size), size))
+                flat.append(_resized(to_2d(m, size, reduction), size))
             with in_group(stage, method, 0, n, k * n, n * curve_share, n * curve_rows):
                 ins, dele = insertion_deletion_curves(
                     model, x, np.stack(flat), targets, steps=steps, score=score,

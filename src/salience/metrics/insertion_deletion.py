@@ -27,7 +27,13 @@ import numpy as np
 from scipy import ndimage
 
 from ..arrays import channels_last, spatial_axes
-from ..checks import as_float_batch, check_nonnegative, check_positive_int, resolve_targets
+from ..checks import (
+    as_float_batch,
+    check_nonnegative,
+    check_positive_int,
+    check_reduction,
+    resolve_targets,
+)
 from ..model import OUTPUT_LAYER_VALUES, Model, as_model
 from ..numeric import to_probabilities, trapezoid
 from ..schedule import run_rows
@@ -84,6 +90,7 @@ def insertion(
     score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
+    reduction: str = "sum",
 ) -> CurveResult:
     """Insertion curve: from the baseline, put the most salient pixels of ``x`` back first.
 
@@ -95,9 +102,8 @@ def insertion(
         Images in the model's layout: (n, H, W), (n, H, W, C), or (n, C, H, W)
         when the model has ``channels_last = False``.  Not modified.
     saliency : array_like
-        One map per image: (n, H, W), or shaped like ``x`` (summed over the
-        channel axis; apply ``abs`` first if the sign should not count).
-        Ties are broken by pixel order (row-major).
+        One map per image: (n, H, W), or shaped like ``x`` (its channels
+        reduced by ``reduction``).  Ties are broken by pixel order (row-major).
     targets : None, int, n ints, or (n, n_outputs) weights
         The class whose score is followed (None: the top class on ``x``).
     steps : int
@@ -118,6 +124,10 @@ def insertion(
         Largest number of images per model call.
     blur_sigma : float
         Gaussian sigma (pixels) of the ``'blurred'`` baseline.
+    reduction : str
+        How the channels of maps shaped like ``x`` become one value per pixel:
+        ``"sum"`` (signed), or ``"abs_sum"``, ``"abs_max"``, ``"l2"`` if the
+        sign should not count (see :func:`salience.arrays.reduce_channels`).
 
     Returns
     -------
@@ -129,7 +139,7 @@ def insertion(
     Black-box Models", BMVC 2018. https://arxiv.org/abs/1806.07421
     """
     return _curve("insertion", model, x, saliency, targets, steps, baseline, score,
-                  batch_size, blur_sigma)
+                  batch_size, blur_sigma, reduction)
 
 
 def deletion(
@@ -143,6 +153,7 @@ def deletion(
     score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
+    reduction: str = "sum",
 ) -> CurveResult:
     """Deletion curve: replace the most salient pixels of ``x`` by the baseline first.
 
@@ -154,7 +165,7 @@ def deletion(
     Black-box Models", BMVC 2018. https://arxiv.org/abs/1806.07421
     """
     return _curve("deletion", model, x, saliency, targets, steps, baseline, score,
-                  batch_size, blur_sigma)
+                  batch_size, blur_sigma, reduction)
 
 
 def insertion_deletion_curves(
@@ -169,6 +180,7 @@ def insertion_deletion_curves(
     score: str = DEFAULT_SCORE,
     batch_size: int = 64,
     blur_sigma: float = 5.0,
+    reduction: str = "sum",
 ) -> tuple[CurveResult, CurveResult]:
     """Both curves, with RISE's default baselines; returns ``(insertion, deletion)``.
 
@@ -182,11 +194,12 @@ def insertion_deletion_curves(
     """
     model = as_model(model)
     xf = as_float_batch(x)
+    check_reduction(reduction)  # before resolve_targets, which may run the model
     resolved = resolve_targets(model, xf, targets)
     ins = _curve("insertion", model, xf, saliency, resolved, steps, insertion_baseline, score,
-                 batch_size, blur_sigma)
+                 batch_size, blur_sigma, reduction)
     dele = _curve("deletion", model, xf, saliency, resolved, steps, deletion_baseline, score,
-                  batch_size, blur_sigma)
+                  batch_size, blur_sigma, reduction)
     return ins, dele
 
 
@@ -249,7 +262,8 @@ class _ProbabilityScores:
         return {OUTPUT_LAYER_VALUES: probs[np.arange(len(x)), targets]}
 
 
-def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size, blur_sigma):
+def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size, blur_sigma,
+           reduction="sum"):
     model = as_model(model)
     x = as_float_batch(x)
     steps = check_positive_int(steps, "steps")
@@ -260,7 +274,8 @@ def _curve(kind, model, x, saliency, targets, steps, baseline, score, batch_size
     is_last = channels_last(model)
     h_axis, w_axis = spatial_axes(x.ndim - 1, is_last)
     size = (x.shape[1 + h_axis], x.shape[1 + w_axis])
-    maps = as_map_batch(saliency, "saliency", channels_last=is_last, size=size)
+    maps = as_map_batch(saliency, "saliency", channels_last=is_last, size=size,
+                        reduction=reduction)
     if len(maps) != len(x):
         raise ValueError(f"saliency has {len(maps)} maps but x has {len(x)} images")
     base = make_baseline(x, baseline, is_last, blur_sigma)

@@ -228,5 +228,5 @@ def _explain_function(method: Any) -> Callable[..., Any]:
 def _maps(explain, model, x, targets, is_last) -> tuple[np.ndarray, np.ndarray]:
     maps = np.asarray(explain(model, x, targets), dtype=np.float64)
     signed = as_map_batch(maps, "maps", channels_last=is_last)
-    absolute = as_map_batch(np.abs(maps), "maps", channels_last=is_last)
+    absolute = as_map_batch(maps, "maps", channels_last=is_last, reduction="abs_sum")
     return signed, absolute

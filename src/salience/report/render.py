@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import registry, visualize
 from .._version import __version__
+from ..arrays import SIGNED_REDUCTIONS
 from ..io import RESIZE_MODES
 from ..metrics.evaluate import METRICS
 from ..outdir import OutputDirError, check_output_dir, write_atomically
@@ -119,6 +120,7 @@ def write_report(
     overwrite: bool = False,
     top_k: int = 5,
     metric_seconds: Mapping[str, float] | None = None,
+    reduction: str | None = None,
 ) -> Path:
     """Render the report into ``out`` atomically and return the path of ``index.html``.
 
@@ -159,6 +161,9 @@ def write_report(
         Predictions listed per image.
     metric_seconds : mapping, optional
         Seconds the metrics took per method (all images), shown per image.
+    reduction : str, optional
+        How each map's channels become the pictures' one value per pixel (see
+        :func:`salience.arrays.reduce_channels`); default ``"sum"``.
     """
     out = Path(out)
     with write_atomically(out, overwrite, kind="report") as tmp:
@@ -168,7 +173,7 @@ def write_report(
             settings=settings or {}, cmaps={"magnitude": cmap, "signed": signed_cmap},
             alphas={"magnitude": alpha, "signed": signed_alpha}, top_k=top_k,
             version=__version__,
-            metric_seconds=metric_seconds or {},
+            metric_seconds=metric_seconds or {}, reduction=reduction or "sum",
         )
     return out / index
 
@@ -197,10 +202,12 @@ def _entry(method: str) -> registry.MethodEntry | None:
         return None
 
 
-def _scale(method: str) -> str:
-    """``"signed"`` (diverging colours) or ``"magnitude"`` (from zero), from the registry."""
+def _scale(method: str, reduction: str = "sum") -> str:
+    """``"signed"`` (diverging colours) or ``"magnitude"`` (from zero), from the registry;
+    a reduction through absolute values leaves only magnitudes."""
     entry = _entry(method)
-    return "signed" if entry is not None and entry.signed else "magnitude"
+    keeps_sign = reduction in SIGNED_REDUCTIONS
+    return "signed" if entry is not None and entry.signed and keeps_sign else "magnitude"
 
 
 def _legend(cmap: str, scale: str) -> dict[str, str]:
@@ -220,13 +227,13 @@ def _legend(cmap: str, scale: str) -> dict[str, str]:
 
 def _render_into(root: Path, entries, explanation, *, model_info, labels, regions,
                  descriptions, skipped, warnings, settings, cmaps, alphas, top_k, version,
-                 metric_seconds) -> str:
+                 metric_seconds, reduction) -> str:
     for sub in ("images", "maps", "overlays"):
         (root / sub).mkdir()
     names = safe_names([os.path.splitext(e.name)[0] or e.name for e in entries])
     method_names = list(explanation.maps) + [m for m in explanation.errors
                                              if m not in explanation.maps]
-    scales = {m: _scale(m) for m in method_names}
+    scales = {m: _scale(m, reduction) for m in method_names}
     n = len(entries)
     tops = explanation.top(top_k) if explanation.probabilities is not None else [[]] * n
     targets = explanation.targets
@@ -243,7 +250,7 @@ def _render_into(root: Path, entries, explanation, *, model_info, labels, region
         for method in explanation.maps:
             saliency_map = np.asarray(explanation.maps[method][i])
             raw[f"{safe}__{method}"] = saliency_map
-            flat = visualize.fit_map(saliency_map, size)
+            flat = visualize.fit_map(saliency_map, size, reduction)
             method_safe = safe_names([method])[0]
             png = f"maps/{safe}__{method_safe}.png"
             over = f"overlays/{safe}__{method_safe}.png"

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ...arrays import channels_last, spatial_axes, to_channels_last, to_numpy
+from ...arrays import channels_last, reduce_channels, spatial_axes, to_channels_last, to_numpy
 from ...checks import (
     as_float_batch,
     check_finite,
     check_nonnegative,
     check_nonnegative_int,
     check_positive_int,
+    check_reduction,
     check_seed,
     resolve_targets,
 )
@@ -85,7 +86,8 @@ class XRAI(Method):
     Integrated Gradients is computed from each baseline (default: a constant
     image at the input's minimum and one at its maximum; every input, baseline
     and path step share one schedule) and averaged; its maximum over channels
-    gives a per-pixel attribution.  The image is over-segmented at several
+    (or another ``reduction``) gives a per-pixel attribution.  The image is
+    over-segmented at several
     scales (:func:`felzenszwalb_masks`) and regions are added greedily,
     each time the one whose not-yet-covered pixels have the highest mean
     attribution (``'full'``), or in the order of their own mean (``'fast'``).
@@ -113,13 +115,19 @@ class XRAI(Method):
         becomes one region.
     min_pixel_diff : int
         Regions that would add fewer new pixels are dropped.
-    segments : None, list of (H, W) boolean masks, or n such lists
+    segments : None, list of (H, W) boolean masks, or n such lists or SegmentMasks
         Candidate regions instead of the Felzenszwalb ones (one list for every
-        input, or one list per input).
+        input, or one per input; a :class:`SegmentMasks` per input, such as
+        :func:`felzenszwalb_masks` of that input computed ahead, is used as it is).
     batch_size : int
         Largest number of IG rows per model call.
     seed : None, int or numpy Generator
         Randomness for ``'uniform'`` baselines (None: fresh draws every call).
+    reduction : str
+        How the attribution's channels become the per-pixel value regions are
+        ranked by: ``"max"`` (the default, PAIR's rule, the largest signed
+        value), or ``"sum"``, ``"abs_sum"``, ``"abs_max"``, ``"l2"`` (see
+        :func:`salience.arrays.reduce_channels`).
 
     Returns
     -------
@@ -144,6 +152,7 @@ class XRAI(Method):
         segments: Any = None,
         batch_size: int = 32,
         seed: Any = None,
+        reduction: str = "max",
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
         self.seed = check_seed(seed)
@@ -159,6 +168,7 @@ class XRAI(Method):
         self.min_pixel_diff = check_nonnegative_int(min_pixel_diff, "min_pixel_diff")
         self.segments = segments
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.reduction = check_reduction(reduction)
 
     def _rows_per_input(self) -> int:
         return len(self._baseline_spec()) * self.steps
@@ -220,7 +230,8 @@ class XRAI(Method):
                 model, x, targets, attributions, copies)
             if pending is not None:
                 segments = _collect_segments(pending)
-        per_pixel = _pixel_attribution(attributions, x.ndim, is_last)
+        per_pixel = reduce_channels(
+            attributions, self.reduction, None if x.ndim == 3 else (-1 if is_last else 1))
         maps = np.empty((n, height, width), dtype=np.float64)
         ranks = np.empty((n, height, width), dtype=np.int64)
         n_regions = np.empty(n, dtype=np.int64)
@@ -252,15 +263,25 @@ class XRAI(Method):
         if self.segments is None:
             return None
         given = list(self.segments)
-        if given and all(isinstance(s, (list, tuple)) for s in given):
+        if given and all(isinstance(s, (list, tuple, SegmentMasks)) for s in given):
             if len(given) != n:
                 raise ValueError(
                     f"segments has {len(given)} lists but the batch has {n} inputs; give one "
                     "list of masks for all inputs or one list per input"
                 )
-            return [SegmentMasks.from_masks(s, shape) for s in given]
+            return [_checked_masks(s, shape, i) if isinstance(s, SegmentMasks)
+                    else SegmentMasks.from_masks(s, shape) for i, s in enumerate(given)]
         shared = SegmentMasks.from_masks(given, shape)
         return [shared] * n
+
+
+def _checked_masks(masks: SegmentMasks, shape: tuple[int, int], i: int) -> SegmentMasks:
+    if tuple(masks.shape) != tuple(shape):
+        raise ValueError(
+            f"segments[{i}] holds masks of shape {tuple(masks.shape)}; the inputs are "
+            f"{tuple(shape)} (height, width)"
+        )
+    return masks
 
 
 def _as_attribution(attributions: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -275,13 +296,6 @@ def _as_attribution(attributions: Any, shape: tuple[int, ...]) -> np.ndarray:
         arr = arr.astype(np.float64)
     check_finite(arr, "attributions")
     return arr
-
-
-def _pixel_attribution(attributions: np.ndarray, x_ndim: int, is_last: bool) -> np.ndarray:
-    """Largest attribution over channels per pixel (n, H, W), as PAIR does."""
-    if x_ndim == 3:
-        return attributions
-    return attributions.max(axis=-1 if is_last else 1)
 
 
 def _segment_in_background(pool: WorkerPool, image: np.ndarray) -> list[Job[SegmentMasks]]:
