@@ -284,14 +284,31 @@ class TorchModel(FrameworkModel):
 
     @contextlib.contextmanager
     def _explaining(self) -> Iterator[None]:
-        """Eval mode and frozen parameters for the call, shared with concurrent calls."""
+        """Eval mode and frozen parameters for the call, shared with concurrent calls.
+
+        Inside a call of this thread that holds them already (a method run, see
+        :meth:`calls_of_one_run`, or a ``target_fn``'s nested call) nothing is
+        changed again: walking every module and parameter costs ~0.3 ms per call
+        on EfficientNet-Lite0, more than a row of a fast model.
+        """
+        holding = _thread_holding()
+        if id(self) in holding:
+            yield
+            return
         changes = [(m, "training", False) for m in self.module.modules()]
         changes += [(p, "requires_grad", False) for p in self.module.parameters()]
         held = _SHARED.hold(changes)
+        holding.add(id(self))
         try:
             yield
         finally:
+            holding.discard(id(self))
             _SHARED.release(held)
+
+    def calls_of_one_run(self) -> contextlib.AbstractContextManager[None]:
+        """Eval mode and frozen parameters once for all the calls of a method run on
+        this thread (calls from other threads hold them for themselves)."""
+        return self._explaining()
 
     @contextlib.contextmanager
     def _tapped(self, want_layer: bool, shape_only: bool = False) -> Iterator[dict[str, Any]]:
@@ -382,6 +399,14 @@ def _set(obj: Any, attr: str, value: Any) -> None:
 
 
 _SHARED = _SharedChanges()
+
+
+def _thread_holding() -> set[int]:
+    """Wrappers (by id) whose eval mode and frozen parameters this thread holds now."""
+    holding = getattr(_THREAD, "holding", None)
+    if holding is None:
+        holding = _THREAD.holding = set()
+    return holding
 
 
 def _thread_slots() -> dict[int, dict[str, Any]]:
