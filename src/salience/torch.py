@@ -236,13 +236,17 @@ class TorchModel(FrameworkModel):
             if not (kind.input or kind.layer):
                 with torch.no_grad():
                     return {"scores": _np(self._scores(self.module(xt), target_t))}
+            if not (kind.input or kind.layer_gradients):  # the layer's values alone
+                with torch.no_grad(), self._tapped(True) as captured:
+                    scores = self._scores(self.module(xt), target_t)
+                self._check_layer_ran(captured)
+                return {"scores": _np(scores), "values": _np(self._in_model_layout(
+                    captured["values"]))}
             with torch.enable_grad(), self._tapped(kind.layer) as captured:
                 xt.requires_grad_(kind.input)
                 scores = self._scores(self.module(xt), target_t)
-            if kind.layer and "values" not in captured:
-                raise ValueError(
-                    f"the Grad-CAM layer {type(self.layer).__name__} did not run in the "
-                    "model's forward pass; choose a layer the model calls")
+            if kind.layer:
+                self._check_layer_ran(captured)
             if kind.guided and _guide_relus(scores) == 0:
                 warn_caller(
                     "Guided Backprop met no ReLU in the model (ReLU, ReLU6, or hardtanh from "
@@ -258,11 +262,21 @@ class TorchModel(FrameworkModel):
             g = grads.pop(0)
             values = captured["values"]
             g = g if g is not None else torch.zeros_like(values)
-            if self.channels_last and values.ndim == 4 and isinstance(self.layer, _NCHW_LAYERS):
-                # these torch layers are (n, C, h, w) by definition; use the model's layout
-                values, g = values.movedim(1, -1), g.movedim(1, -1)
-            out["values"], out["layer"] = _np(values), _np(g)
+            out["values"] = _np(self._in_model_layout(values))
+            out["layer"] = _np(self._in_model_layout(g))
         return out
+
+    def _check_layer_ran(self, captured: dict[str, Any]) -> None:
+        if "values" not in captured:
+            raise ValueError(
+                f"the Grad-CAM layer {type(self.layer).__name__} did not run in the "
+                "model's forward pass; choose a layer the model calls")
+
+    def _in_model_layout(self, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and t.ndim == 4 and isinstance(self.layer, _NCHW_LAYERS):
+            # these torch layers are (n, C, h, w) by definition; use the model's layout
+            return t.movedim(1, -1)
+        return t
 
     def _scores(self, outputs: Any, targets: torch.Tensor | None) -> torch.Tensor:
         if self.target_fn is not None:
