@@ -134,9 +134,30 @@ def find_layer(module: nn.Module, layer: nn.Module | str) -> nn.Module:
 
 
 def last_conv_layer(module: nn.Module) -> str | None:
-    """Dotted name of the module's last ``Conv2d`` (Grad-CAM's usual layer), or None."""
+    """Dotted name of Grad-CAM's usual layer, or None: the module's last ``Conv2d``;
+    in a vision transformer (attention blocks after the last convolution, which is
+    then the patch embedding) the first ``LayerNorm`` of the last attention block,
+    the input of its attention (timm's ``blocks.<last>.norm1``)."""
+    names = [name for name, _ in module.named_modules()]
     convs = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    block = _last_attention_block(module)
+    if block is not None and (not convs or names.index(block) > names.index(convs[-1])):
+        norms = [name for name, m in module.get_submodule(block).named_children()
+                 if isinstance(m, nn.LayerNorm)]
+        if norms:
+            return f"{block}.{norms[0]}"
     return convs[-1] if convs else None
+
+
+def _last_attention_block(module: nn.Module) -> str | None:
+    """The last module holding an attention child (``nn.MultiheadAttention`` or a class
+    named ``*Attention``) directly, as a transformer block does."""
+    last = None
+    for name, m in module.named_modules():
+        if any(isinstance(c, nn.MultiheadAttention) or type(c).__name__.endswith("Attention")
+               for c in m.children()):
+            last = name
+    return last
 
 
 class TorchModel(FrameworkModel):
