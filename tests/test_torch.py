@@ -141,6 +141,35 @@ def test_layer_values_and_gradients(layer_name, keys, net, x):
     np.testing.assert_allclose(out[CONVOLUTION_OUTPUT_GRADIENTS], grads, rtol=1e-5, atol=1e-7)
 
 
+class _NoBackward(torch.autograd.Function):
+    """Identity whose backward pass fails: a model that must not be differentiated."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward pass run")
+
+
+@pytest.mark.parametrize("layer_name", ["features.2", "norm"])
+def test_layer_values_alone_need_no_backward_pass(layer_name, net, x):
+    # Eigen-CAM asks only for the layer's values: they equal the hook's, and no
+    # backward pass runs (the wrapped model fails on one).
+    targets = np.array([0, 1, 2, 1])
+    values, _ = _reference_layer(net, layer_name, x, targets)
+    guarded = nn.Sequential(net, nn.Identity())
+    guarded[1].forward = _NoBackward.apply
+    model = st.wrap(guarded, layer="0." + layer_name)
+    out = model(x, targets, [CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES])
+    assert CONVOLUTION_OUTPUT_GRADIENTS not in out
+    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], values, rtol=1e-5, atol=1e-7)
+    assert salience.EigenCAM().explain(model, x, targets).shape == (4, 8, 8)
+    with pytest.raises(RuntimeError, match="backward pass run"):
+        model(x, targets, [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS])
+
+
 def test_layer_by_module_equals_layer_by_name(net, x):
     by_name = salience.GradCAM().explain(st.wrap(net, layer="features.2"), x, 1)
     by_module = salience.GradCAM().explain(st.wrap(net, layer=net.features[2]), x, 1)

@@ -87,6 +87,19 @@ def test_the_cam_family_runs_on_token_layers(name, tiny_vit):
     assert np.abs(maps).max() > 0
 
 
+def test_the_default_layer_of_a_vit_is_the_last_blocks_first_norm(tiny_vit):
+    # Its last Conv2d is the patch embedding: Grad-CAM there would explain the
+    # pixels' own patches, not what the class token attends to.
+    net = tiny_vit()
+    assert st.last_conv_layer(net) == "blocks.1.norm1"
+    x = _x(2)
+    by_default = salience.explain(net, x, ["gradcam"], targets=[0, 1]).maps["gradcam"]
+    chosen = salience.GradCAM().explain(st.wrap(net, layer="blocks.1.norm1"), x, [0, 1])
+    np.testing.assert_array_equal(by_default, chosen)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    assert st.last_conv_layer(cnn) == "2"
+
+
 def test_gradient_methods_are_unchanged(recwarn, tiny_vit):
     net = tiny_vit()
     x, targets = _x(2), [2, 4]
@@ -374,6 +387,14 @@ def test_cli_grad_cam_on_a_vit_block_equals_the_python_api(tmp_path, monkeypatch
         "salience_vit_arch:tiny_vit", "--layer", layer, "--methods", "gradcam", "--size",
         "16", "--preset", "unit", "--out", tmp_path / "out")])
     assert result.exit_code == 0, result.output
+    # Without --layer the same block is chosen (nn.TransformerEncoderLayer's norm1).
+    by_default = typer_testing.CliRunner().invoke(app, [str(a) for a in (
+        "explain", tmp_path / "imgs", "--model", tmp_path / "vit.pt", "--arch",
+        "salience_vit_arch:tiny_vit", "--methods", "gradcam", "--size",
+        "16", "--preset", "unit", "--out", tmp_path / "out-default")])
+    assert by_default.exit_code == 0, by_default.output
+    np.testing.assert_array_equal(np.load(tmp_path / "out-default" / "maps.npz")["a__gradcam"],
+                                  np.load(tmp_path / "out" / "maps.npz")["a__gradcam"])
 
     net = arch.tiny_vit()
     net.load_state_dict(torch.load(tmp_path / "vit.pt", weights_only=True))

@@ -82,6 +82,9 @@ class CallKind(NamedTuple):
     # Whether the scores were asked for: frameworks that compute them anyway return
     # them regardless; one where they are an extra fetch (TF1 sessions) may skip them.
     scores: bool = True
+    # Whether the layer's gradients were asked for (Eigen-CAM and Score-CAM ask only
+    # for its values): an adapter may then skip the backward pass and return none.
+    layer_gradients: bool = True
 
 
 SCORES = CallKind("scores", False, False, False)
@@ -118,6 +121,8 @@ def call_kind(keys: Sequence[str], has_layer: bool, supports_guided: bool,
         kind = LAYER if layer else SCORES
     if kind is not SCORES and OUTPUT_LAYER_VALUES not in keys:
         kind = kind._replace(scores=False)
+    if kind.layer and CONVOLUTION_OUTPUT_GRADIENTS not in keys:
+        kind = kind._replace(layer_gradients=False)
     return kind
 
 
@@ -186,13 +191,15 @@ class FrameworkModel:
             out[GUIDED_INPUT_GRADIENTS if kind.guided else INPUT_OUTPUT_GRADIENTS] = \
                 result["input"]
         if kind.layer:
-            values, grads = result["values"], result["layer"]
+            values, grads = result["values"], result.get("layer")
             if grid is _UNKNOWN:  # the adapter could not tell the shape before running
                 grid = self._layer_grid(values.shape[1:])
             if grid is not None:
-                values, grads = grid(values), grid(grads)
+                values = grid(values)
+                grads = None if grads is None else grid(grads)
             out[CONVOLUTION_LAYER_VALUES] = values
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = grads
+            if kind.layer_gradients and grads is not None:
+                out[CONVOLUTION_OUTPUT_GRADIENTS] = grads
         return out
 
     # -- checks ------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def check_reduction(how: Any, name: str = "reduction") -> str:
 def check_seed(seed: Any) -> Any:
     """Validate a ``seed`` argument when a method is built (before any model call):
     None, an int, a numpy ``Generator`` or ``RandomState``."""
+    if seed is None:
+        return seed  # no Generator built here: seeding from the OS costs ~30 us per method
     as_random_state(seed)
     return seed
 

@@ -614,8 +614,9 @@ ModelOption = Annotated[str | None, typer.Option(
 ArchOption = Annotated[str | None, typer.Option(
     help="package.module:function building the architecture of a state_dict.")]
 LayerOption = Annotated[str | None, typer.Option(
-    help="Layer for Grad-CAM (dotted module name; default: the last Conv2d). A vision "
-    "transformer's block works too: its patch tokens are laid out on their square grid.")]
+    help="Layer for Grad-CAM (dotted module name; default: the last Conv2d, or in a vision "
+    "transformer the last attention block's first LayerNorm). A transformer block's patch "
+    "tokens are laid out on their square grid.")]
 TrustModelOption = Annotated[bool, typer.Option(
     "--trust-model", help="Load model files in ways that can run code they hold: whole "
     "pickled modules, torch.export archives with pickles, guard code or shape expressions, "

@@ -7,7 +7,9 @@ wrapper produce objects that follow it.  Outputs are checked here, once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,6 +24,7 @@ __all__ = [
     "Model",
     "CallbackModel",
     "as_model",
+    "calls_of_one_run",
     "native_framework",
     "check_outputs",
 ]
@@ -154,6 +157,17 @@ def native_framework(model: Any) -> str | None:
         if framework in _ADAPTER_FOR:
             return framework
     return None
+
+
+def calls_of_one_run(model: Model) -> AbstractContextManager[Any]:
+    """A context for the model calls of one method run on this thread.
+
+    An adapter may set up once what each call would otherwise set up and undo
+    (the torch adapter: eval mode and frozen parameters); models without such a
+    ``calls_of_one_run`` method get a context that does nothing.
+    """
+    hook = getattr(model, "calls_of_one_run", None)
+    return hook() if callable(hook) else contextlib.nullcontext()
 
 
 def as_model(model: Any) -> Model:

@@ -159,7 +159,8 @@ def explain(
         A salience Model (``salience.torch.wrap(...)``, ``salience.keras.wrap(...)``,
         any ``model(x, targets, keys)`` callable).  A ``torch.nn.Module`` or a
         Keras model is wrapped with its last 2-D convolution as the Grad-CAM
-        layer.
+        layer (a torch vision transformer: its last attention block's first
+        LayerNorm).
     images : array_like, shape (n, *input_shape)
         Model-ready inputs (already resized and normalised).
     methods : names, Method instances, or {name: Method}

@@ -159,3 +159,25 @@ def test_signatures_are_pairs():
             if method == "__init__" and name not in ("GradCam", "GuidedBackprop"):
                 allowed = ["conv_layer"]  # from TF1CoreSaliency, as in PAIR's base class
             assert extra == allowed, f"{name}.{method} adds {extra}"
+
+
+def test_get_mask_call_forms_agree_and_bad_forms_raise(net):
+    graph, session, y, x, _, scale, image = net
+    ig = ours.IntegratedGradients(graph, session, y, x)
+    feed = {scale: 1.0}
+    expected = ig.GetMask(image, feed, x_steps=4, batch_size=2)
+    for args, kwargs in [((image, feed), {"batch_size": 2, "x_steps": 4}),
+                         ((image,), {"feed_dict": feed, "x_steps": 4, "batch_size": 2}),
+                         ((), {"x_value": image, "feed_dict": feed, "x_steps": 4,
+                               "batch_size": 2}),
+                         ((image, feed, None, 4, 2), {})]:
+        np.testing.assert_array_equal(ig.GetMask(*args, **kwargs), expected)
+    # no options: the defaults (x_steps=25, batch_size=1), as when given explicitly
+    np.testing.assert_array_equal(ig.GetMask(image, feed),
+                                  ig.GetMask(image, feed, x_steps=25, batch_size=1))
+    with pytest.raises(TypeError, match="steps"):
+        ig.GetMask(image, feed, steps=4)
+    with pytest.raises(TypeError):
+        ig.GetMask(image, feed, feed_dict=feed)
+    with pytest.raises(TypeError):
+        ig.GetMask()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import as_float_batch, check_positive_int, resolve_targets
-from ..model import Model, as_model
+from ..model import Model, as_model, calls_of_one_run
 from ..progress import ProgressEvent, in_group, progress_stage
 from ..schedule import run_rows
 
@@ -56,7 +56,7 @@ class Method:
         self._check(model, x)  # before resolve_targets, which may run model.predict
         with progress_stage(progress, "explain", len(x), len(x)) as stage:
             targets = resolve_targets(model, x, targets)
-            with in_group(stage, self.name, 0, len(x), 0):
+            with in_group(stage, self.name, 0, len(x), 0), calls_of_one_run(model):
                 return self._explain(model, x, targets)
 
     def _check(self, model: Model, x: np.ndarray) -> None:

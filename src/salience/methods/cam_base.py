@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from skimage.transform import resize as skimage_resize
 
 from ..arrays import channels_last, spatial_axes
 from ..checks import check_positive_int
@@ -158,6 +157,8 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return maps
     (h, w), (height, width) = maps.shape[1:], size
     if height < h or width < w:  # downsampling: scikit-image also anti-aliases
+        from skimage.transform import resize as skimage_resize  # on use: a light start-up
+
         return skimage_resize(maps, (len(maps), *size))
     # Upsampling is separable and linear: two small matrices reproduce
     # scikit-image's bilinear zoom exactly, at a fraction of its cost.  Small
@@ -169,6 +170,8 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _skimage_upsampling(size: int, new_size: int) -> np.ndarray:
     """Rows: scikit-image's bilinear weights of each output pixel over the inputs."""
+    from skimage.transform import resize as skimage_resize
+
     return skimage_resize(np.eye(size), (new_size, size), anti_aliasing=False)
 
 

@@ -14,7 +14,10 @@ from ..numeric import add_by_owner, as_random_state
 from ..schedule import check_row_budget, run_rows
 from .base import Method
 
-__all__ = ["IntegratedGradients", "resolve_baselines", "count_baselines", "BaselineSpec"]
+__all__ = [
+    "IntegratedGradients", "PathsFromBaselines", "resolve_baselines", "count_baselines",
+    "BaselineSpec",
+]
 
 BaselineSpec = None | float | np.ndarray | str | Callable[[np.ndarray], Any]
 
@@ -83,7 +86,23 @@ def _one_baseline(spec: Any, x: np.ndarray, rng: Any, copies: int = 1) -> np.nda
     return arr
 
 
-class IntegratedGradients(Method):
+class PathsFromBaselines(Method):
+    """A method walking ``steps`` rows from each baseline to the input (IG, Guided IG):
+    its row count and the input checks it needs before the model runs."""
+
+    steps: int
+    baseline: BaselineSpec
+
+    def _rows_per_input(self) -> int:
+        return count_baselines(self.baseline) * self.steps
+
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
+        # The real draws of 'uniform' happen in _explain, from self.seed.
+        resolve_baselines(self.baseline, x, 0)  # a seed: an rng only for "uniform"
+
+
+class IntegratedGradients(PathsFromBaselines):
     """Integrated Gradients.
 
     The map is ``(x - baseline) * mean_k grad f(baseline + a_k (x - baseline))``
@@ -122,14 +141,6 @@ class IntegratedGradients(Method):
         self.baseline = baseline
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = check_seed(seed)
-
-    def _rows_per_input(self) -> int:
-        return count_baselines(self.baseline) * self.steps
-
-    def _check(self, model: Model, x: np.ndarray) -> None:
-        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
-        # The real draws of 'uniform' happen in _explain, from self.seed.
-        resolve_baselines(self.baseline, x, np.random.default_rng(0))
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.special import softmax
 
 from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
@@ -105,4 +104,6 @@ def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bo
 
 def score_cam_weights(scores: np.ndarray) -> np.ndarray:
     """Softmax over channels of the masked inputs' scores ``(n, k)``."""
+    from scipy.special import softmax  # on use: scipy costs half a second of start-up
+
     return softmax(scores, axis=1)

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from skimage.segmentation import slic
 
 from ..arrays import channels_last, from_channels_last, to_channels_last
 from ..checks import check_positive_int, check_seed
@@ -193,6 +192,8 @@ def superpixels(images: np.ndarray, n_segments: int) -> list[np.ndarray]:
     RGB images are segmented in Lab colours (values up to 100), others as they
     are (up to 1), so colour distance and compactness are balanced alike.
     """
+    from skimage.segmentation import slic  # on use: a light start-up
+
     out = []
     for image in normalise01(images):
         channels = image.shape[-1]

@@ -8,15 +8,13 @@ import numpy as np
 
 from ...checks import check_fraction, check_positive_int, check_seed
 from ...model import Model
-from ...schedule import check_row_budget
-from ..base import Method
-from ..integrated_gradients import BaselineSpec, count_baselines, resolve_baselines
+from ..integrated_gradients import BaselineSpec, PathsFromBaselines, resolve_baselines
 from .walk import GuidedPaths, WalkSettings, walk_guided_paths
 
 __all__ = ["GuidedIG"]
 
 
-class GuidedIG(Method):
+class GuidedIG(PathsFromBaselines):
     """Guided Integrated Gradients.
 
     The path from the baseline to the input is chosen on the fly: at each of
@@ -101,13 +99,6 @@ class GuidedIG(Method):
         self.max_dist = check_fraction(max_dist, "max_dist")
         self.baseline = baseline
         self.batch_size = check_positive_int(batch_size, "batch_size")
-
-    def _rows_per_input(self) -> int:
-        return count_baselines(self.baseline) * self.steps
-
-    def _check(self, model: Model, x: np.ndarray) -> None:
-        check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
-        resolve_baselines(self.baseline, x, np.random.default_rng(0))
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int

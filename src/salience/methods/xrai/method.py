@@ -178,7 +178,7 @@ class XRAI(Method):
         spatial_axes(x.ndim - 1, is_last)  # images only
         self._segments_per_image(len(x), to_channels_last(x[:1], is_last).shape[1:3])
         check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
-        resolve_baselines(self._baseline_spec(), x, np.random.default_rng(0))
+        resolve_baselines(self._baseline_spec(), x, 0)  # an rng only for "uniform"
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "FELZENSZWALB_SCALES",
@@ -103,6 +102,8 @@ def dilate(mask: np.ndarray) -> np.ndarray:
     The disk is a union of 11 horizontal runs, so it is 4 running maxima
     along rows plus shifted ORs (much cheaper than an 81-point structure).
     """
+    from scipy import ndimage  # here, not at import: `import salience` stays light
+
     height = mask.shape[0]
     runs = {
         w: ndimage.maximum_filter1d(mask, 2 * w + 1, axis=1, mode="constant", cval=0)
@@ -150,6 +151,8 @@ def _scaled_and_resized(image: np.ndarray) -> np.ndarray:
 
 def _masks_of_labels(labels: np.ndarray) -> SegmentMasks:
     """Dilated masks of labels ``min..max`` of a label image, each in its bounding box."""
+    from scipy import ndimage
+
     height, width = labels.shape
     low = int(labels.min())
     boxes = ndimage.find_objects(labels - low + 1)

@@ -1,0 +1,171 @@
+"""Each method's own work per model row, on a zero-cost model at 224 pixels.
+
+A model that answers at once (:class:`ZeroCostModel`: fixed random gradients,
+scores and layer values of the right shapes, handed out as views) leaves only
+what salience itself does around the model: building rows (paths, noise,
+blurred and occluded copies), checking and consuming outputs, Guided IG's
+selection, XRAI's segmentation and ranking, and the bookkeeping of every call.
+That is what a method adds per row when the model runs on an accelerator and
+costs a fraction of a millisecond per row.
+
+Every method of :mod:`salience.registry`, built by name with its registry
+parameters (the ones ``salience.explain`` and the command line use), explains 8
+real 224 x 224 photos (2 in ``--quick``; channels first, float32) at
+``batch_size=32``; the rows are counted at the model.  The table gives the best
+wall time of the whole call, the CPU time of every thread of the process in
+that call (helper threads included), and both per model row.  Methods with one
+row per image share each call's fixed cost among only that many rows, so their
+figures per row fall with larger batches.  XRAI's row includes its
+segmentation, which is also timed alone (``XRAI.explain_with_details`` with
+given attributions, segmentation overlapped across the images as XRAI does).
+
+The README turns these figures into an estimate for a data-centre GPU, against
+per-row model times from NVIDIA's published training throughput (see
+``ACCELERATOR_ROW_MS``); the ``notes`` give that estimate, pessimistically
+assuming none of the own work overlaps the model: ``1 + own / model``, with
+``own`` the smaller of wall and CPU time per row (CPU time exceeds the own work
+when helper threads overlap, wall time when other processes load the machine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from common import make_row, photos
+
+import salience
+from salience import registry
+from salience.model import (
+    CONVOLUTION_LAYER_VALUES,
+    CONVOLUTION_OUTPUT_GRADIENTS,
+    GUIDED_INPUT_GRADIENTS,
+    INPUT_OUTPUT_GRADIENTS,
+    OUTPUT_LAYER_VALUES,
+)
+
+AREA = "own work per row (zero-cost model, 224 px)"
+SIZE = 224
+BATCH = 32
+LAYER_SHAPE = (1280, 7, 7)  # EfficientNet-Lite0's head activation, channels first
+
+# Per-row model time (forward and backward) on one NVIDIA A100 80GB, from NVIDIA's
+# published single-GPU training throughput (PyTorch, DeepLearningExamples):
+# EfficientNet-B0 (the architecture Lite0 simplifies) 1078 img/s TF32, 2489 img/s
+# mixed precision; ResNet-50 v1.5 938 img/s TF32, 2470 img/s mixed precision.
+# https://github.com/NVIDIA/DeepLearningExamples/blob/master/PyTorch/Classification/ConvNets/efficientnet/README.md
+# https://github.com/NVIDIA/DeepLearningExamples/blob/master/PyTorch/Classification/ConvNets/resnet50v1.5/README.md
+ACCELERATOR_ROW_MS = {
+    "Lite0-class, A100 TF32": 1e3 / 1078,
+    "Lite0-class, A100 mixed precision": 1e3 / 2489,
+    "ResNet-50, A100 TF32": 1e3 / 938,
+    "ResNet-50, A100 mixed precision": 1e3 / 2470,
+}
+
+
+class ZeroCostModel:
+    """A channels-first model that costs nothing: views of fixed random outputs.
+
+    The gradients are random (not zeros), so methods whose path depends on
+    them (Guided IG's selection) do their usual work.
+    """
+
+    channels_last = False
+
+    def __init__(self, max_rows: int, row_shape: tuple[int, ...]) -> None:
+        rng = np.random.default_rng(0)
+        self.grads = rng.standard_normal((max_rows, *row_shape), dtype=np.float32)
+        self.scores = rng.standard_normal(max_rows, dtype=np.float32)
+        self.layer = rng.random((max_rows, *LAYER_SHAPE), dtype=np.float32)
+        self.layer_grads = rng.standard_normal((max_rows, *LAYER_SHAPE), dtype=np.float32)
+        self.rows = 0  # rows asked for so far: what a method costs in model rows
+
+    def __call__(self, x: np.ndarray, targets: Any, keys: list[str]) -> dict[str, np.ndarray]:
+        n = len(x)
+        self.rows += n
+        out = {OUTPUT_LAYER_VALUES: self.scores[:n]}
+        for key in keys:
+            if key in (INPUT_OUTPUT_GRADIENTS, GUIDED_INPUT_GRADIENTS):
+                out[key] = self.grads[:n]
+            elif key == CONVOLUTION_LAYER_VALUES:
+                out[key] = self.layer[:n]
+            elif key == CONVOLUTION_OUTPUT_GRADIENTS:
+                out[key] = self.layer_grads[:n]
+        return out
+
+
+def cases(quick: bool) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(method, setting, make() -> Method): every method in :mod:`salience.registry`,
+    built by name with its registry parameters at ``batch_size=32``."""
+    out = []
+    for name in registry.names():
+        entry = registry.get(name)
+        params = {**(registry.get(entry.wraps).parameters if entry.wraps else {}),
+                  **entry.parameters}
+        setting = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
+        out.append((entry.cls.__name__, setting, lambda e=entry: e.build(BATCH)))
+    return out
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best wall time and best process CPU time (all threads) of ``fn``, after a warm-up."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return min(wall), min(cpu)
+
+
+def _estimate(own_row_s: float) -> str:
+    parts = [f"{name} ({ms:.2f} ms/row): {1 + own_row_s * 1e3 / ms:.2f}x"
+             for name, ms in ACCELERATOR_ROW_MS.items()]
+    return "serial estimate on " + ", ".join(parts)
+
+
+def run(quick: bool) -> list[dict]:
+    repeats = 3 if quick else 5
+    images = 2 if quick else 8
+    x = np.ascontiguousarray(
+        photos(images, SIZE).astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+    targets = np.arange(images, dtype=np.int64)
+    model = ZeroCostModel(BATCH, x.shape[1:])
+    rows_out = []
+    for method, setting, make in cases(quick):
+        explainer = make()
+        model.rows = 0
+        explainer.explain(model, x, targets)
+        rows = model.rows  # counted, so the table cannot disagree with the method
+        wall, cpu = _timed(lambda m=explainer: m.explain(model, x, targets), repeats)
+        # Own work is the smaller of the two: CPU time exceeds it when helper threads
+        # overlap (XRAI's segmentation), wall time when other processes take the CPU.
+        per_row = min(wall, cpu) / rows
+        rows_out.append(make_row(
+            AREA, method, "zero-cost model",
+            f"{images} images {SIZE}px" + (f", {setting}" if setting else "")
+            + f", batch_size={BATCH}",
+            wall, notes=(f"{rows} rows; per row {wall / rows * 1e3:.3f} ms wall, "
+                         f"{cpu / rows * 1e3:.3f} ms CPU (all threads); {_estimate(per_row)}")))
+        rows_out[-1]["own_per_row_s"] = per_row
+        rows_out[-1]["own_cpu_per_row_s"] = cpu / rows
+        print(f"   {method}: {rows} rows, {wall / rows * 1e3:.3f} ms/row wall, "
+              f"{cpu / rows * 1e3:.3f} ms/row CPU", flush=True)
+    rows_out.append(_segmentation_alone(x, repeats))
+    return rows_out
+
+
+def _segmentation_alone(x: np.ndarray, repeats: int) -> dict:
+    """XRAI's segmentation of the images alone (given attributions, no model)."""
+    method = salience.XRAI()
+    attributions = np.random.default_rng(1).random(x.shape, dtype=np.float32)
+    wall, cpu = _timed(lambda: method.explain_with_details(
+        ZeroCostModel(1, x.shape[1:]), x, attributions=attributions), repeats)
+    return make_row(AREA, "XRAI segmentation and ranking", "no model",
+                    f"{len(x)} images {SIZE}px (given attributions)", wall,
+                    notes=(f"per image {wall / len(x) * 1e3:.1f} ms wall, "
+                           f"{cpu / len(x) * 1e3:.1f} ms CPU (all threads); segmentation "
+                           "overlapped across the images of the batch"))
