@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.demo-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: venv test test-long demo lint bench bench-quick clean
+.PHONY: venv test test-long demo lint docs bench bench-quick clean
 
 venv: $(TEST_STAMP)
 
@@ -17,7 +17,7 @@ $(DEMO_STAMP): pyproject.toml requirements-demo.txt
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
-	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dataset,ray,dev]'
+	$(PY) -m pip install -q -r requirements-test.txt -e '.[torch,keras,jax,tf1,report,dataset,ray,docs,dev]'
 	# grad-cam requires torchvision, which cannot sit beside the pinned torch; its tests
 	# import it beside a stand-in, so its own dependency list is skipped.
 	$(PY) -m pip install -q --no-deps grad-cam==1.5.7
@@ -34,6 +34,10 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
+# The documentation site into site/ (examples executed, warnings are errors).
+docs: $(TEST_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 demo: $(DEMO_STAMP)
 	$(PY) -m salience.demo --out demo-out
 
@@ -44,4 +48,4 @@ bench-quick: $(TEST_STAMP)
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out site

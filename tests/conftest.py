@@ -216,3 +216,58 @@ def tiny_vit():
         return TinyViT(**kwargs).double().eval()
 
     return build
+
+
+class Chromium:
+    """Headless Chromium, run once per page (flags that work in containers and CI)."""
+
+    FLAGS = (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+    )
+
+    def __init__(self, executable: str, workdir):
+        self.executable = executable
+        self.workdir = workdir
+        self.runs = 0
+
+    @staticmethod
+    def find() -> str | None:
+        import shutil
+        from pathlib import Path
+
+        for name in ("chromium", "chromium-browser", "google-chrome"):
+            found = shutil.which(name)
+            if found:
+                return found
+        return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+    def run(self, url: str, *extra: str):
+        """Open ``url`` in a fresh profile; ``extra``: e.g. ``--dump-dom``, ``--screenshot=``."""
+        import subprocess
+
+        self.runs += 1
+        profile = self.workdir / f"chromium-profile-{self.runs}"
+        profile.mkdir()
+        return subprocess.run(
+            [self.executable, *self.FLAGS, f"--user-data-dir={profile}",
+             "--virtual-time-budget=10000", *extra, url],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+    @staticmethod
+    def console_lines(stderr: str) -> list[str]:
+        """What the page logged to its console (Chromium echoes it on stderr)."""
+        return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium; the test is skipped, with the reason shown, where none is
+    installed (``.ci/run`` installs the Debian package ``chromium`` before ``make test``)."""
+    executable = Chromium.find()
+    if executable is None:
+        pytest.skip("headless Chromium not installed (Debian package 'chromium'; "
+                    ".ci/run installs it)")
+    return Chromium(executable, tmp_path)

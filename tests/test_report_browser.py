@@ -1,16 +1,15 @@
 """The generated report in a real browser (headless Chromium): every image loads, the
 page logs nothing to the console, and the screenshot is not blank.
 
-Skipped, with the reason shown, where no Chromium is installed (``.ci/run`` installs
-the Debian package ``chromium`` before ``make test``, so CI always runs it).
+Skipped, with the reason shown, where no Chromium is installed (the ``chromium`` fixture of
+conftest.py; ``.ci/run`` installs the Debian package ``chromium`` before ``make test``, so CI
+always runs it).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -20,26 +19,6 @@ import pytest
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
 
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
-CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)",
-)
-
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-]
 
 PROBE_HEAD = """<script>
 window.__probeErrors = [];
@@ -64,19 +43,6 @@ window.addEventListener('load', function () {
   document.body.appendChild(out);
 });
 </script>"""
-
-
-def _browser(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    profile.mkdir()
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-         *extra, url],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-
-
-def _console_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +88,7 @@ def report(tmp_path_factory) -> Path:
     return root / "report"
 
 
-def test_every_image_and_legend_loads_without_console_errors(report, tmp_path):
+def test_every_image_and_legend_loads_without_console_errors(report, chromium):
     html = (report / "index.html").read_text(encoding="utf-8")
     probe = report / "probe.html"
     probe.write_text(
@@ -130,7 +96,7 @@ def test_every_image_and_legend_loads_without_console_errors(report, tmp_path):
         encoding="utf-8",
     )
     try:
-        run = _browser(probe.as_uri(), tmp_path / "profile", "--dump-dom")
+        run = chromium.run(probe.as_uri(), "--dump-dom")
     finally:
         probe.unlink()
     assert run.returncode == 0, run.stderr[-2000:]
@@ -142,15 +108,15 @@ def test_every_image_and_legend_loads_without_console_errors(report, tmp_path):
     assert result["legends"] == 2 * 3
     assert result["bad"] == [], f"images that did not load: {result['bad']}"
     assert result["errors"] == []
-    assert _console_lines(run.stderr) == []
+    assert chromium.console_lines(run.stderr) == []
 
 
-def test_screenshot_is_not_blank(report, tmp_path):
+def test_screenshot_is_not_blank(report, chromium, tmp_path):
     shot = tmp_path / "shot.png"
-    run = _browser((report / "index.html").as_uri(), tmp_path / "profile",
-                   f"--screenshot={shot}", "--window-size=1200,1400")
+    run = chromium.run((report / "index.html").as_uri(), f"--screenshot={shot}",
+                       "--window-size=1200,1400")
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
-    assert _console_lines(run.stderr) == []
+    assert chromium.console_lines(run.stderr) == []
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
     assert pixels.shape[:2] == (1400, 1200)
     assert pixels.std() > 10  # not one flat colour

@@ -340,3 +340,18 @@ def test_summary_page_plots_and_sample_pages(small_dir, tmp_path, kit):
     assert all(im["metrics"]["xrai"]["insertion_auc"] is not None for im in sample["images"])
     records = open_results(out).records.to_pylist()
     assert all(r["xrai.insertion_auc"] is not None for r in records if r["status"] == "ok")
+
+
+def test_a_run_leaves_the_callers_matplotlib_backend_alone(small_dir, tmp_path, kit):
+    # The summary's plots are drawn without pyplot: in a notebook, switching the backend
+    # to Agg would stop the user's own figures from showing.
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        kit.explain_here(tmp_path / "out", small_dir, ["gradients"], batch_size=8)
+        assert (tmp_path / "out" / "plots" / "seconds.png").is_file()
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

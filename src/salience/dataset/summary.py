@@ -97,10 +97,8 @@ def _floats(table, column: str) -> np.ndarray:
 
 def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
                  metric_names: list[str]) -> list[dict[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # Figures without pyplot: the caller's backend (a notebook's inline one) is left alone.
+    from matplotlib.figure import Figure
 
     plots = []
     wanted = [("seconds", "seconds per image", "time per image (s)")]
@@ -112,14 +110,14 @@ def _write_plots(out: Path, table, ok: np.ndarray, methods: list[str],
             data = [d[np.isfinite(d)] for d in data]
             if not any(len(d) for d in data):
                 continue
-            figure, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2), dpi=100)
+            figure = Figure(figsize=(1.2 + 1.1 * len(methods), 3.2), dpi=100)
+            ax = figure.subplots()
             ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=True)
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
             ax.set_ylabel(axis)
             ax.set_title(f"{title} ({int(ok.sum())} images)", fontsize=10)
             figure.tight_layout()
             figure.savefig(fresh / f"{field}.png")
-            plt.close(figure)
             plots.append({"file": f"plots/{field}.png", "title": title})
     return plots
 

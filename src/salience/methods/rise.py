@@ -49,7 +49,9 @@ class RISE(Method):
     batch_size : int
         Largest number of masked images per model call.
 
-    Returns maps shaped like ``x`` (each pixel's value repeated over channels).
+    Notes
+    -----
+    The maps are shaped like ``x`` (each pixel's value repeated over channels).
 
     References
     ----------
