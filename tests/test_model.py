@@ -140,3 +140,39 @@ def test_adapters_are_accepted_as_models():
 
     model = st.wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
     assert as_model(model) is model
+
+
+def test_a_models_calls_of_one_run_hold_every_call_of_a_method_run(analytic, images):
+    # A model may set up once for all the calls of a method run (the torch adapter:
+    # eval mode and frozen parameters); every call falls inside that context.
+    import contextlib
+
+    import salience
+
+    events = []
+
+    class Counted:
+        def __init__(self, inner):
+            self.inner, self.depth = inner, 0
+
+        @contextlib.contextmanager
+        def calls_of_one_run(self):
+            events.append("enter")
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+                events.append("exit")
+
+        def __call__(self, x, targets, keys):
+            events.append("call" if self.depth else "call outside the run")
+            return self.inner(x, targets, keys)
+
+    model = Counted(analytic)
+    maps = salience.IntegratedGradients(steps=6, batch_size=4).explain(model, images, 0)
+    assert events[0] == "enter" and events[-1] == "exit"
+    assert events.count("enter") == 1 and events[1:-1] == ["call"] * (len(events) - 2)
+    assert len(events) - 2 == -(-len(images) * 6 // 4)  # one call per chunk of 4 rows
+    np.testing.assert_allclose(
+        maps, salience.IntegratedGradients(steps=6, batch_size=4).explain(analytic, images, 0))
