@@ -256,6 +256,20 @@ class Chromium:
             capture_output=True, text=True, timeout=120, check=False,
         )
 
+    def screenshot(self, url: str, width: int, height: int):
+        """The page as an (height, width, 3) int16 array, after checking that Chromium
+        drew it and that the page logged nothing to its console."""
+        import numpy as np
+        from PIL import Image
+
+        shot = self.workdir / f"shot-{self.runs + 1}.png"
+        run = self.run(url, f"--screenshot={shot}", f"--window-size={width},{height}")
+        assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+        assert self.console_lines(run.stderr) == []
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+        assert pixels.shape[:2] == (height, width)
+        return pixels
+
     @staticmethod
     def console_lines(stderr: str) -> list[str]:
         """What the page logged to its console (Chromium echoes it on stderr)."""
