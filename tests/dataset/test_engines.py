@@ -91,6 +91,23 @@ def _parts(out: Path) -> list[Path]:
     return sorted((out / "records").glob("part-*.parquet"))
 
 
+def _signal_after_two_parts(command: list[str], out: Path, sig: int, timeout: float):
+    """Run the command, send ``sig`` once two record parts are committed (or it ends);
+    the process's return code and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_parts(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr.decode()
+
+
 def test_a_local_run_killed_by_sigkill_resumes_to_the_same_store(local_store, dataset_dir,
                                                                  tmp_path, kit):
     from salience.cli import run_explain_dataset
@@ -104,18 +121,8 @@ def test_a_local_run_killed_by_sigkill_resumes_to_the_same_store(local_store, da
                "--out", str(out), "--model", args["model"], "--trust-model", "--size", "32",
                "--preset", "unit", "--methods", args["methods"], "-b", "4",
                "--report-sample", "0", "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while len(_parts(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    returncode, stderr = _signal_after_two_parts(command, out, signal.SIGKILL, timeout=60)
+    assert returncode == -signal.SIGKILL, stderr[-2000:]
     committed = open_results(out)
     n_committed = len(committed)
     assert not committed.complete and 8 <= n_committed < local_store[0].total
@@ -137,23 +144,15 @@ def test_a_local_run_stopped_by_ctrl_c_exits_130_and_resumes(dataset_dir, tmp_pa
                "--out", str(out), "--model", str(tmp_path / "tiny.pth"), "--trust-model",
                "--size", "32", "--preset", "unit", "--methods", "gradients", "-b", "2",
                "--report-sample", "0", "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while len(_parts(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr.decode()[-2000:]
-    assert "run the same command again" in " ".join(stderr.decode().split())
+    # SIGINT is what Ctrl-C sends
+    returncode, stderr = _signal_after_two_parts(command, out, signal.SIGINT, timeout=120)
+    assert returncode == 130, stderr[-2000:]
+    assert "run the same command again" in " ".join(stderr.split())
     stopped = open_results(out)
     committed = len(stopped)
     assert not stopped.complete and 4 <= committed < total
 
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, env=env, capture_output=True, timeout=600)
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
     assert f"{committed} skipped" in finished.stdout.decode()
