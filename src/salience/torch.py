@@ -138,26 +138,19 @@ def last_conv_layer(module: nn.Module) -> str | None:
     in a vision transformer (attention blocks after the last convolution, which is
     then the patch embedding) the first ``LayerNorm`` of the last attention block,
     the input of its attention (timm's ``blocks.<last>.norm1``)."""
-    names = [name for name, _ in module.named_modules()]
-    convs = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
-    block = _last_attention_block(module)
-    if block is not None and (not convs or names.index(block) > names.index(convs[-1])):
-        norms = [name for name, m in module.get_submodule(block).named_children()
-                 if isinstance(m, nn.LayerNorm)]
+    last_conv = last_block = None  # (position in module order, name)
+    for position, (name, m) in enumerate(module.named_modules()):
+        if isinstance(m, nn.Conv2d):
+            last_conv = (position, name)
+        elif any(isinstance(c, nn.MultiheadAttention) or type(c).__name__.endswith("Attention")
+                 for c in m.children()):  # a transformer block holds its attention directly
+            last_block = (position, name)
+    if last_block is not None and (last_conv is None or last_block[0] > last_conv[0]):
+        block = module.get_submodule(last_block[1])
+        norms = [name for name, m in block.named_children() if isinstance(m, nn.LayerNorm)]
         if norms:
-            return f"{block}.{norms[0]}"
-    return convs[-1] if convs else None
-
-
-def _last_attention_block(module: nn.Module) -> str | None:
-    """The last module holding an attention child (``nn.MultiheadAttention`` or a class
-    named ``*Attention``) directly, as a transformer block does."""
-    last = None
-    for name, m in module.named_modules():
-        if any(isinstance(c, nn.MultiheadAttention) or type(c).__name__.endswith("Attention")
-               for c in m.children()):
-            last = name
-    return last
+            return f"{last_block[1]}.{norms[0]}"
+    return None if last_conv is None else last_conv[1]
 
 
 class TorchModel(FrameworkModel):
