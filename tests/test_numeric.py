@@ -52,3 +52,39 @@ def test_as_random_state():
     for bad in ("x", 1.5, True):
         with pytest.raises(TypeError, match="seed must be None, an int"):
             as_random_state(bad)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.threading
+def test_one_blas_thread_limits_while_any_block_runs_and_restores_after():
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from salience.numeric import _blas_libraries, one_blas_thread
+
+    _blas_libraries()  # loads scipy's BLAS too, before the limits below
+    with threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        assert set(before) == {2}  # something to limit
+        with one_blas_thread():
+            assert set(_blas_threads()) == {1}
+            with one_blas_thread():  # nested in the same thread
+                assert set(_blas_threads()) == {1}
+            assert set(_blas_threads()) == {1}
+            # a block of another thread that ends first must not restore early
+            other = threading.Thread(target=_enter_and_leave, args=(one_blas_thread,))
+            other.start()
+            other.join(5)
+            assert set(_blas_threads()) == {1}
+        assert _blas_threads() == before  # the last block out restores
+
+
+def _enter_and_leave(block) -> None:
+    with block():
+        pass

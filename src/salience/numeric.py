@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,14 +94,19 @@ def as_random_state(seed: Any) -> Any:
 
 
 @functools.cache
-def _blas_libraries() -> Any:
+def _blas_libraries() -> list[Any]:
     # Finding the loaded BLAS libraries scans the process's memory map (a few
     # ms), so it is done once.  scipy's LAPACK is loaded first, so that it is
     # among the libraries found.
     import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_restore: list[tuple[Any, int]] = []
 
 
 @contextlib.contextmanager
@@ -111,6 +117,28 @@ def one_blas_thread() -> Iterator[None]:
     LAPACK factorisations): a multi-threaded OpenBLAS wakes and synchronises
     its threads for each of them, which is slower than one thread and contends
     with the model's own threads.  The numbers are the same.
+
+    The thread count is process-wide: the first block to enter sets it, the
+    last to leave restores it, so concurrent blocks never undo each other.
+    Entering costs a few microseconds (threadpoolctl's ``limit`` re-reads
+    every library's state, ~70 us, more than a tiny model's row).
     """
-    with _blas_libraries().limit(limits=1, user_api="blas"):
+    global _blas_users
+    libraries = _blas_libraries()
+    with _blas_lock:
+        if _blas_users == 0:
+            for lib in libraries:
+                threads = lib.get_num_threads()
+                if threads != 1:
+                    _blas_restore.append((lib, threads))
+                    lib.set_num_threads(1)
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                while _blas_restore:
+                    lib, threads = _blas_restore.pop()
+                    lib.set_num_threads(threads)

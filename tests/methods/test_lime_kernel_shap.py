@@ -72,6 +72,31 @@ def test_weighted_lasso_equals_scikit_learns():
         assert (coefficients == 0).any() or alpha < 0.1  # the penalty zeroes small weights
 
 
+def test_weighted_lasso_with_fewer_samples_than_features_equals_scikit_learns():
+    # LIME's usual regime at few samples: a rank-deficient Gram matrix, correlated
+    # features, supports that are singular on the way (the active-set steps' hard case)
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(1)
+    for n, k in ((24, 50), (12, 40)):
+        z = (rng.uniform(size=(n, k)) < 0.5).astype(float)
+        y = z @ rng.normal(size=k) * 0.1 + rng.normal(size=n) * 0.05
+        w = rng.uniform(0.1, 1, size=n)
+        coefficients, intercept = weighted_lasso(z, y, w, 0.01)
+        reference = linear_model.Lasso(alpha=0.01, tol=1e-14, max_iter=10**6).fit(
+            z, y, sample_weight=w)
+        assert 0 < (coefficients != 0).sum() < n
+        np.testing.assert_allclose(coefficients, reference.coef_, rtol=1e-7, atol=1e-9)
+        assert abs(intercept - reference.intercept_) < 1e-8
+
+
+def test_weighted_lasso_warns_when_it_runs_out_of_sweeps():
+    rng = np.random.default_rng(2)
+    z = (rng.uniform(size=(30, 20)) < 0.5).astype(float)
+    y = z @ rng.normal(size=20)
+    with pytest.warns(RuntimeWarning, match="did not converge in 1 sweeps"):
+        weighted_lasso(z, y, np.ones(30), 0.01, max_sweeps=1)
+
+
 def test_batch_size_and_batching_images_do_not_change_maps(analytic, images):
     z = (np.random.default_rng(4).uniform(size=(30, 16)) < 0.5).astype(int)
     together = salience.LIME(feature_mask=SQUARES, coalitions=z, batch_size=7).explain(
@@ -117,8 +142,14 @@ def test_cosine_kernel_equals_the_cosine_of_the_masked_copies(baseline):
     a, b = images.reshape(5, -1), copies.reshape(5, -1)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0)
-    got = cosine_kernel((images**2).sum(-1).reshape(5, -1), images.sum(-1).reshape(5, -1), 3,
-                        baseline, masks.reshape(5, -1), 0.8)
+    got = np.array([
+        cosine_kernel((image**2).sum(-1).ravel(), image.sum(-1).ravel(), 3, baseline,
+                      mask.reshape(1, -1), 0.8)[0]
+        for image, mask in zip(images, masks)])
+    # one image, several masks in one call
+    together = cosine_kernel((images[1]**2).sum(-1).ravel(), images[1].sum(-1).ravel(), 3,
+                             baseline, masks.reshape(5, -1), 0.8)
+    assert together[1] == pytest.approx(got[1], rel=1e-12)
     np.testing.assert_allclose(got, np.exp(-((1 - cosine) ** 2) / (2 * 0.8**2)), rtol=1e-12)
     if baseline == 0:
         assert got[0] == pytest.approx(np.exp(-1 / (2 * 0.8**2)))  # zero copy: similarity 0
@@ -199,8 +230,7 @@ def test_lime_equals_captums_given_its_coalitions(captum_setup, solver_tol, rtol
     pixel_masks = coalitions[:, mask].reshape(len(coalitions), -1)
     image = np.moveaxis(x[0], 0, -1).reshape(-1, 3)
     squares, sums = (image**2).sum(axis=1), image.sum(axis=1)
-    ours_w = cosine_kernel(np.tile(squares, (len(coalitions), 1)),
-                           np.tile(sums, (len(coalitions), 1)), 3, 0.0, pixel_masks, 1.0)
+    ours_w = cosine_kernel(squares, sums, 3, 0.0, pixel_masks, 1.0)
     np.testing.assert_allclose(ours_w, weights, rtol=1e-6)
 
 

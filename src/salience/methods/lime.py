@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int
-from ..numeric import one_blas_thread
+from ..numeric import one_blas_thread, owner_runs
 from .surrogate import SurrogateMethod
 
 __all__ = ["LIME", "cosine_kernel", "weighted_lasso"]
@@ -75,8 +75,13 @@ class LIME(SurrogateMethod):
     def _row_weights(self, per_image: tuple[np.ndarray, np.ndarray, int], owners: np.ndarray,
                      masks: np.ndarray) -> np.ndarray:
         squares, sums, channels = per_image
-        return cosine_kernel(squares[owners], sums[owners], channels, self.baseline,
-                             masks.reshape(len(masks), -1), self.kernel_width)
+        masks = masks.reshape(len(masks), -1)
+        weights = np.empty(len(masks))
+        for a, b in owner_runs(owners):  # rows come in runs of one image each
+            i = owners[a]
+            weights[a:b] = cosine_kernel(squares[i], sums[i], channels, self.baseline,
+                                         masks[a:b], self.kernel_width)
+        return weights
 
     def _fit(self, coalitions: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         coefficients, _ = weighted_lasso(coalitions, scores, weights, self.alpha,
@@ -86,20 +91,21 @@ class LIME(SurrogateMethod):
 
 def cosine_kernel(squares: np.ndarray, sums: np.ndarray, channels: int, baseline: float,
                   masks: np.ndarray, width: float) -> np.ndarray:
-    """``exp(-d^2 / (2 width^2))`` of the cosine distance ``d`` between each image and
-    its masked copy ``baseline + (x - baseline) * mask`` (a zero vector has cosine
-    similarity 0 with anything).
+    """``exp(-d^2 / (2 width^2))`` of the cosine distance ``d`` between an image and
+    each of its masked copies ``baseline + (x - baseline) * mask`` (a zero vector
+    has cosine similarity 0 with anything).
 
-    Each row gives one image's per-pixel sums over its ``channels`` of ``x^2``
-    (``squares``) and of ``x`` (``sums``), and the pixel ``masks``; the dot
-    product and the norms are expanded in those sums, so no copy is formed.
+    The image is given by its per-pixel sums over its ``channels`` of ``x^2``
+    (``squares``) and of ``x`` (``sums``), the copies by their pixel ``masks``
+    ``(n_copies, n_pixels)``; the dot product and the norms are expanded in
+    those sums, so no copy is formed: three matrix-vector products.
     """
     b, c = baseline, channels
-    dots = b * sums.sum(axis=1) + np.einsum("ij,ij->i", squares - b * sums, masks)
-    masked_squares = (c * b * b * masks.shape[1]
-                      + 2 * b * np.einsum("ij,ij->i", sums - c * b, masks)
-                      + np.einsum("ij,ij->i", squares - 2 * b * sums + c * b * b, masks**2))
-    norms = np.sqrt(squares.sum(axis=1)) * np.sqrt(np.maximum(masked_squares, 0))
+    with one_blas_thread():  # products over one image's pixels: threads only contend
+        dots = b * sums.sum() + masks @ (squares - b * sums)
+        masked_squares = (c * b * b * masks.shape[1] + 2 * b * (masks @ (sums - c * b))
+                          + (masks * masks) @ (squares - 2 * b * sums + c * b * b))
+    norms = np.sqrt(squares.sum()) * np.sqrt(np.maximum(masked_squares, 0))
     similarity = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     return np.exp(-((1 - similarity) ** 2) / (2 * width**2))
 
@@ -111,9 +117,20 @@ def weighted_lasso(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: flo
 
     The intercept is eliminated by centring with the weighted means; the rest
     is cyclic coordinate descent on the weighted Gram matrix (soft
-    thresholding), until no coefficient moves by more than ``tol`` times the
-    largest one, or ``max_sweeps`` sweeps (then a RuntimeWarning).  With
-    ``alpha=0`` it is weighted least squares, solved directly (minimum norm).
+    thresholding), until a sweep over every feature moves no coefficient by
+    more than ``tol`` times the largest one, or ``max_sweeps`` sweeps (then a
+    RuntimeWarning).  After each sweep that moved something, the nonzero
+    coefficients move towards where the penalised normal equations of their
+    signs put them, ``G_AA w_A = t_A - alpha sign(w_A)``: all the way when that
+    keeps every sign, else until the first one reaches zero and leaves the
+    support (an active-set step, as in Lawson and Hanson's NNLS), then again
+    on the smaller support; on a singular support, sweeps over the support
+    alone shrink it first (glmnet's active-set strategy).  The next full sweep
+    checks the result: the fixed point and the stopping rule are those of
+    plain cyclic descent, reached in a few sweeps instead of thousands when
+    the features are correlated (24 samples of 50 superpixels: 1.5 ms instead
+    of ~40 ms).
+    With ``alpha=0`` it is weighted least squares, solved directly (minimum norm).
     """
     p = weights / weights.sum()
     z_mean, y_mean = p @ z, p @ y
@@ -125,18 +142,79 @@ def weighted_lasso(z: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: flo
             root = np.sqrt(p)[:, None]
             coefficients = np.linalg.lstsq(zc * root, yc * root[:, 0], rcond=None)[0]
             return coefficients, float(y_mean - z_mean @ coefficients)
-    coefficients = np.zeros(z.shape[1])
-    diagonal = gram.diagonal()
+    coefficients = _lasso_descent(gram, target, alpha, max_sweeps, tol)
+    return coefficients, float(y_mean - z_mean @ coefficients)
+
+
+def _lasso_descent(gram: np.ndarray, target: np.ndarray, alpha: float, max_sweeps: int,
+                   tol: float) -> np.ndarray:
+    """Cyclic coordinate descent for ``min 1/2 w.G.w - t.w + alpha |w|_1``."""
+    k = len(target)
+    w = [0.0] * k
+    fitted = np.zeros(k)  # gram @ w, kept up to date as coefficients move
+    diagonal = gram.diagonal().tolist()
+    targets = target.tolist()
+    columns = list(gram.T)
+    features = [j for j in range(k) if diagonal[j] > 0]
+
+    def sweep(over: list[int]) -> float:
+        largest = 0.0
+        for j in over:
+            old, d = w[j], diagonal[j]
+            rho = targets[j] - float(fitted[j]) + d * old
+            new = (rho - alpha if rho > alpha else rho + alpha if rho < -alpha else 0.0) / d
+            if new != old:
+                np.add(fitted, columns[j] * (new - old), out=fitted)
+                w[j] = new
+                largest = max(largest, abs(new - old))
+        return largest
+
+    def settled(step: float) -> bool:
+        return step <= tol * max(max(map(abs, w)), 1e-300)
+
+    def jump(active: list[int]) -> bool | None:
+        """Move the support's coefficients towards the minimiser of the objective with
+        their signs fixed: all the way (True) when it keeps every sign, else up to
+        where the first one reaches zero, which leaves the support (False).  None:
+        the support's Gram matrix is singular (no unique minimiser)."""
+        current = np.array([w[j] for j in active])
+        signs = np.sign(current)
+        exact, _, rank, _ = np.linalg.lstsq(gram[np.ix_(active, active)],
+                                            target[active] - alpha * signs)
+        if rank < len(active):
+            return None
+        crossing = np.sign(exact) != signs
+        landed = not crossing.any()
+        if not landed:  # the objective falls along the segment: stop at the first zero
+            reach = current[crossing] / (current[crossing] - exact[crossing])
+            step = reach.min()
+            exact = current + step * (exact - current)
+            exact[np.flatnonzero(crossing)[reach == step]] = 0.0
+        for j, value in zip(active, exact.tolist()):
+            w[j] = value
+        fitted[:] = gram @ np.array(w)
+        return landed
+
     for _ in range(max_sweeps):
-        largest_step = 0.0
-        for j in np.flatnonzero(diagonal > 0):
-            rho = target[j] - gram[j] @ coefficients + diagonal[j] * coefficients[j]
-            new = np.sign(rho) * max(abs(rho) - alpha, 0.0) / diagonal[j]
-            largest_step = max(largest_step, abs(new - coefficients[j]))
-            coefficients[j] = new
-        if largest_step <= tol * max(np.abs(coefficients).max(), 1e-300):
+        if settled(sweep(features)):
             break
+        stuck = 0  # sweeps since the support was last singular
+        for _ in range(max_sweeps):
+            active = [j for j in features if w[j] != 0.0]
+            if not active:
+                break
+            # On a singular support, sweeps shrink it: try again after 1, 2, 4, ... sweeps.
+            if stuck & (stuck - 1) == 0:
+                landed = jump(active)
+                if landed:
+                    break
+                if landed is False:
+                    stuck = 0
+                    continue
+            stuck += 1
+            if settled(sweep(active)):
+                break
     else:
         warnings.warn(f"LIME's Lasso did not converge in {max_sweeps} sweeps; the map is "
-                      "approximate (raise max_sweeps)", RuntimeWarning, stacklevel=3)
-    return coefficients, float(y_mean - z_mean @ coefficients)
+                      "approximate (raise max_sweeps)", RuntimeWarning, stacklevel=4)
+    return np.array(w)
