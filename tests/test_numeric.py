@@ -88,3 +88,19 @@ def test_one_blas_thread_limits_while_any_block_runs_and_restores_after():
 def _enter_and_leave(block) -> None:
     with block():
         pass
+
+
+def test_all_finite():
+    from salience.numeric import all_finite
+
+    big = np.full(10, np.finfo(np.float16).max, dtype=np.float16)  # the sum overflows
+    assert all_finite(big)
+    assert all_finite(np.arange(5)) and all_finite(np.zeros(3, bool))
+    for bad in (np.nan, np.inf, -np.inf):
+        a = np.ones((3, 4), np.float32)
+        a[2, 1] = bad
+        assert not all_finite(a)
+    assert not all_finite(np.array([np.inf, -np.inf]))  # sums to NaN, still caught
+    assert not all_finite(np.array([1 + 0j, complex(0, np.nan)]))
+    with pytest.raises(TypeError):
+        all_finite(np.array([object()]))

@@ -8,6 +8,7 @@ wrapper produce objects that follow it.  Outputs are checked here, once.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
@@ -152,7 +153,12 @@ _ADAPTER_FOR = {
 def native_framework(model: Any) -> str | None:
     """The framework a native model object belongs to (``'torch'``, ``'keras'``, ...),
     read from its classes' modules without importing any framework; None otherwise."""
-    for cls in type(model).__mro__:
+    return _framework_of_type(type(model))
+
+
+@functools.lru_cache(maxsize=256)
+def _framework_of_type(model_type: type) -> str | None:
+    for cls in model_type.__mro__:
         framework = cls.__module__.split(".")[0]
         if framework in _ADAPTER_FOR:
             return framework

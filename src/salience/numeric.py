@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "add_by_owner",
+    "all_finite",
     "as_random_state",
     "normalise01",
     "one_blas_thread",
@@ -25,6 +26,21 @@ __all__ = [
     "to_probabilities",
     "trapezoid",
 ]
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` is finite, in one pass without a temporary.
+
+    The sum of the values is finite when they all are, unless it overflows; a
+    NaN or inf always makes it non-finite.  Only then is each value looked at.
+    """
+    if arr.dtype.kind in "iub":  # integers and booleans are always finite
+        return True
+    if arr.dtype.kind in "fc":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(arr.sum()):
+                return True
+    return bool(np.isfinite(arr).all())
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:

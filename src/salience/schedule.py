@@ -19,6 +19,7 @@ import numpy as np
 from .checks import check_positive_int
 from .concurrency import helper_thread
 from .model import Model, check_outputs
+from .numeric import all_finite
 from .progress import watch_rows
 
 __all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
@@ -232,7 +233,7 @@ def _overlapped(stages: _Stages, starts: range, first_rows: np.ndarray | None = 
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):
-    if np.isfinite(values).all():  # the common case: one pass, no per-row arrays
+    if all_finite(values):  # the common case: one pass, no per-row arrays
         return
     bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad_rows.any():

@@ -54,6 +54,10 @@ class Method:
         model = as_model(model)
         x = as_float_batch(x)
         self._check(model, x)  # before resolve_targets, which may run model.predict
+        if progress is None:  # the common call: no progress contexts to enter
+            targets = resolve_targets(model, x, targets)
+            with calls_of_one_run(model):
+                return self._explain(model, x, targets)
         with progress_stage(progress, "explain", len(x), len(x)) as stage:
             targets = resolve_targets(model, x, targets)
             with in_group(stage, self.name, 0, len(x), 0), calls_of_one_run(model):
