@@ -271,3 +271,41 @@ def test_magnitude_keeps_its_pair_default_and_meaning():
     assert salience.SmoothGrad(salience.Gradients()).magnitude is True
     assert salience.SmoothGrad(salience.Gradients(), magnitude=False).magnitude is False
     assert salience.SmoothGrad(salience.Gradients(), aggregation="vargrad").magnitude is None
+
+
+@pytest.mark.parametrize("inner", ["Gradients", "InputXGradient"])
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("aggregation", ["mean", "squaregrad"])
+def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size, legacy,
+                                                               aggregation, analytic, images):
+    # Over a method that maps each row from its own outputs, SmoothGrad draws the noise
+    # chunk by chunk as rows are built: the same numbers as all copies drawn first,
+    # their maps computed and then averaged.
+    from salience.methods.smoothgrad import aggregate_samples, draw_noise
+
+    def rng():
+        return np.random.RandomState(7) if legacy else np.random.default_rng(7)
+
+    x = images.astype(np.float32)
+    method = getattr(salience, inner)(batch_size=batch_size)
+    options = {"magnitude": True} if aggregation == "mean" else {"aggregation": aggregation}
+    streamed = salience.SmoothGrad(method, nsamples=5, seed=rng(), **options).explain(
+        analytic, x, [1, 0, 2])
+    noisy = draw_noise(rng(), x, 5, 0.15)
+    maps = getattr(salience, inner)().explain(analytic, noisy, np.repeat([1, 0, 2], 5))
+    expected = aggregate_samples(maps.reshape(3, 5, *x.shape[1:]), "squaregrad").astype(x.dtype)
+    np.testing.assert_array_equal(streamed, expected)
+    assert analytic.rows == 2 * 15  # the noisy rows once each (and the direct run's)
+
+
+def test_noise_rows_are_the_rows_of_draw_noise_in_any_chunks():
+    from salience.methods.smoothgrad import NoiseRows, draw_noise
+
+    x = np.random.default_rng(0).uniform(size=(3, 4, 5, 2)).astype(np.float32)
+    whole = draw_noise(np.random.default_rng(1), x, 6, 0.2)
+    rows = NoiseRows(np.random.default_rng(1), x, 6, 0.2)
+    parts = [rows.rows(a, b) for a, b in ((0, 4), (4, 5), (5, 13), (13, 18))]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    with pytest.raises(RuntimeError, match="in order"):
+        NoiseRows(np.random.default_rng(1), x, 6, 0.2).rows(4, 8)

@@ -79,6 +79,18 @@ class Method:
     ) -> np.ndarray:
         return self._explain(model, x, targets)
 
+    # Methods whose map of an input comes from that input's own model row alone
+    # (Gradients, Guided Backprop, Input x Gradient) name the outputs they need and
+    # make a row's map from them: a wrapper can then stream rows through the model
+    # without keeping every row (SmoothGrad over such a method).
+    def _row_keys(self) -> list[str] | None:
+        """The model outputs of a row that make its map; None: not a one-row method."""
+        return None
+
+    def _row_maps(self, rows: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The maps of ``rows`` from their model ``outputs`` (see :meth:`_row_keys`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no maps of single rows")
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"

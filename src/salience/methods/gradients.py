@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..checks import check_positive_int
@@ -34,5 +36,11 @@ class Gradients(Method):
         self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        grads = collect_rows(model, x, targets, [self.key], self.batch_size, self.name)[self.key]
-        return grads.astype(x.dtype, copy=False)
+        outputs = collect_rows(model, x, targets, self._row_keys(), self.batch_size, self.name)
+        return self._row_maps(x, outputs).astype(x.dtype, copy=False)
+
+    def _row_keys(self) -> list[str]:
+        return [self.key]
+
+    def _row_maps(self, rows: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return outputs[self.key]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from ..model import Model
 from .gradients import Gradients
 
 __all__ = ["InputXGradient"]
@@ -28,5 +29,5 @@ class InputXGradient(Gradients):
 
     name = "InputXGradient"
 
-    def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
-        return (x * super()._explain(model, x, targets)).astype(x.dtype, copy=False)
+    def _row_maps(self, rows: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return rows * outputs[self.key].astype(rows.dtype, copy=False)

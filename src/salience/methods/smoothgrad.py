@@ -12,17 +12,18 @@ Each input gets ``N`` noisy copies ``x + eps_s`` and the wrapped method's map
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
-from ..numeric import as_random_state
-from ..schedule import check_row_budget
+from ..numeric import as_random_state, owner_runs
+from ..schedule import check_row_budget, run_rows
 from .base import Method
 
-__all__ = ["AGGREGATIONS", "SmoothGrad", "aggregate_samples", "draw_noise"]
+__all__ = ["AGGREGATIONS", "NoiseRows", "SmoothGrad", "aggregate_samples", "draw_noise"]
 
 #: What :class:`SmoothGrad` can compute from the noisy copies' maps, and its paper.
 AGGREGATIONS = {
@@ -123,6 +124,9 @@ class SmoothGrad(Method):
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
         rng = as_random_state(self.seed)
+        keys = self.method._row_keys()
+        if keys is not None and self.aggregation != "vargrad":
+            return self._streamed(model, x, targets, rng, keys)
         n = len(x)
         noisy = draw_noise(rng, x, self.nsamples, self.stdev_spread)
         repeated = None if targets is None else np.repeat(targets, self.nsamples, axis=0)
@@ -132,6 +136,39 @@ class SmoothGrad(Method):
         if how == "mean" and self.magnitude:
             how = "squaregrad"  # PAIR's magnitude=True is the mean of the squares
         return aggregate_samples(maps, how).astype(x.dtype)
+
+
+    def _streamed(self, model: Model, x: np.ndarray, targets: np.ndarray | None, rng: Any,
+                  keys: list[str]) -> np.ndarray:
+        """The mean (of squares) over noisy copies of a method that maps each row from
+        its own outputs, with the noise drawn chunk by chunk as the rows are built.
+
+        The same numbers as drawing every copy first (the same draws in the same
+        order, the maps added in sample order in float64), but the noise of a
+        chunk is drawn while the model runs the previous one (the row
+        scheduler's helper thread) and only a chunk of copies and maps exists
+        at a time, not ``nsamples`` of each per input.
+        """
+        noise = NoiseRows(rng, x, self.nsamples, self.stdev_spread)
+        owners = np.repeat(np.arange(len(x)), self.nsamples)
+        squared = self.aggregation == "squaregrad" or self.magnitude
+        totals = np.zeros(x.shape, dtype=np.float64)
+        built: dict[int, np.ndarray] = {}  # a chunk's noisy rows, by its first row
+
+        def make_rows(start: int, stop: int) -> np.ndarray:
+            built[start] = noise.rows(start, stop)
+            return built[start]
+
+        def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+            maps = self.method._row_maps(built.pop(start), outputs).astype(x.dtype, copy=False)
+            if squared:
+                maps = np.square(maps)
+            for row, owner in enumerate(owners[start:stop]):  # in sample order, as a mean
+                np.add(totals[owner], maps[row], out=totals[owner])
+
+        run_rows(model, keys, owners, make_rows, consume, targets, self.method.batch_size,
+                 self.name)
+        return (totals / self.nsamples).astype(x.dtype)
 
 
 def _unknown_aggregation(aggregation: Any) -> ValueError:
@@ -186,18 +223,43 @@ def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> n
     float32 standard normals, input by input and sample after sample, which
     costs no float64 temporaries for float32 images.
     """
-    n, shape = len(x), x.shape[1:]
-    spans = x.reshape(n, -1).max(axis=1).astype(np.float64) - x.reshape(n, -1).min(axis=1)
-    if isinstance(rng, np.random.RandomState):
-        noisy = np.empty((n, nsamples, *shape), dtype=np.result_type(x.dtype, np.float64))
-        for i in range(n):
-            # One draw of all samples: the same stream as drawing them one by one.
-            noisy[i] = x[i] + rng.normal(0, stdev_spread * spans[i], (nsamples, *shape))
-        return noisy.astype(x.dtype, copy=False).reshape(n * nsamples, *shape)
-    noisy = np.empty((n, nsamples, *shape), dtype=np.float32)
-    rng.standard_normal(dtype=np.float32, out=noisy)
-    noisy = noisy.astype(x.dtype, copy=False)  # exact; in place for float32 images
-    for i in range(n):
-        noisy[i] *= x.dtype.type(stdev_spread * spans[i])
-        noisy[i] += x[i]
-    return noisy.reshape(n * nsamples, *shape)
+    return NoiseRows(rng, x, nsamples, stdev_spread).rows(0, len(x) * nsamples)
+
+
+class NoiseRows:
+    """The rows of :func:`draw_noise`, drawn in order a range of rows at a time.
+
+    Row ``r`` is copy ``r % nsamples`` of input ``r // nsamples``.  Asking for
+    consecutive ranges draws the same numbers as one call for all rows: the
+    generator's stream is consumed value after value either way.
+    """
+
+    def __init__(self, rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> None:
+        n = len(x)
+        self.rng, self.x, self.nsamples, self.stdev_spread = rng, x, nsamples, stdev_spread
+        self.spans = x.reshape(n, -1).max(axis=1).astype(np.float64) - x.reshape(n, -1).min(
+            axis=1)
+        self.owners = np.repeat(np.arange(n), nsamples)
+        self.next_row = 0
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Noisy rows ``start:stop``; ``start`` must be where the last call stopped."""
+        if start != self.next_row:
+            raise RuntimeError(f"noise rows are drawn in order: asked for row {start}, "
+                               f"the next is {self.next_row}")
+        x, shape = self.x, self.x.shape[1:]
+        legacy = isinstance(self.rng, np.random.RandomState)
+        out = np.empty((stop - start, *shape), dtype=x.dtype)
+        for a, b in owner_runs(self.owners[start:stop]):
+            i = self.owners[start + a]
+            scale = self.stdev_spread * self.spans[i]
+            if legacy:
+                out[a:b] = x[i] + self.rng.normal(0, scale, (b - a, *shape))
+                continue
+            z = self.rng.standard_normal((b - a, *shape), dtype=np.float32)
+            z = z.astype(x.dtype, copy=False)  # exact; in place for float32 images
+            z *= x.dtype.type(scale)
+            z += x[i]
+            out[a:b] = z
+        self.next_row = stop
+        return out
