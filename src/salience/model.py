@@ -8,7 +8,6 @@ wrapper produce objects that follow it.  Outputs are checked here, once.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
@@ -153,10 +152,15 @@ _ADAPTER_FOR = {
 def native_framework(model: Any) -> str | None:
     """The framework a native model object belongs to (``'torch'``, ``'keras'``, ...),
     read from its classes' modules without importing any framework; None otherwise."""
-    return _framework_of_type(type(model))
+    model_type = type(model)
+    if model_type not in _FRAMEWORK_OF_TYPE:  # once per type: ~2 us less per call
+        _FRAMEWORK_OF_TYPE[model_type] = _framework_of_type(model_type)
+    return _FRAMEWORK_OF_TYPE[model_type]
 
 
-@functools.lru_cache(maxsize=256)
+_FRAMEWORK_OF_TYPE: dict[type, str | None] = {}
+
+
 def _framework_of_type(model_type: type) -> str | None:
     for cls in model_type.__mro__:
         framework = cls.__module__.split(".")[0]

@@ -84,7 +84,8 @@ class Method:
     # make a row's map from them: a wrapper can then stream rows through the model
     # without keeping every row (SmoothGrad over such a method).
     def _row_keys(self) -> list[str] | None:
-        """The model outputs of a row that make its map; None: not a one-row method."""
+        """The model outputs of a row that make its map; None: not a one-row method
+        (such a method also has a ``batch_size``, its rows per model call)."""
         return None
 
     def _row_maps(self, rows: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:

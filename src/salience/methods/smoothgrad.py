@@ -166,8 +166,9 @@ class SmoothGrad(Method):
             for row, owner in enumerate(owners[start:stop]):  # in sample order, as a mean
                 np.add(totals[owner], maps[row], out=totals[owner])
 
-        run_rows(model, keys, owners, make_rows, consume, targets, self.method.batch_size,
-                 self.name)
+        # A one-row method has a batch_size (the rows per model call), as Gradients.
+        batch_size = int(getattr(self.method, "batch_size"))  # noqa: B009
+        run_rows(model, keys, owners, make_rows, consume, targets, batch_size, self.name)
         return (totals / self.nsamples).astype(x.dtype)
 
 
