@@ -93,13 +93,14 @@ def _enter_and_leave(block) -> None:
 def test_all_finite():
     from salience.numeric import all_finite
 
-    big = np.full(10, np.finfo(np.float16).max, dtype=np.float16)  # the sum overflows
+    big = np.full(1 << 17, np.finfo(np.float16).max, dtype=np.float16)  # the sum overflows
     assert all_finite(big)
     assert all_finite(np.arange(5)) and all_finite(np.zeros(3, bool))
     for bad in (np.nan, np.inf, -np.inf):
-        a = np.ones((3, 4), np.float32)
-        a[2, 1] = bad
-        assert not all_finite(a)
+        for shape in ((3, 4), (3, 1 << 16)):  # checked directly, and by the sum
+            a = np.ones(shape, np.float32)
+            a[2, 1] = bad
+            assert not all_finite(a)
     assert not all_finite(np.array([np.inf, -np.inf]))  # sums to NaN, still caught
     assert not all_finite(np.array([1 + 0j, complex(0, np.nan)]))
     with pytest.raises(TypeError):

@@ -33,14 +33,19 @@ def all_finite(arr: np.ndarray) -> bool:
 
     The sum of the values is finite when they all are, unless it overflows; a
     NaN or inf always makes it non-finite.  Only then is each value looked at.
+    Small arrays are looked at directly (the error-state context of the sum
+    costs more than their check).
     """
     if arr.dtype.kind in "iub":  # integers and booleans are always finite
         return True
-    if arr.dtype.kind in "fc":
+    if arr.dtype.kind in "fc" and arr.size > _DIRECT_FINITE_CHECK:
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(arr.sum()):
                 return True
     return bool(np.isfinite(arr).all())
+
+
+_DIRECT_FINITE_CHECK = 1 << 16  # values
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:

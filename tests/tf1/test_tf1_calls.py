@@ -181,3 +181,27 @@ def test_get_mask_call_forms_agree_and_bad_forms_raise(net):
         ig.GetMask(image, feed, feed_dict=feed)
     with pytest.raises(TypeError):
         ig.GetMask()
+
+
+def test_the_facade_runs_its_graph_model_without_the_callback_layer(net, monkeypatch):
+    import salience.core
+    import salience.core.base
+
+    graph, session, y, x, conv, scale, image = net
+    explainer = ours.IntegratedGradients(graph, session, y, x)
+    feed = {scale: 2.0}
+
+    def plain(x_batch, call_model_args=None, expected_keys=None):  # the same graph, as a callback
+        return explainer.call_model_function(x_batch, call_model_args, expected_keys)
+
+    through_callback = salience.core.IntegratedGradients().GetMask(
+        image, plain, feed, x_steps=4, batch_size=2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the TF1 facade went through a callback model")
+
+    monkeypatch.setattr(salience.core.base, "CallbackModel", refuse)
+    direct = explainer.GetMask(image, feed, x_steps=4, batch_size=2)
+    np.testing.assert_array_equal(direct, through_callback)
+    assert not np.allclose(direct, explainer.GetMask(image, {scale: 1.0}, x_steps=4,
+                                                     batch_size=2))  # the feed is used

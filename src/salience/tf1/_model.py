@@ -226,6 +226,9 @@ class TF1Model(FrameworkModel):
                         "conv_layer=<the layer's output tensor>")
             return self.with_feed(call_model_args)(np.asarray(x_value_batch), None, keys)
 
+        # salience.core runs this model itself (no callback layer per call): the same
+        # calls, since the keys its methods ask for are known and the layer is there.
+        call_model_function.salience_model_for = self.with_feed  # type: ignore[attr-defined]
         return call_model_function
 
 
