@@ -275,3 +275,32 @@ def test_wrong_rank_is_named_before_compiling(model, images):
                                          r".*rank and layout"):
         salience.Gradients().explain(model, images[0], 0)
     assert model.trace_count == before
+
+
+def test_layer_values_alone_compile_no_backward_pass(params, images):
+    # Eigen-CAM asks only for the layer's values: the head's backward pass, which
+    # fails here when traced, is never built.
+    @jax.custom_vjp
+    def guard(h):
+        return h
+
+    def guard_fwd(h):
+        return h, None
+
+    def guard_bwd(_, g):
+        raise RuntimeError("backward pass traced")
+
+    guard.defvjp(guard_fwd, guard_bwd)
+    model = sj.wrap(cnn, params, layer_fn=features, head_fn=lambda p, h: head(p, guard(h)),
+                    channels=3)
+    t = np.array([3, 2, 1, 0, 0])
+    out = model(images, t, [CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES])
+    assert CONVOLUTION_OUTPUT_GRADIENTS not in out
+    p = jax.tree.map(jnp.asarray, params)
+    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], np.asarray(features(p, images)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out[OUTPUT_LAYER_VALUES],
+                               np.asarray(cnn(p, images))[np.arange(5), t], rtol=1e-5)
+    assert salience.EigenCAM().explain(model, images, t).shape == (5, 10, 10)
+    with pytest.raises(RuntimeError, match="backward pass traced"):
+        model(images, t, [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS])

@@ -401,3 +401,43 @@ def test_wrong_rank_is_named_before_tracing(wrapped, images):
                                          r"batches shaped \(None, 12, 12, 3\)"):
         salience.Gradients().explain(wrapped, images[0], 0)
     assert wrapped.trace_count == calls
+
+
+def test_layer_values_alone_trace_no_backward_pass(images):
+    # Eigen-CAM asks only for the layer's values: the backward pass, which fails
+    # here when traced, is never built.
+    @tf.custom_gradient
+    def guard(h):
+        def grad(_):
+            raise RuntimeError("backward pass traced")
+
+        return tf.identity(h), grad
+
+    class Guard(keras.layers.Layer):
+        def call(self, inputs):
+            return guard(inputs)
+
+    model = cnn(keras)
+    guarded = keras.Sequential([
+        keras.Input((12, 12, 3)),
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.Conv2D(6, 3, padding="same", name="conv2"),
+        keras.layers.ReLU(name="relu2"),
+        Guard(),
+        keras.layers.Dropout(0.5, name="drop"),
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(4, name="dense"),
+    ])
+    guarded.set_weights(model.get_weights())
+    wrapped = sk.wrap(guarded, "relu2")
+    t = np.array([3, 2, 1, 0, 0])
+    out = wrapped(images, t, [CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES])
+    assert CONVOLUTION_OUTPUT_GRADIENTS not in out
+    layer_model = keras.Model(model.inputs[0], model.get_layer("relu2").output)
+    np.testing.assert_allclose(out[CONVOLUTION_LAYER_VALUES], layer_model(images).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[OUTPUT_LAYER_VALUES],
+                               model(images).numpy()[np.arange(5), t], rtol=1e-5, atol=1e-6)
+    assert salience.EigenCAM().explain(wrapped, images, t).shape == (5, 12, 12)
+    with pytest.raises(RuntimeError, match="backward pass traced"):
+        wrapped(images, t, [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS])

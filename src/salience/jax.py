@@ -140,6 +140,9 @@ def wrap(
                     batched=batched, max_compiled_sizes=max_compiled_sizes, reshape=reshape)
 
 
+_LAYER_VALUES = "layer values"  # the compiled function of a call without layer gradients
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -297,6 +300,9 @@ class JaxModel(FrameworkModel):
                     return s.sum(), s
                 g, s = jax.grad(total, has_aux=True)(x)
                 return {"scores": s, "input": g}
+            if kind == _LAYER_VALUES:
+                h = layer(p, x)
+                return {"scores": score(head(p, h), t), "values": h}
             if kind == INPUT_AND_LAYER.name:
                 h, pull = jax.vjp(lambda x: layer(p, x), x)
             else:
@@ -324,9 +330,12 @@ class JaxModel(FrameworkModel):
             targets = targets.astype(np.int32) if targets.ndim == 1 else targets.astype(np.float32)
         self._check_target_fn(x, targets)
         n = len(x)
-        size = self._padded_size(kind.name, x)
+        # The layer's values alone (Eigen-CAM, Score-CAM) compile without a backward pass.
+        name = _LAYER_VALUES if kind.layer and not (kind.input or kind.layer_gradients) \
+            else kind.name
+        size = self._padded_size(name, x)
         t = None if targets is None else _pad_rows(targets, size)
-        result = self._compiled(kind.name)(self._params, _pad_rows(x, size), t)
+        result = self._compiled(name)(self._params, _pad_rows(x, size), t)
         return {key: np.asarray(value)[:n] for key, value in result.items()}
 
     def _predict(self, x: np.ndarray) -> np.ndarray:

@@ -251,7 +251,8 @@ class KerasModel(FrameworkModel):
     def _function(self, kind: CallKind, x: np.ndarray, targets: np.ndarray | None) -> Any:
         """The traced (concrete) function for this kind of call, built once."""
         t_key = None if targets is None else (targets.ndim, targets.shape[1:])
-        key = (kind.name, x.shape[1:], t_key)  # scores are computed whether asked or not
+        # Scores are computed whether asked or not; layer gradients only when asked.
+        key = (kind.name, kind.layer_gradients, x.shape[1:], t_key)
         fn = self._functions.get(key)
         if fn is not None:
             return fn
@@ -285,6 +286,10 @@ class KerasModel(FrameworkModel):
             self.trace_count += 1
             if kind == SCORES:
                 return {"scores": self._scores(forward(x)[1], targets)}
+            if kind.layer and not (kind.input or kind.layer_gradients):
+                # The layer's values alone (Eigen-CAM, Score-CAM): no backward pass.
+                features, outputs = forward(x)
+                return {"scores": self._scores(outputs, targets), "values": features}
             if kind.guided:
                 # In this function's own graph, which no other caller sees.
                 scores = self._scores(forward(x)[1], targets)
