@@ -169,3 +169,52 @@ def _segmentation_alone(x: np.ndarray, repeats: int) -> dict:
                     notes=(f"per image {wall / len(x) * 1e3:.1f} ms wall, "
                            f"{cpu / len(x) * 1e3:.1f} ms CPU (all threads); segmentation "
                            "overlapped across the images of the batch"))
+
+
+# ------------------------------------------------------------------ README table
+
+README_GPUS = (("EfficientNet-B0, TF32", "Lite0-class, A100 TF32"),
+               ("EfficientNet-B0, mixed", "Lite0-class, A100 mixed precision"),
+               ("ResNet-50, TF32", "ResNet-50, A100 TF32"),
+               ("ResNet-50, mixed", "ResNet-50, A100 mixed precision"))
+
+
+def readme_table(results: str) -> str:
+    """README's accelerator table from the own-work section of a results file:
+    per method, the model rows per image, the own work per row (the smaller of
+    wall and CPU time) and ``1 + own / model`` for each GPU row time (bold above
+    1.10x)."""
+    import re
+
+    section = re.search(rf"^## {re.escape(AREA)}.*?\n(.*?)(?=^## |\Z)", results, re.S | re.M)
+    if section is None:
+        raise SystemExit(f"no '## {AREA}' section in the results")
+    lines = ["| method (registry settings) | model rows per image | own work per row | "
+             + " | ".join(f"{name} ({ACCELERATOR_ROW_MS[key]:.2f} ms/row)"
+                          for name, key in README_GPUS) + " |",
+             "|---|---:|---:|" + "---:|" * len(README_GPUS)]
+    for line in section.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        found = len(cells) > 9 and re.search(
+            r"(\d+) rows; per row ([\d.]+) ms wall, ([\d.]+) ms CPU", cells[9])
+        if not found:
+            continue
+        images = int(re.match(r"(\d+) images", cells[2]).group(1))
+        rows, wall, cpu = int(found.group(1)), float(found.group(2)), float(found.group(3))
+        own = min(wall, cpu)
+        setting = re.sub(rf"^\d+ images {SIZE}px,? ?|,? ?batch_size={BATCH}$", "", cells[2])
+        estimates = [1 + own / ACCELERATOR_ROW_MS[key] for _, key in README_GPUS]
+        lines.append(f"| {cells[0]}{f' ({setting})' if setting else ''} | {rows // images} | "
+                     f"{own:.3f} ms | "
+                     + " | ".join(f"**{e:.2f}x**" if e > 1.10 else f"{e:.2f}x"
+                                  for e in estimates) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # python bench/bench_own_work.py bench/RESULTS-quick.md: print README's table
+    print(readme_table(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/RESULTS-quick.md")
+                       .read_text()))
