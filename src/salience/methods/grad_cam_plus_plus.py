@@ -50,11 +50,20 @@ class GradCAMPlusPlus(GradientCAMMethod):
 
 
 def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float) -> np.ndarray:
-    """Channel weights ``(n, k)`` of Grad-CAM++ for ``(n, k, h, w)`` values and gradients."""
-    g2 = grads * grads
-    g3 = g2 * grads
+    """Channel weights ``(n, k)`` of Grad-CAM++ for ``(n, k, h, w)`` values and gradients:
+    ``sum_ab alpha_kab relu(g_kab)`` with ``alpha = g^2 / (2 g^2 + sum_ab A_kab g^3 + eps)``
+    (0 where ``g = 0`` or the denominator is 0)."""
     channel_sums = values.sum(axis=(2, 3), keepdims=True)  # sum_ab A_kab
-    denominator = 2 * g2 + channel_sums * g3 + eps
-    alpha = np.divide(g2, denominator, out=np.zeros_like(g2),
-                      where=(grads != 0) & (denominator != 0))
-    return (alpha * np.maximum(grads, 0)).sum(axis=(2, 3))
+    g2 = grads * grads
+    # In place, one array at a time (a layer of 32 rows is ~1 MB per array):
+    # denominator = 2 g^2 + S g^3 + eps, numerator = g^2 relu(g).
+    denominator = channel_sums * grads
+    denominator *= g2
+    denominator += 2 * g2
+    denominator += eps
+    numerator = np.maximum(grads, 0)
+    numerator *= g2
+    defined = denominator != 0
+    np.divide(numerator, denominator, out=numerator, where=defined)
+    numerator *= defined  # alpha = 0 where the denominator is 0 (g = 0 makes it 0 already)
+    return numerator.sum(axis=(2, 3))
