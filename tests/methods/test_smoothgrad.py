@@ -309,3 +309,17 @@ def test_noise_rows_are_the_rows_of_draw_noise_in_any_chunks():
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     with pytest.raises(RuntimeError, match="in order"):
         NoiseRows(np.random.default_rng(1), x, 6, 0.2).rows(4, 8)
+
+
+def test_a_subclass_with_its_own_explain_is_not_streamed(analytic, images):
+    # SmoothGrad streams only methods whose maps come from _row_maps; one that makes
+    # its maps in its own _explain gets those maps averaged.
+    class Doubled(salience.Gradients):
+        def _explain(self, model, x, targets):
+            return 2 * super()._explain(model, x, targets)
+
+    plain = salience.SmoothGrad(salience.Gradients(), nsamples=4, seed=3,
+                                magnitude=False).explain(analytic, images, 1)
+    doubled = salience.SmoothGrad(Doubled(), nsamples=4, seed=3,
+                                  magnitude=False).explain(analytic, images, 1)
+    np.testing.assert_allclose(doubled, 2 * plain, rtol=1e-12)
