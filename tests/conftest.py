@@ -270,6 +270,55 @@ class Chromium:
         assert pixels.shape[:2] == (height, width)
         return pixels
 
+    # Injected into a copy of the page under test: records failed loads and errors, and once
+    # everything has loaded writes what it saw (and each of ``extra``'s JavaScript
+    # expressions) into the DOM for --dump-dom.
+    PROBE_HEAD = """<script>
+window.__probeErrors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target || {};
+  var attr = t.getAttribute ? (t.getAttribute('src') ?? t.getAttribute('href')) : null;
+  window.__probeErrors.push({tag: t.tagName || null, src: attr,
+                             message: e.message ? String(e.message) : null});
+}, true);
+</script>"""
+    PROBE_TAIL = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var bad = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
+                .map(function (i) { return (i.getAttribute('src') || '').slice(0, 60); });
+  var out = document.createElement('pre');
+  out.id = 'probe';
+  out.textContent = JSON.stringify({n: imgs.length, bad: bad, errors: window.__probeErrors%s});
+  document.body.appendChild(out);
+});
+</script>"""
+
+    def probe(self, page, base_url: str | None = None, **extra: str) -> dict:
+        """Open a copy of the HTML file ``page`` with the probe, at ``base_url`` +
+        ``probe.html`` (served next to the page) or as a file; return what the probe saw:
+        ``n`` images, the ``bad`` ones, the ``errors`` events and each of ``extra``'s
+        JavaScript expressions, after checking Chromium ran and the page logged nothing."""
+        import json
+        import re
+
+        fields = "".join(f", {name}: ({expression})" for name, expression in extra.items())
+        copy = page.with_name("probe.html")
+        html = page.read_text(encoding="utf-8")
+        copy.write_text(html.replace("<head>", "<head>" + self.PROBE_HEAD, 1)
+                        .replace("</body>", self.PROBE_TAIL % fields + "</body>", 1),
+                        encoding="utf-8")
+        try:
+            run = self.run(copy.as_uri() if base_url is None else base_url + "probe.html",
+                           "--dump-dom")
+        finally:
+            copy.unlink()
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert self.console_lines(run.stderr) == []
+        found = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout, re.S)
+        assert found, f"the probe did not run; DOM starts with {run.stdout[:300]!r}"
+        return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
     @staticmethod
     def console_lines(stderr: str) -> list[str]:
         """What the page logged to its console (Chromium echoes it on stderr)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import os
 import re
 import subprocess
@@ -94,29 +93,6 @@ def test_strict_build_executes_every_example(built_site):
     assert "Where to add" in architecture
 
 
-# Injected into the page under test: records failed loads and, once everything has loaded,
-# writes what it saw into the DOM for --dump-dom.
-PROBE_HEAD = """<script>
-window.__probeErrors = [];
-window.addEventListener('error', function (e) {
-  var t = e.target || {};
-  var attr = t.getAttribute ? (t.getAttribute('src') ?? t.getAttribute('href')) : null;
-  window.__probeErrors.push({tag: t.tagName || null, src: attr,
-                             message: e.message ? String(e.message) : null});
-}, true);
-</script>"""
-
-PROBE_TAIL = """<script>
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var bad = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
-                .map(function (i) { return (i.getAttribute('src') || '').slice(0, 60); });
-  var out = document.createElement('pre');
-  out.id = 'probe';
-  out.textContent = JSON.stringify({n: imgs.length, bad: bad, errors: window.__probeErrors});
-  document.body.appendChild(out);
-});
-</script>"""
 
 
 @pytest.fixture
@@ -142,25 +118,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.mark.docs
 def test_quick_start_page_in_a_browser(built_site, served_site, chromium):
     page = built_site / "examples" / "quick_start" / "index.html"
-    html = page.read_text(encoding="utf-8")
-    probe = page.with_name("probe.html")
-    probe.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1)
-                     .replace("</body>", PROBE_TAIL + "</body>", 1), encoding="utf-8")
-    try:
-        run = chromium.run(f"{served_site}/examples/quick_start/probe.html", "--dump-dom")
-    finally:
-        probe.unlink()
-    assert run.returncode == 0, run.stderr[-2000:]
-    found = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout, re.S)
-    assert found, f"the probe did not run; DOM starts with {run.stdout[:300]!r}"
-    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    result = chromium.probe(page, f"{served_site}/examples/quick_start/")
     assert result["n"] >= 1  # the example's figure, an inlined PNG
     assert result["bad"] == [], f"images that did not load: {result['bad']}"
     # mkdocs-jupyter writes an empty MathJax tag (<script src="">, no CDN); browsers answer
     # it with an error event, fetching and logging nothing.  Anything else is a failure.
     errors = [e for e in result["errors"] if not (e["tag"] == "SCRIPT" and e["src"] == "")]
     assert errors == []
-    assert chromium.console_lines(run.stderr) == []
 
     pixels = chromium.screenshot(f"{served_site}/examples/quick_start/", 1200, 2400)
     assert pixels.std() > 10                                       # not one flat colour
