@@ -8,6 +8,7 @@ wrapper produce objects that follow it.  Outputs are checked here, once.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
@@ -158,7 +159,8 @@ def native_framework(model: Any) -> str | None:
     return _FRAMEWORK_OF_TYPE[model_type]
 
 
-_FRAMEWORK_OF_TYPE: dict[type, str | None] = {}
+# Weak keys: a class made at run time (a test's model, say) is not kept alive by the cache.
+_FRAMEWORK_OF_TYPE: weakref.WeakKeyDictionary[type, str | None] = weakref.WeakKeyDictionary()
 
 
 def _framework_of_type(model_type: type) -> str | None:
