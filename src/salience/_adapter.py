@@ -17,6 +17,7 @@ see a convolution-like ``(n, h, w, d)`` or ``(n, d, h, w)`` layer.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
@@ -126,6 +127,11 @@ def call_kind(keys: Sequence[str], has_layer: bool, supports_guided: bool,
     return kind
 
 
+# The same few key lists come on every call: their kinds are worked out once (errors,
+# which depend only on the same arguments, are raised each time).
+_call_kind_of = functools.lru_cache(maxsize=256)(call_kind)
+
+
 class FrameworkModel:
     """Base of the adapters: a :class:`salience.model.Model` around a native model.
 
@@ -177,8 +183,8 @@ class FrameworkModel:
     def __call__(
         self, x: np.ndarray, targets: Any, keys: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        kind = call_kind(list(keys), self.has_layer, self.supports_guided, self.layer_hint,
-                         type(self).__name__)
+        kind = _call_kind_of(tuple(keys), self.has_layer, self.supports_guided,
+                             self.layer_hint, type(self).__name__)
         self._check_kind(kind)
         x = np.asarray(x)
         self.check_input(x)

@@ -118,7 +118,8 @@ def run_rows(
         chunk (None, the default): when building it (or building, preparing
         and consuming it) took at least 0.5 ms, the rest overlaps; cheaper
         work stays in the caller's thread, where it costs less than handing
-        it over.
+        it over.  A single chunk without ``prepare`` always runs in the
+        caller's thread: there is no model call to hide its work behind.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     n_rows = len(row_image)
@@ -128,6 +129,9 @@ def run_rows(
     stages = _Stages(model=model, keys=keys, row_image=row_image, make_rows=make_rows,
                      prepare=prepare, consume=consume, targets=targets, method=method,
                      batch_size=batch_size)
+    if n_rows <= batch_size and prepare is None:  # one chunk: nothing to overlap it with
+        stages.in_order(0, n_rows)
+        return
     # Chunks by start row, as a lazy range: no per-chunk Python list.
     starts = range(0, n_rows, batch_size)
     if overlap is not None:
