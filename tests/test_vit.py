@@ -290,6 +290,49 @@ def test_keras_vit_grad_cam_equals_a_direct_computation():
     assert bad.trace_count == 0
 
 
+def test_the_default_layer_of_a_keras_vit_is_the_input_of_its_last_attention():
+    keras = pytest.importorskip("keras")
+    import salience.keras as sk
+
+    dim = 8
+    inputs = keras.Input((12, 12, 3))
+    patches = keras.layers.Reshape((9, dim))(keras.layers.Conv2D(dim, 4, strides=4)(inputs))
+
+    def head(tokens):
+        pooled = keras.layers.GlobalAveragePooling1D()(tokens)
+        return keras.Model(inputs, keras.layers.Dense(4)(pooled))
+
+    tokens = patches  # functional pre-norm blocks: the last block's first norm
+    for i in range(2):
+        normed = keras.layers.LayerNormalization(name=f"norm1_{i}")(tokens)
+        mixed = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(normed, normed)
+        tokens = keras.layers.Add()([tokens, mixed])
+        normed = keras.layers.LayerNormalization(name=f"norm2_{i}")(tokens)
+        tokens = keras.layers.Add()([tokens, keras.layers.Dense(dim)(normed)])
+    net = head(tokens)
+    assert sk.last_conv_layer(net) == "norm1_1"
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype(np.float32)
+    by_default = salience.explain(net, x, ["gradcam"], targets=[0, 1]).maps["gradcam"]
+    chosen = salience.GradCAM().explain(sk.wrap(net, layer="norm1_1"), x, [0, 1])
+    np.testing.assert_array_equal(by_default, chosen)
+
+    class Block(keras.layers.Layer):  # blocks as layers: the last one's input
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.norm = keras.layers.LayerNormalization()
+            self.attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+
+        def call(self, tokens):
+            normed = self.norm(tokens)
+            return tokens + self.attention(normed, normed)
+
+    assert sk.last_conv_layer(head(Block(name="b1")(Block(name="b0")(patches)))) == "b0"
+    cnn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c0"),
+                            keras.layers.Conv2D(4, 3, name="c1"),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    assert sk.last_conv_layer(cnn) == "c1"
+
+
 def test_jax_token_layer_grad_cam_equals_a_direct_computation():
     jax = pytest.importorskip("jax")
     jnp = jax.numpy

@@ -565,8 +565,9 @@ def wrap_native(model: Any) -> Model:
     """A salience Model for ``model``.
 
     A Model is returned as it is; a PyTorch module or a Keras model is wrapped
-    by its adapter with its last 2-D convolution as the Grad-CAM layer (the
-    framework is imported only then).  Anything else gets
+    by its adapter with its ``last_conv_layer`` as the Grad-CAM layer (the last
+    2-D convolution; in a vision transformer the input of its last attention;
+    the framework is imported only then).  Anything else gets
     :func:`salience.model.as_model`'s error.
     """
     framework = native_framework(model)

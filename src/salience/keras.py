@@ -156,11 +156,39 @@ def is_keras_model(model: Any) -> bool:
 
 
 def last_conv_layer(model: Any) -> str | None:
-    """Name of the model's last layer with a 4-D output whose class is a convolution
-    (Grad-CAM's usual layer), among the outer model's layers; None if there is none."""
-    convs = [layer.name for layer in getattr(model, "layers", [])
+    """Name of Grad-CAM's usual layer among the outer model's layers, or None: the
+    last layer with a 4-D output whose class is a convolution; in a vision
+    transformer (attention after the last convolution, which is then the patch
+    embedding) the layer whose output the last attention reads (a functional ViT's
+    ``LayerNormalization`` of the last block; the previous block when blocks are
+    layers of their own), as :func:`salience.torch.last_conv_layer` picks."""
+    layers = list(getattr(model, "layers", []))
+    convs = [i for i, layer in enumerate(layers)
              if "Conv" in type(layer).__name__ and len(layer.output.shape) == 4]
-    return convs[-1] if convs else None
+    attention = [i for i, layer in enumerate(layers) if _holds_attention(layer)]
+    if attention and (not convs or attention[-1] > convs[-1]):
+        source = _input_layer(layers[attention[-1]])
+        if source is not None:
+            return source.name
+    return layers[convs[-1]].name if convs else None
+
+
+def _holds_attention(layer: Any) -> bool:
+    """An attention layer, or a block with one among its own layers."""
+    flatten = getattr(layer, "_flatten_layers", None)  # Keras 3 and tf_keras alike
+    inner = list(flatten(include_self=True)) if callable(flatten) else [layer]
+    return any(type(sub).__name__.endswith("Attention") for sub in inner)
+
+
+def _input_layer(layer: Any) -> Any:
+    """The layer that made ``layer``'s (first) input in a functional model, or None."""
+    try:
+        tensors = layer.input
+    except (AttributeError, ValueError):  # not called in a graph of layers
+        return None
+    tensor = tensors[0] if isinstance(tensors, (list, tuple)) else tensors
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history[0]
 
 
 def _functional_class(model: Any) -> Any:
