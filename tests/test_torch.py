@@ -331,6 +331,28 @@ def test_eval_mode_is_used_while_explaining(net, x):
     assert net.training
 
 
+def test_the_walk_of_modules_and_parameters_is_modules_and_parameters():
+    from salience.torch import _modules_and_parameters
+
+    shared = torch.nn.Linear(3, 3)
+    net = torch.nn.Sequential(shared, torch.nn.Sequential(shared, torch.nn.ReLU()),
+                              torch.nn.Linear(3, 3))
+    net[2].weight = shared.weight  # tied weights
+    shared.register_module("absent", None)
+    net[1].register_parameter("unset", None)
+    modules, parameters = _modules_and_parameters(net)
+    assert sorted(map(id, modules)) == sorted(map(id, net.modules()))
+    assert sorted(map(id, parameters)) == sorted(map(id, net.parameters()))
+    assert len(modules) == len(list(net.modules())) == 5  # each once
+    net.train()
+    model = st.wrap(net)  # every one of them is in eval mode and frozen during a call
+    seen = []
+    net[1][1].register_forward_hook(lambda m, i, o: seen.append(
+        ([m.training for m in net.modules()], [p.requires_grad for p in net.parameters()])))
+    model.predict(np.ones((2, 3), np.float32))
+    assert seen == [([False] * 5, [False] * 3)] and net.training
+
+
 # ---------------------------------------------------------------- PAIR callback
 
 
