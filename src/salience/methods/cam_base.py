@@ -161,10 +161,19 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
         return skimage_resize(maps, (len(maps), *size))
     # Upsampling is separable and linear: two small matrices reproduce
-    # scikit-image's bilinear zoom exactly, at a fraction of its cost.  Small
-    # products: one BLAS thread avoids spin-wait contention.
-    with one_blas_thread():
+    # scikit-image's bilinear zoom exactly, at a fraction of its cost.
+    def upsample() -> np.ndarray:
         return _skimage_upsampling(h, height) @ maps @ _skimage_upsampling(w, width).T
+
+    if height * w * max(h, width) < _ONE_THREAD_PRODUCT:
+        return upsample()
+    with one_blas_thread():  # larger products: one BLAS thread avoids spin-wait contention
+        return upsample()
+
+
+# OpenBLAS runs a product of fewer multiply-adds than this on one thread by itself
+# (its SMP threshold, 65536 x 4): small maps need not pay for the thread limit.
+_ONE_THREAD_PRODUCT = 1 << 18
 
 
 @functools.lru_cache(maxsize=16)
