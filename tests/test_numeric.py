@@ -92,23 +92,29 @@ def _enter_and_leave(block) -> None:
         pass
 
 
-def test_all_finite():
+def test_all_finite(monkeypatch):
+    from salience import numeric
     from salience.numeric import all_finite
 
     assert all_finite(np.arange(5)) and all_finite(np.zeros(3, bool))
+    assert all_finite(np.float32(2)) and not all_finite(np.float64(np.nan))
     for dtype in (np.float16, np.float32, np.float64):
-        huge = np.full((4, 5), np.finfo(dtype).max, dtype=dtype)  # the squares overflow
+        huge = np.full((4, 5), np.finfo(dtype).max, dtype=dtype)
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the overflow is handled, not reported
-            assert all_finite(huge)
-            assert all_finite(huge[:, ::2])  # not one block of memory: checked directly
+            warnings.simplefilter("error")  # checking never warns
+            assert all_finite(huge) and all_finite(huge[:, ::2])
         for bad in (np.nan, np.inf, -np.inf):
-            for a in (np.ones((3, 4), dtype), np.ones((5, 3), dtype).T):
+            for a in (np.ones((3, 4), dtype), np.ones((5, 3), dtype).T, huge.copy()):
                 a[2, 1] = bad
                 assert not all_finite(a)
-            b = huge.copy()
-            b[3, 4] = bad
-            assert not all_finite(b)  # the squares overflow, and a value is bad
     assert not all_finite(np.array([1 + 0j, complex(0, np.nan)]))
     with pytest.raises(TypeError):
         all_finite(np.array([object()]))
+    # Large arrays are checked a slab of rows at a time: every slab counts.
+    monkeypatch.setattr(numeric, "_FINITE_SLAB", 12)
+    big = np.ones((10, 2, 3))
+    assert all_finite(big) and all_finite(big[:, :, ::2])
+    for row in (0, 1, 2, 9):
+        bad = big.copy()
+        bad[row, 1, 2] = np.nan
+        assert not all_finite(bad)
