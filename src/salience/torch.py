@@ -324,7 +324,7 @@ class TorchModel(FrameworkModel):
             yield
             return
         modules, parameters = _modules_and_parameters(self.module)
-        changes = [(m, "training", False) for m in modules]
+        changes: list[tuple[Any, str, bool]] = [(m, "training", False) for m in modules]
         changes += [(p, "requires_grad", False) for p in parameters]
         held = _SHARED.hold(changes)
         holding.add(id(self))

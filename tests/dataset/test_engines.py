@@ -142,9 +142,10 @@ def test_a_local_run_stopped_by_ctrl_c_exits_130_and_resumes(dataset_dir, tmp_pa
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "salience.cli", "explain-dataset", str(dataset_dir),
                "--out", str(out), "--model", str(tmp_path / "tiny.pth"), "--trust-model",
-               "--size", "32", "--preset", "unit", "--methods", "gradients", "-b", "2",
+               "--size", "32", "--preset", "unit", "--methods", "gradients,blur_ig", "-b", "2",
                "--report-sample", "0", "-q"]
-    # SIGINT is what Ctrl-C sends
+    # SIGINT is what Ctrl-C sends.  Blur IG's 100 path points per image keep the run going
+    # well after the second part (gradients alone could finish between two polls).
     returncode, stderr = _signal_after_two_parts(command, out, signal.SIGINT, timeout=120)
     assert returncode == 130, stderr[-2000:]
     assert "run the same command again" in " ".join(stderr.split())
