@@ -423,8 +423,8 @@ class _SharedChanges:
 def _modules_and_parameters(root: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
     """Every module under ``root`` (itself included) and their parameters, as
     ``modules()`` and ``parameters()`` give them but by walking the registries
-    directly: ~3x faster (3 us instead of 11 on a small CNN, 81 instead of 200 on
-    EfficientNet-Lite0), which counts once per method run."""
+    directly: 3 us instead of 11 on a small CNN, 48 instead of 192 on
+    EfficientNet-Lite0, once per method run."""
     modules, seen = [root], {id(root)}
     for module in modules:  # the list grows as it is read: breadth first
         for child in module._modules.values():
