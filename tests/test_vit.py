@@ -327,6 +327,11 @@ def test_the_default_layer_of_a_keras_vit_is_the_input_of_its_last_attention():
             return tokens + self.attention(normed, normed)
 
     assert sk.last_conv_layer(head(Block(name="b1")(Block(name="b0")(patches)))) == "b0"
+    # A ViT nested as one layer reads the model's input: no CAM layer (not the input).
+    backbone = keras.Model(inputs, Block()(patches))
+    outer_in = keras.Input((12, 12, 3))
+    pooled = keras.layers.GlobalAveragePooling1D()(backbone(outer_in))
+    assert sk.last_conv_layer(keras.Model(outer_in, keras.layers.Dense(4)(pooled))) is None
     cnn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c0"),
                             keras.layers.Conv2D(4, 3, name="c1"),
                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])

@@ -168,7 +168,8 @@ def last_conv_layer(model: Any) -> str | None:
     attention = [i for i, layer in enumerate(layers) if _holds_attention(layer)]
     if attention and (not convs or attention[-1] > convs[-1]):
         source = _input_layer(layers[attention[-1]])
-        if source is not None:
+        # A whole model nested as one layer reads the input itself: no CAM layer there.
+        if source is not None and type(source).__name__ != "InputLayer":
             return source.name
     return layers[convs[-1]].name if convs else None
 
