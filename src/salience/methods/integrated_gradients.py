@@ -177,8 +177,12 @@ def integrate_straight_paths(
 
     def make_rows(start: int, stop: int) -> np.ndarray:
         rows = path[start:stop]
-        a = alphas[np.arange(start, stop) % steps].astype(x.dtype)
-        return flat_base[rows] + a[expand] * flat_diff[rows]
+        a = alphas[np.arange(start, stop) % steps].astype(x.dtype)[expand]
+        if rows[0] == rows[-1]:  # one path (rows are in path order): broadcast, no gathers
+            rows = rows[0]
+        points = a * flat_diff[rows]
+        points += flat_base[rows]  # base + a * diff, as one fresh array
+        return points
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         add_by_owner(grad_sums, path[start:stop], outputs[INPUT_OUTPUT_GRADIENTS])
