@@ -178,10 +178,10 @@ def integrate_straight_paths(
     def make_rows(start: int, stop: int) -> np.ndarray:
         rows = path[start:stop]
         a = alphas[np.arange(start, stop) % steps].astype(x.dtype)[expand]
-        if rows[0] == rows[-1]:  # one path (rows are in path order): broadcast, no gathers
-            rows = rows[0]
-        points = a * flat_diff[rows]
-        points += flat_base[rows]  # base + a * diff, as one fresh array
+        # Rows are in path order: a chunk on one path broadcasts it instead of gathering.
+        on = rows[0] if rows[0] == rows[-1] else rows
+        points = a * flat_diff[on]
+        points += flat_base[on]  # base + a * diff, as one fresh array
         return points
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
