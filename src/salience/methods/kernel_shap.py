@@ -82,8 +82,11 @@ def draw_shapley_coalitions(rng: Any, n_samples: int, n_features: int) -> np.nda
     sizes = np.arange(1, n_features)
     chances = (n_features - 1) / (sizes * (n_features - sizes))
     drawn = rng.choice(sizes, size=max(n_samples - 2, 0), p=chances / chances.sum())
-    for row, k in enumerate(drawn, start=2):
-        out[row, rng.permutation(n_features)[:k]] = 1
+    # A uniformly random set of k features per row: those whose independent uniform
+    # keys rank below k.  Two row-wise sorts for all rows cost a fifth of one
+    # permutation call per row (~5 us each, 1000 rows per image by default).
+    ranks = rng.random((len(drawn), n_features)).argsort(axis=1).argsort(axis=1)
+    np.less(ranks, drawn[:, None], out=out[2:], casting="unsafe")
     return out
 
 
