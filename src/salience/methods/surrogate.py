@@ -19,7 +19,7 @@ import numpy as np
 from ..arrays import channels_last, from_channels_last, to_channels_last
 from ..checks import check_positive_int, check_seed
 from ..model import OUTPUT_LAYER_VALUES, Model
-from ..numeric import as_random_state, normalise01
+from ..numeric import as_random_state, normalise01, owner_runs
 from ..schedule import run_rows
 from .base import Method
 from .masking import apply_masks, image_size
@@ -116,13 +116,15 @@ class SurrogateMethod(Method):
         def make_rows(start: int, stop: int) -> np.ndarray:
             index = np.arange(start, stop)
             samples = index % per_image
+            row_owners = owners[index]
             masks = np.empty((stop - start, *size))
-            for r, (i, s) in enumerate(zip(owners[index], samples)):
-                masks[r] = designs[i][s][labels[i]]
-            row_weights = self._row_weights(per_image_stats, owners[index], masks)
+            for a, b in owner_runs(row_owners):  # one gather per image, not per row
+                i = row_owners[a]
+                masks[a:b] = designs[i][samples[a:b]][:, labels[i]]
+            row_weights = self._row_weights(per_image_stats, row_owners, masks)
             if row_weights is not None:
                 weights[start:stop] = row_weights
-            return apply_masks(x[owners[index]], masks, is_last, self.baseline)
+            return apply_masks(x[row_owners], masks, is_last, self.baseline)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
