@@ -10,6 +10,7 @@ from salience.numeric import (
     owner_runs,
     row_dots,
     to_probabilities,
+    top_eigenpairs,
     trapezoid,
 )
 
@@ -38,6 +39,29 @@ def test_row_dots_equals_einsum():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))
     np.testing.assert_allclose(row_dots(a, b), np.einsum("ij,ij->i", a, b))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("d", [1, 2, 16, 49])
+def test_top_eigenpairs_equal_numpys_last_eigenpair(d, dtype, rtol):
+    rng = np.random.default_rng(d)
+    a = rng.normal(size=(5, d + 3, d))
+    grams = (a.transpose(0, 2, 1) @ a).astype(dtype)
+    values, vectors = top_eigenpairs(grams)
+    expected_values, expected_vectors = np.linalg.eigh(grams.astype(np.float64))
+    assert values.dtype == dtype and vectors.shape == (5, d)
+    np.testing.assert_allclose(values, expected_values[:, -1], rtol=rtol)
+    signs = np.sign(np.einsum("nd,nd->n", vectors, expected_vectors[:, :, -1]))
+    np.testing.assert_allclose(vectors * signs[:, None], expected_vectors[:, :, -1],
+                               rtol=0, atol=50 * rtol)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_top_eigenpairs_refuse_non_finite_matrices(bad):
+    matrices = np.stack([np.eye(3), np.eye(3)])
+    matrices[1, 2, 2] = bad  # LAPACK itself would return a zero vector
+    with pytest.raises(np.linalg.LinAlgError, match="NaN or inf"):
+        top_eigenpairs(matrices)
 
 
 def test_trapezoid_and_normalise01():

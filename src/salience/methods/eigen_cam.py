@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import CONVOLUTION_LAYER_VALUES
-from ..numeric import one_blas_thread
+from ..numeric import one_blas_thread, top_eigenpairs
 from .cam_base import CAMMethod
 
 __all__ = ["EigenCAM", "principal_projection"]
@@ -56,11 +56,11 @@ def principal_projection(values: np.ndarray) -> np.ndarray:
     with one_blas_thread():  # small LAPACK calls: threads only contend
         if h * w <= k:
             # centred @ v1 = s1 * u1, and u1 is the top eigenvector of centred @ centred.T
-            eigenvalues, eigenvectors = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
-            projection = eigenvectors[:, :, -1] * np.sqrt(np.maximum(eigenvalues[:, -1:], 0))
+            eigenvalue, u1 = top_eigenpairs(centred @ centred.transpose(0, 2, 1))
+            projection = u1 * np.sqrt(np.maximum(eigenvalue, 0))[:, None]
         else:
-            _, eigenvectors = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
-            projection = np.matmul(centred, eigenvectors[:, :, -1:])[:, :, 0]
+            _, v1 = top_eigenpairs(centred.transpose(0, 2, 1) @ centred)
+            projection = np.matmul(centred, v1[:, :, None])[:, :, 0]
     # Sign: positive correlation with each position's centred total activation.
     totals = centred.sum(axis=2)
     flip = np.einsum("np,np->n", projection, totals) < 0
