@@ -7,9 +7,11 @@ and finishes the maps the same way: scaled by their maximum and resized to the
 input (bilinear), optionally repeated over the input's channels.
 
 The pure functions here and in each method's file take the layer as
-``(n, channels, h, w)`` float64 arrays (:func:`layer_arrays` converts any
-layout once), so they read like the papers' sums over channels ``k`` and
-positions ``(i, j)``.
+``(n, channels, h, w)`` arrays (:func:`layer_arrays` converts any layout
+once), so they read like the papers' sums over channels ``k`` and positions
+``(i, j)``.  They compute in the layer's precision: a float64 layer stays
+float64, any other becomes float32 (such a layer holds no more than float32's
+precision, and the passes over it then move half the bytes).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import functools
 
 import numpy as np
 
-from ..arrays import channels_last, spatial_axes
+from ..arrays import channels_last, spatial_axes, working_dtype
 from ..checks import check_positive_int
 from ..model import CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS, Model
 from ..numeric import one_blas_thread
@@ -40,7 +42,7 @@ class CAMMethod(Method):
     """Base of the CAM methods: one layer row per image, a map kernel, the finishing.
 
     Subclasses set ``keys`` (the layer outputs they need) and implement
-    ``_layer_maps(values, grads)`` on ``(n, k, h, w)`` float64 arrays (``grads``
+    ``_layer_maps(values, grads)`` on ``(n, k, h, w)`` arrays (``grads``
     is None when ``keys`` holds no gradients), returning ``(n, h, w)`` maps
     that are >= 0.
 
@@ -88,7 +90,7 @@ class CAMMethod(Method):
 
 class GradientCAMMethod(CAMMethod):
     """A CAM method that weighs the layer with the score's gradients: subclasses
-    implement ``_gradient_maps(values, grads)`` on ``(n, k, h, w)`` float64 arrays."""
+    implement ``_gradient_maps(values, grads)`` on ``(n, k, h, w)`` arrays."""
 
     def _layer_maps(self, values: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
         if grads is None:  # keys ask for the gradients, so the model returned them
@@ -102,7 +104,8 @@ class GradientCAMMethod(CAMMethod):
 def layer_arrays(
     values: np.ndarray, grads: np.ndarray | None, is_channels_last: bool, method: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The layer's values (and gradients) as float64 ``(n, k, h, w)`` arrays.
+    """The layer's values (and gradients) as ``(n, k, h, w)`` arrays, float64 if
+    the layer is, else float32.
 
     Raises
     ------
@@ -119,7 +122,7 @@ def layer_arrays(
         )
 
     def first(a: np.ndarray) -> np.ndarray:
-        a = a.astype(np.float64, copy=False)
+        a = a.astype(working_dtype(a.dtype), copy=False)
         return np.moveaxis(a, -1, 1) if is_channels_last else a
 
     return first(values), None if grads is None else first(grads)
