@@ -354,3 +354,15 @@ def test_input_x_gradient_of_a_linear_model_splits_the_score(linear, images):
     maps = salience.InputXGradient().explain(linear, images, targets)
     np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), linear.score(images, targets),
                                rtol=1e-10)
+
+
+def test_grad_cam_plus_plus_gives_alpha_zero_where_its_denominator_vanishes():
+    from salience.methods.grad_cam_plus_plus import grad_cam_plus_plus_weights
+
+    # One channel summing to -1: at g = 2, (S g + 2) g^2 + eps is 0 with eps = 0, so that
+    # position adds nothing; the position with g = 1 adds g^3 / ((S g + 2) g^2) = 1.
+    values = np.array([-1.0, 0.0]).reshape(1, 1, 1, 2)
+    grads = np.array([2.0, 1.0]).reshape(1, 1, 1, 2)
+    np.testing.assert_array_equal(grad_cam_plus_plus_weights(values, grads, 0.0), [[1.0]])
+    with_eps = grad_cam_plus_plus_weights(values, grads, 1e-6)
+    np.testing.assert_allclose(with_eps, [[8 / 1e-6 + 1 / (1 + 1e-6)]], rtol=1e-12)

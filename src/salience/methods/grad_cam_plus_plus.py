@@ -56,14 +56,15 @@ def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float
     channel_sums = values.sum(axis=(2, 3), keepdims=True)  # sum_ab A_kab
     g2 = grads * grads
     # In place, one array at a time (a layer of 32 rows is ~1 MB per array):
-    # denominator = 2 g^2 + S g^3 + eps, numerator = g^2 relu(g).
+    # denominator = (S g + 2) g^2 + eps, numerator = g^2 relu(g).
     denominator = channel_sums * grads
+    denominator += 2
     denominator *= g2
-    denominator += 2 * g2
     denominator += eps
     numerator = np.maximum(grads, 0)
     numerator *= g2
     defined = denominator != 0
     np.divide(numerator, denominator, out=numerator, where=defined)
-    numerator *= defined  # alpha = 0 where the denominator is 0 (g = 0 makes it 0 already)
+    if not defined.all():  # alpha = 0 there (g = 0 makes it 0 already)
+        numerator *= defined
     return numerator.sum(axis=(2, 3))
