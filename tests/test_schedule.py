@@ -351,7 +351,7 @@ def test_the_model_is_called_from_the_callers_thread_and_the_rest_where_asked(ov
 
 @pytest.mark.threading
 def test_slow_own_work_moves_to_the_helper_thread_by_itself():
-    # Own work far above the documented 0.5 ms: building the first chunk spins for
+    # Own work far above the documented 2 ms: building the first chunk spins for
     # at least 20 ms (a lower bound, whatever the machine's load).
     in_caller = []
 

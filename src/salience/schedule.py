@@ -24,10 +24,15 @@ from .progress import watch_rows
 
 __all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
 
-# Own work per chunk (building + consuming rows) above which a helper thread pays:
-# handing a chunk to it and back costs about 0.1 ms; measured on the tiny CNN,
-# IG at batch_size=1 (~20 us of own work per chunk) was 15% slower with the thread.
-_WORTH_A_THREAD_S = 0.5e-3
+# Own work per chunk (building + preparing + consuming rows) above which a helper
+# thread pays.  Handing a chunk over costs ~0.1 ms, but the cost that decides is
+# the GIL: an eager model of small ops (PyTorch on a CPU, or a small network
+# anywhere) takes it back after every op, and a helper running numpy code beside
+# it stalls it.  On the tiny CNN (a 0.3-3 ms call), chunks of 0.2-1 ms own work
+# ran 10-50% slower overlapped than in the caller's thread (best of 8; Blur IG's
+# median 3.6x slower); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
+# thread hides the work (Blur IG 2.71 s against 2.96 s in the caller's thread).
+_WORTH_A_THREAD_S = 2e-3
 
 MAX_ROW_VALUES = 2**40
 """Most values (rows x values per row) one explanation may send to the model.
@@ -116,7 +121,7 @@ def run_rows(
     overlap : bool or None
         Use the helper thread (True), never (False), or decide from the first
         chunk (None, the default): when building it (or building, preparing
-        and consuming it) took at least 0.5 ms, the rest overlaps; cheaper
+        and consuming it) took at least 2 ms, the rest overlaps; cheaper
         work stays in the caller's thread, where it costs less than handing
         it over.  A single chunk without ``prepare`` always runs in the
         caller's thread: there is no model call to hide its work behind.
