@@ -29,7 +29,7 @@ __all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputErr
 # the GIL: an eager model of small ops (PyTorch on a CPU, or a small network
 # anywhere) takes it back after every op, and a helper running numpy code beside
 # it stalls it.  On the tiny CNN (a 0.3-3 ms call), chunks of 0.2-1 ms own work
-# ran 10-50% slower overlapped than in the caller's thread (best of 8; Blur IG's
+# ran 10-60% slower overlapped than in the caller's thread (best of 8; Blur IG's
 # median 3.6x slower); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
 # thread hides the work (Blur IG 2.71 s against 2.96 s in the caller's thread).
 _WORTH_A_THREAD_S = 2e-3
