@@ -70,6 +70,8 @@ def check_finite(arr: np.ndarray, name: str) -> None:
 
 def check_positive_int(value: Any, name: str) -> int:
     """Validate an int > 0 (steps, nsamples, batch_size, ...)."""
+    if type(value) is int and value > 0:  # the usual case, checked on every call: no ABC lookup
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value <= 0:

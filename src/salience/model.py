@@ -213,7 +213,7 @@ def check_outputs(
     ValueError
         A key is missing or an output has the wrong shape.
     """
-    if not isinstance(outputs, Mapping):
+    if type(outputs) is not dict and not isinstance(outputs, Mapping):  # (dict: no ABC lookup)
         raise TypeError(
             "the model (or call_model_function) must return a dict of outputs, got "
             f"{type(outputs).__name__}"
