@@ -11,6 +11,7 @@ import pytest
 from skimage.transform import resize
 
 import salience
+from salience.methods.grad_cam_plus_plus import grad_cam_plus_plus_weights
 from salience.model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -357,8 +358,6 @@ def test_input_x_gradient_of_a_linear_model_splits_the_score(linear, images):
 
 
 def test_grad_cam_plus_plus_gives_alpha_zero_where_its_denominator_vanishes():
-    from salience.methods.grad_cam_plus_plus import grad_cam_plus_plus_weights
-
     # One channel summing to -1: at g = 2, (S g + 2) g^2 + eps is 0 with eps = 0, so that
     # position adds nothing; the position with g = 1 adds g^3 / ((S g + 2) g^2) = 1.
     values = np.array([-1.0, 0.0]).reshape(1, 1, 1, 2)
