@@ -562,6 +562,33 @@ def test_convolutions_get_channels_last_memory_on_cpu(net, x):
                                atol=1e-7)
 
 
+def test_one_small_image_stays_in_contiguous_memory(net, x):
+    # PyTorch runs its own kernel for a single image of at most 20480 values: faster there
+    recording = RecordsLayout(net)
+    model = st.wrap(recording)
+    maps = salience.Gradients(batch_size=1).explain(model, x[:2], np.array([0, 1]))
+    # probe (the memory any batch may get), then two one-image calls
+    assert recording.channels_last_memory == [True, False, False]
+    pooled = RecordsLayout(nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1),
+                                         nn.Flatten()))
+    for side in (82, 83):  # 3 * 82 * 82 = 20172 values, 3 * 83 * 83 = 20667: past the limit
+        image = np.random.default_rng(side).normal(size=(1, 3, side, side)).astype(np.float32)
+        st.wrap(pooled)(image, np.array([0]), [INPUT_OUTPUT_GRADIENTS])
+    assert pooled.channels_last_memory == [True, False, True, True]  # probe, call per size
+    np.testing.assert_allclose(maps, _reference_gradients(net, x[:2], [0, 1]), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_a_module_refusing_channels_last_memory_is_found_by_a_one_image_probe(net, x):
+    recording = RecordsLayout(net, flatten_by_view=True)
+    model = st.wrap(recording)
+    model(x[:1], np.array([0]), [INPUT_OUTPUT_GRADIENTS])
+    maps = salience.Gradients(batch_size=4).explain(model, x, np.array([0, 1, 2, 1]))
+    assert recording.channels_last_memory == [True, False, False, False]
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, [0, 1, 2, 1]), rtol=1e-5,
+                               atol=1e-7)
+
+
 def test_a_module_needing_contiguous_memory_gets_it(net, x):
     recording = RecordsLayout(net, flatten_by_view=True)
     model = st.wrap(recording)

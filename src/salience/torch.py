@@ -49,6 +49,11 @@ _NCHW_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
+# PyTorch's CPU convolution of one image of at most this many values runs its own
+# kernel, not oneDNN's, unless the input lies in channels-last memory (its use_mkldnn
+# rule, "native is faster" for these; the step shows at 82 -> 83 px RGB on the tiny CNN).
+_NATIVE_CONV_MAX_VALUES = 20480
+
 # Module dtypes numpy can hold; others (bfloat16) are filled from float32.
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
@@ -181,27 +186,35 @@ class TorchModel(FrameworkModel):
         # Input shapes (without the batch axis) the module takes only in contiguous memory.
         self._contiguous_shapes: set[tuple[int, ...]] = set()
 
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+    def _tensor(self, x: np.ndarray, probing: bool = False) -> torch.Tensor:
         # Always a copy: a module that writes into its input must not reach the caller's array.
         x = np.asarray(x)
-        if not self._channels_last_memory(x):
+        if not self._channels_last_memory(x, probing):
             return torch.tensor(x, device=self.device, dtype=self.dtype)
         # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last).
         nhwc = x.transpose(0, 2, 3, 1).astype(_NUMPY_DTYPES.get(self.dtype, np.float32),
                                                order="C")
         return torch.from_numpy(nhwc).to(device=self.device, dtype=self.dtype).permute(0, 3, 1, 2)
 
-    def _channels_last_memory(self, x: np.ndarray) -> bool:
+    def _channels_last_memory(self, x: np.ndarray, probing: bool = False) -> bool:
         """Whether ``x`` goes to the module in channels-last memory.
 
         oneDNN's CPU convolutions run faster on it (EfficientNet-Lite0 forward and
         backward at 8 rows: 28% less time; the tiny CNN of bench/ at 25 rows: 24%);
         a module that cannot take it (a ``.view()`` of its input) keeps
-        contiguous memory, as found by the shape probe.
+        contiguous memory, as found by the shape probe, which tries the memory
+        any batch of its shape may get (``probing``).
+
+        A single small image stays contiguous: PyTorch then runs its own
+        convolution kernel instead of oneDNN's, faster there (the tiny CNN, one
+        image, forward and backward: 32 px 196 us against 278 us in channels-last
+        memory, 82 px 517 against 953 us; from 83 px, past the limit, oneDNN in
+        channels-last memory is the faster again).
         """
         return (x.ndim == 4 and not self.channels_last and self.device.type == "cpu"
                 and self.expected_channels is not None
-                and x.shape[1:] not in self._contiguous_shapes)
+                and x.shape[1:] not in self._contiguous_shapes
+                and (probing or len(x) > 1 or x[0].size > _NATIVE_CONV_MAX_VALUES))
 
     def _check_kind(self, kind: CallKind) -> None:
         if kind.guided:
@@ -211,7 +224,7 @@ class TorchModel(FrameworkModel):
         try:
             return self._probe_once(x)
         except Exception as error:
-            if not self._channels_last_memory(x):
+            if not self._channels_last_memory(x, probing=True):
                 raise
             refused = error
         try:
@@ -222,7 +235,7 @@ class TorchModel(FrameworkModel):
         return shape
 
     def _probe_once(self, x: np.ndarray, contiguous: bool = False) -> tuple[int, ...] | None:
-        xt = self._tensor(x)
+        xt = self._tensor(x, probing=True)
         if contiguous:
             xt = xt.contiguous()
         # The same pass notes the layer's output shape (for the token grid check).
