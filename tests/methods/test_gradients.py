@@ -55,3 +55,21 @@ def test_model_without_predict_gets_none_targets(images):
     assert seen == [None, None]
     np.testing.assert_array_equal(maps, np.ones_like(images))
     assert len(seen) == math.ceil(3 / 2)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_maps_are_new_arrays_even_from_a_reused_buffer(images, batch_size):
+    # A model answering every call from one buffer, laid out channels-last in memory
+    # (as PyTorch's channels_last tensors arrive): the maps must not alias it.
+    buffer = np.zeros((images.shape[0], *images.shape[2:], images.shape[1])).transpose(0, 3, 1, 2)
+
+    def model(x, targets, keys):
+        view = buffer[: len(x)]
+        view[...] = x
+        return {INPUT_OUTPUT_GRADIENTS: view}
+
+    maps = salience.Gradients(batch_size=batch_size).explain(model, images)
+    np.testing.assert_array_equal(maps, images)
+    assert not np.shares_memory(maps, buffer)
+    buffer[...] = -1.0  # the model's next answer leaves the returned maps alone
+    np.testing.assert_array_equal(maps, images)

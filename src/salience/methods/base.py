@@ -104,14 +104,25 @@ def collect_rows(
     keys: Sequence[str],
     batch_size: int,
     method: str,
+    order: str = "K",
 ) -> dict[str, np.ndarray]:
-    """One row per input: return each requested output stacked over the batch."""
+    """One row per input: return each requested output stacked over the batch.
+
+    Each call's rows are copied into new arrays as they arrive (a model may
+    answer every call from one buffer), in the memory order of the model's
+    first answer (``order="K"``), or C order (``"C"``: one transposing copy of
+    an answer in PyTorch's channels-last memory, on which numpy's sums over
+    positions run 2-5x slower).
+    """
     batch_size = check_positive_int(batch_size, "batch_size")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    stacked: dict[str, np.ndarray] = {}
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         for k in keys:
-            parts[k].append(outputs[k])
+            part = outputs[k]
+            if k not in stacked:
+                stacked[k] = np.empty_like(part, shape=(len(x), *part.shape[1:]), order=order)
+            stacked[k][start:stop] = part
 
     run_rows(
         model,
@@ -123,4 +134,4 @@ def collect_rows(
         batch_size,
         method,
     )
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return stacked
