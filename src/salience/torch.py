@@ -112,8 +112,10 @@ def wrap(
     handed over in channels-last memory (``torch.channels_last``; the tensor
     is still (n, C, H, W)), on which PyTorch's CPU convolutions run faster; a
     module that refuses such a tensor in that first run (a ``.view()`` of its
-    input) gets contiguous memory for that input shape.  Results differ from
-    contiguous memory only by float rounding.
+    input) gets contiguous memory for that input shape.  A single image of at
+    most 20480 values (up to 82 x 82 RGB) stays contiguous: PyTorch's own
+    kernel for it is faster than oneDNN's.  Results differ from contiguous
+    memory only by float rounding.
 
     References
     ----------
