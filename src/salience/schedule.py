@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .model import Model, check_outputs
 from .numeric import all_finite
 from .progress import watch_rows
 
-__all__ = ["run_rows", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
+__all__ = ["run_rows", "checked_outputs", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
 
 # Own work per chunk (building + preparing + consuming rows) above which a helper
 # thread pays.  Handing a chunk over costs ~0.1 ms, but the cost that decides is
@@ -191,10 +192,8 @@ class _Stages:
 
     def finish(self, start: int, stop: int, shape: tuple, outputs) -> None:
         """Check the model's outputs and hand them to ``consume``."""
-        outputs = check_outputs(outputs, shape, self.keys)
-        for key in self.keys:  # a NaN score or activation is no better than a NaN gradient
-            _raise_if_not_finite(outputs[key], key, start, self.row_image, self.method)
-        self.consume(start, stop, outputs)
+        self.consume(start, stop, checked_outputs(outputs, shape, self.keys, start,
+                                                  self.row_image, self.method))
 
     def in_order(self, start: int, stop: int) -> None:
         """One chunk in this thread: build, prepare, call the model, finish."""
@@ -239,6 +238,16 @@ def _overlapped(stages: _Stages, starts: range, first_rows: np.ndarray | None = 
             consumed = helper.submit(finish_after, prepared, start, stop, x.shape, outputs)
         if consumed is not None:
             consumed.result()
+
+
+def checked_outputs(outputs: Any, shape: tuple, keys: Sequence[str], start: int,
+                    row_image: np.ndarray, method: str) -> dict[str, np.ndarray]:
+    """The model's outputs for rows ``start:`` (inputs shaped ``shape``) as arrays,
+    checked: every key there, shapes that fit, every value finite."""
+    outputs = check_outputs(outputs, shape, keys)
+    for key in keys:  # a NaN score or activation is no better than a NaN gradient
+        _raise_if_not_finite(outputs[key], key, start, row_image, method)
+    return outputs
 
 
 def _raise_if_not_finite(values, key, start, row_image, method):
