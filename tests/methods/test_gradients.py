@@ -9,6 +9,7 @@ import pytest
 
 import salience
 from salience.model import INPUT_OUTPUT_GRADIENTS
+from salience.schedule import NonFiniteOutputError
 
 
 def test_equals_exact_gradient(analytic, images):
@@ -73,3 +74,26 @@ def test_maps_are_new_arrays_even_from_a_reused_buffer(images, batch_size):
     assert not np.shares_memory(maps, buffer)
     buffer[...] = -1.0  # the model's next answer leaves the returned maps alone
     np.testing.assert_array_equal(maps, images)
+
+
+def test_one_image_takes_one_checked_call_like_a_batch(analytic, images):
+    # One input of a one-row method skips the row scheduler; same map, same checks.
+    one = images[:1]
+    calls = analytic.calls
+    maps = salience.Gradients().explain(analytic, one, 1)
+    assert analytic.calls == calls + 1
+    np.testing.assert_array_equal(maps, salience.Gradients().explain(analytic, one, 1,
+                                                                       progress=lambda e: None))
+    np.testing.assert_allclose(maps, analytic.gradient(one, np.array([1])), rtol=1e-12)
+    buffer = np.zeros_like(one)
+
+    def model(x, targets, keys):
+        buffer[...] = x
+        return {INPUT_OUTPUT_GRADIENTS: buffer}
+
+    got = salience.Gradients().explain(model, one)
+    assert not np.shares_memory(got, buffer)
+    buffer[...] = np.nan  # the model's next answer: refused, never returned as a map
+    with pytest.raises(NonFiniteOutputError, match="row 0 .image 0"):
+        salience.Gradients().explain(lambda x, t, k: {INPUT_OUTPUT_GRADIENTS: buffer}, one)
+    np.testing.assert_array_equal(got, one)
