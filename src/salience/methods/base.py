@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -118,15 +118,12 @@ def collect_rows(
     keys: Sequence[str],
     batch_size: int,
     method: str,
-    order: Literal["K", "C"] = "K",
 ) -> dict[str, np.ndarray]:
     """One row per input: return each requested output stacked over the batch.
 
     Each call's rows are copied into new arrays as they arrive (a model may
     answer every call from one buffer), in the memory order of the model's
-    first answer (``order="K"``), or C order (``"C"``: one transposing copy of
-    an answer in PyTorch's channels-last memory, on which numpy's sums over
-    positions run 2-5x slower).
+    first answer (PyTorch's channels-last memory stays channels-last).
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     stacked: dict[str, np.ndarray] = {}
@@ -135,7 +132,7 @@ def collect_rows(
         for k in keys:
             part = outputs[k]
             if k not in stacked:
-                stacked[k] = np.empty_like(part, shape=(len(x), *part.shape[1:]), order=order)
+                stacked[k] = np.empty_like(part, shape=(len(x), *part.shape[1:]))
             stacked[k][start:stop] = part
 
     run_rows(
