@@ -120,10 +120,13 @@ BY_HAND = {
 }
 
 
+# 5 channels on 6 x 5 positions, and 40: the kernels' arrays are then laid out
+# channels last in memory (see cam_base.layer_arrays).
+@pytest.mark.parametrize("k", [5, 40])
 @pytest.mark.parametrize("name", list(BY_HAND))
-def test_raw_maps_follow_the_papers_formulas(name, x):
+def test_raw_maps_follow_the_papers_formulas(name, k, x):
     make, by_hand = BY_HAND[name]
-    model = LayerModel()
+    model = LayerModel(k=k)
     cams = make().explain(model, x, TARGETS)
     assert cams.shape == (4, 6, 5)
     for i in range(4):
@@ -279,10 +282,12 @@ ALL_CAMS = [salience.GradCAM, salience.GradCAMPlusPlus, salience.XGradCAM, salie
             salience.LayerCAM, salience.EigenCAM, salience.ScoreCAM]
 
 
+@pytest.mark.parametrize("k", [5, 40])
 @pytest.mark.parametrize("cls", ALL_CAMS, ids=lambda c: c.__name__)
-def test_channels_first_equals_channels_last(cls, x):
-    last = cls(broadcast=True).explain(LayerModel(True), x, TARGETS)
-    first = cls(broadcast=True).explain(LayerModel(False), np.moveaxis(x, -1, 1), TARGETS)
+def test_channels_first_equals_channels_last(cls, k, x):
+    last = cls(broadcast=True).explain(LayerModel(True, k=k), x, TARGETS)
+    first = cls(broadcast=True).explain(LayerModel(False, k=k), np.moveaxis(x, -1, 1),
+                                        TARGETS)
     assert first.shape == (4, 3, 12, 10)
     np.testing.assert_allclose(np.moveaxis(first, 1, -1), last, rtol=1e-10, atol=1e-12)
 
