@@ -617,3 +617,18 @@ def test_a_channels_last_module_gets_contiguous_memory(x):
     hwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     model(hwc, np.zeros(4, dtype=np.int64), [INPUT_OUTPUT_GRADIENTS])
     assert module.contiguous == [True, True]  # probe, gradients
+
+
+def test_read_only_flipped_and_float64_inputs_reach_the_module_as_a_copy(net, x):
+    recording = RecordsLayout(net)
+    model = st.wrap(recording)
+    targets = np.array([0, 1, 2, 1])
+    expected = salience.Gradients().explain(model, x, targets)
+    flipped = np.ascontiguousarray(x[:, :, ::-1])[:, :, ::-1]  # x's values, negative strides
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    for given in (flipped, frozen, x.astype(np.float64)):
+        maps = salience.Gradients().explain(model, given, targets)
+        np.testing.assert_allclose(maps, expected, rtol=1e-6, atol=1e-7)
+    assert all(recording.channels_last_memory)
+    np.testing.assert_array_equal(frozen, x)

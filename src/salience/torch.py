@@ -54,9 +54,6 @@ TargetFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 # rule, "native is faster" for these; the step shows at 82 -> 83 px RGB on the tiny CNN).
 _NATIVE_CONV_MAX_VALUES = 20480
 
-# Module dtypes numpy can hold; others (bfloat16) are filled from float32.
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
-
 
 def wrap(
     module: nn.Module,
@@ -193,10 +190,14 @@ class TorchModel(FrameworkModel):
         x = np.asarray(x)
         if not self._channels_last_memory(x, probing):
             return torch.tensor(x, device=self.device, dtype=self.dtype)
-        # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last).
-        nhwc = x.transpose(0, 2, 3, 1).astype(_NUMPY_DTYPES.get(self.dtype, np.float32),
-                                               order="C")
-        return torch.from_numpy(nhwc).to(device=self.device, dtype=self.dtype).permute(0, 3, 1, 2)
+        # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last), by
+        # torch's copy: 2.2-2.5x faster than numpy's transposing one (32 x 3 x 32 x 32:
+        # 41 against 105 us; 8 x 3 x 224 x 224: 445 against 1046 us).
+        if not x.flags.writeable or any(step < 0 for step in x.strides):
+            x = np.array(x)  # torch.from_numpy takes neither
+        nhwc = torch.empty(x.shape, dtype=self.dtype, device=self.device,
+                           memory_format=torch.channels_last)
+        return nhwc.copy_(torch.from_numpy(x))
 
     def _channels_last_memory(self, x: np.ndarray, probing: bool = False) -> bool:
         """Whether ``x`` goes to the module in channels-last memory.
