@@ -217,7 +217,7 @@ class TorchModel(FrameworkModel):
         return (x.ndim == 4 and not self.channels_last and self.device.type == "cpu"
                 and self.expected_channels is not None
                 and x.shape[1:] not in self._contiguous_shapes
-                and (probing or len(x) > 1 or x[0].size > _NATIVE_CONV_MAX_VALUES))
+                and (probing or len(x) != 1 or x[0].size > _NATIVE_CONV_MAX_VALUES))
 
     def _check_kind(self, kind: CallKind) -> None:
         if kind.guided:
