@@ -632,3 +632,13 @@ def test_read_only_flipped_and_float64_inputs_reach_the_module_as_a_copy(net, x)
         np.testing.assert_allclose(maps, expected, rtol=1e-6, atol=1e-7)
     assert all(recording.channels_last_memory)
     np.testing.assert_array_equal(frozen, x)
+
+
+@pytest.mark.parametrize("rows", [1, 4])  # contiguous memory, channels-last memory
+def test_big_endian_inputs_reach_the_module_in_native_byte_order(net, x, rows):
+    model = st.wrap(net)
+    targets = np.array([0, 1, 2, 1])[:rows]
+    expected = model(x[:rows], targets, [INPUT_OUTPUT_GRADIENTS])[INPUT_OUTPUT_GRADIENTS]
+    swapped = x[:rows].astype(">f4")  # as FITS files hold them
+    got = model(swapped, targets, [INPUT_OUTPUT_GRADIENTS])[INPUT_OUTPUT_GRADIENTS]
+    np.testing.assert_array_equal(got, expected)

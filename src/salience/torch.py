@@ -188,6 +188,8 @@ class TorchModel(FrameworkModel):
     def _tensor(self, x: np.ndarray, probing: bool = False) -> torch.Tensor:
         # Always a copy: a module that writes into its input must not reach the caller's array.
         x = np.asarray(x)
+        if not x.dtype.isnative:  # big-endian data (FITS files): torch takes native order only
+            x = x.astype(x.dtype.newbyteorder("="))
         if not self._channels_last_memory(x, probing):
             return torch.tensor(x, device=self.device, dtype=self.dtype)
         # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last), by
