@@ -9,6 +9,7 @@ from salience.numeric import (
     normalise01,
     owner_runs,
     row_dots,
+    standard_normal_rows,
     to_probabilities,
     top_eigenpairs,
     trapezoid,
@@ -78,6 +79,30 @@ def test_as_random_state():
     for bad in ("x", 1.5, True):
         with pytest.raises(TypeError, match="seed must be None, an int"):
             as_random_state(bad)
+
+
+@pytest.mark.parametrize("size", [1, 7, 3072])
+def test_standard_normal_rows_follow_the_normal_law(size):
+    from scipy import stats
+
+    z = standard_normal_rows(np.random.default_rng(5), 120_000 // size + 1, size)
+    assert z.dtype == np.float32 and z.shape == (120_000 // size + 1, size)
+    values = z.ravel().astype(np.float64)
+    assert np.isfinite(values).all()
+    assert stats.kstest(values, "norm").pvalue > 1e-3
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+    # pairs drawn from one (u, v) are uncorrelated, and so are neighbouring rows
+    if size > 1:
+        assert abs(np.corrcoef(z[:, 0], z[:, (size + 1) // 2 if size > 2 else 1])[0, 1]) < 0.05
+    assert abs(np.corrcoef(z[:-1].ravel(), z[1:].ravel())[0, 1]) < 0.02
+
+
+def test_standard_normal_rows_are_the_same_drawn_in_any_chunks():
+    whole = standard_normal_rows(np.random.default_rng(9), 7, 147)
+    rng = np.random.default_rng(9)
+    chunks = [standard_normal_rows(rng, k, 147) for k in (1, 3, 2, 1)]
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    assert not np.array_equal(whole, standard_normal_rows(np.random.default_rng(10), 7, 147))
 
 
 def _blas_threads() -> list[int]:

@@ -1,7 +1,7 @@
 """Numeric helpers shared across methods and metrics.
 
 Probabilities from model outputs, sums by owner over sorted rows, row-wise dot
-products, areas under curves, random number sources, the top eigenpair of
+products, areas under curves, random number sources and normal draws, the top eigenpair of
 symmetric matrices, and single-threaded BLAS for code that makes many small
 BLAS calls.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "one_blas_thread",
     "owner_runs",
     "row_dots",
+    "standard_normal_rows",
     "to_probabilities",
     "top_eigenpairs",
     "trapezoid",
@@ -143,6 +144,37 @@ def as_random_state(seed: Any) -> Any:
     raise TypeError(
         f"seed must be None, an int, a numpy Generator or RandomState, got {type(seed).__name__}"
     )
+
+
+def standard_normal_rows(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:
+    """``(rows, size)`` independent float32 standard normal values from ``rng``.
+
+    The Box-Muller transform of float32 uniforms: for ``u, v`` uniform on
+    [0, 1), ``sqrt(-2 ln(1 - u)) cos(2 pi v)`` and ``... sin(2 pi v)`` are two
+    independent standard normals.  numpy's own float32 ``standard_normal``
+    (a ziggurat, one value at a time) took 8.3-8.6 ns a value on this
+    project's machine, the transform in a few vectorised passes 2.4-2.9 ns
+    (8 x 3072 to 8 x 150528 values, freed memory kept).  The
+    tails end at 5.77 (``u`` has 24 bits): a value beyond it has probability
+    8e-9 under the normal law.
+
+    Each row draws its own ``2 * ceil(size / 2)`` uniforms, so drawing rows in
+    any chunks (consecutive calls on one generator) gives the same values as
+    drawing them all at once.
+    """
+    half = (size + 1) // 2
+    uniforms = rng.random((rows, 2, half), dtype=np.float32)
+    radius = np.subtract(np.float32(1), uniforms[:, 0])  # in (0, 1]: a finite log
+    np.log(radius, out=radius)
+    radius *= np.float32(-2)
+    np.sqrt(radius, out=radius)
+    angle = uniforms[:, 1]
+    angle *= np.float32(2 * np.pi)
+    out = np.empty((rows, 2, half), dtype=np.float32)
+    np.cos(angle, out=out[:, 0])
+    np.sin(angle, out=out[:, 1])
+    out *= radius[:, None]
+    return out.reshape(rows, 2 * half)[:, :size]
 
 
 @functools.cache

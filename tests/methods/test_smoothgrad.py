@@ -12,12 +12,14 @@ import salience
 
 def _noisy_copies(x, nsamples, stdev_spread, seed):
     """The noisy inputs SmoothGrad documents: per input, sample after sample, float32
-    standard normals scaled to the input's range."""
+    standard normals (salience.numeric.standard_normal_rows) scaled to the input's range."""
+    from salience.numeric import standard_normal_rows
+
     rng = np.random.default_rng(seed)
     out = []
     for image in x:
         stdev = stdev_spread * (image.max() - image.min())
-        out.append([image + stdev * rng.standard_normal(image.shape, dtype=np.float32)
+        out.append([image + stdev * standard_normal_rows(rng, 1, image.size).reshape(image.shape)
                     for _ in range(nsamples)])
     return np.array(out)
 
@@ -125,10 +127,11 @@ def test_smoothgrad_over_ig_with_one_baseline_per_input(nested, linear, images):
         np.testing.assert_allclose(maps, expected, rtol=1e-9)
     else:
         assert maps.shape == images.shape
-        # each input's map is still computed from its own baseline
+        # each input's map is still computed from its own baseline: over seeds the
+        # correlation is 0.90 +- 0.01; another input's baseline gives 0.33, none 0.58
         assert np.corrcoef(maps.ravel(), ((images - per_row) * linear.V[[0, 1, 2]]).ravel())[
             0, 1
-        ] > 0.9
+        ] > 0.8
 
 
 def test_float32_noise_is_drawn_in_float32_at_each_inputs_scale():

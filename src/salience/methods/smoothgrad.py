@@ -19,7 +19,7 @@ import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
-from ..numeric import as_random_state, owner_runs
+from ..numeric import as_random_state, owner_runs, standard_normal_rows
 from ..schedule import check_row_budget, run_rows
 from .base import Method
 
@@ -221,8 +221,9 @@ def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> n
     float64 copies of an image get the same draws (up to their rounding).  A
     legacy ``RandomState`` draws float64 normals input by input (PAIR's
     stream, so ``np.random.seed`` reproduces PAIR); a ``Generator`` draws
-    float32 standard normals, input by input and sample after sample, which
-    costs no float64 temporaries for float32 images.
+    float32 standard normals (:func:`salience.numeric.standard_normal_rows`),
+    input by input and sample after sample, which costs no float64
+    temporaries for float32 images.
     """
     return NoiseRows(rng, x, nsamples, stdev_spread).rows(0, len(x) * nsamples)
 
@@ -257,10 +258,9 @@ class NoiseRows:
             if legacy:
                 out[a:b] = x[i] + self.rng.normal(0, scale, (b - a, *shape))
                 continue
-            z = self.rng.standard_normal((b - a, *shape), dtype=np.float32)
-            z = z.astype(x.dtype, copy=False)  # exact; in place for float32 images
-            z *= x.dtype.type(scale)
-            z += x[i]
-            out[a:b] = z
+            z = standard_normal_rows(self.rng, b - a, x[i].size).reshape(b - a, *shape)
+            rows = out[a:b]
+            np.multiply(z, x.dtype.type(scale), out=rows)  # float32 draws, exact in float64
+            rows += x[i]
         self.next_row = stop
         return out
