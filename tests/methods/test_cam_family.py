@@ -370,3 +370,46 @@ def test_grad_cam_plus_plus_gives_alpha_zero_where_its_denominator_vanishes():
     np.testing.assert_array_equal(grad_cam_plus_plus_weights(values, grads, 0.0), [[1.0]])
     with_eps = grad_cam_plus_plus_weights(values, grads, 1e-6)
     np.testing.assert_allclose(with_eps, [[8 / 1e-6 + 1 / (1 + 1e-6)]], rtol=1e-12)
+
+
+class ReusedBufferModel(LayerModel):
+    """Answers every call from one buffer per output, and scribbles over every buffer
+    it does not fill (a framework reusing its output memory between calls)."""
+
+    def __init__(self, channels_last):
+        super().__init__(channels_last=channels_last)
+        self.buffers = {}
+
+    def __call__(self, x, targets, keys):
+        out = super().__call__(x, targets, keys)
+        for key, buffer in self.buffers.items():
+            if key not in out:
+                buffer[...] = 1e3
+        for key, value in out.items():
+            buffer = self.buffers.get(key)
+            if buffer is None or buffer.shape[1:] != value.shape[1:] or len(buffer) < len(value):
+                buffer = self.buffers[key] = np.empty(value.shape)  # C order
+            buffer[:len(value)] = value
+            out[key] = buffer[:len(value)]
+        return out
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("resize", [True, False])
+@pytest.mark.parametrize("batch_size", [2, 4])
+@pytest.mark.parametrize("cls", ALL_CAMS, ids=lambda c: c.__name__)
+def test_maps_never_alias_a_models_reused_buffers(cls, batch_size, resize, channels_last, x):
+    # One call answering every image (batch_size=4) hands the model's own arrays to the
+    # kernels without a copy; the maps must still be new arrays, and Score-CAM's layer
+    # values must survive its later forward calls.
+    if not channels_last:
+        x = np.moveaxis(x, -1, 1)
+    expected = cls(resize=resize, batch_size=batch_size).explain(
+        LayerModel(channels_last=channels_last), x, TARGETS)
+    model = ReusedBufferModel(channels_last)
+    maps = cls(resize=resize, batch_size=batch_size).explain(model, x, TARGETS)
+    np.testing.assert_allclose(maps, expected, rtol=1e-12, atol=1e-15)
+    assert not any(np.shares_memory(maps, b) for b in model.buffers.values())
+    for buffer in model.buffers.values():
+        buffer[...] = -7.0
+    np.testing.assert_allclose(maps, expected, rtol=1e-12, atol=1e-15)

@@ -118,12 +118,16 @@ def collect_rows(
     keys: Sequence[str],
     batch_size: int,
     method: str,
+    copy: bool = True,
 ) -> dict[str, np.ndarray]:
     """One row per input: return each requested output stacked over the batch.
 
     Each call's rows are copied into new arrays as they arrive (a model may
     answer every call from one buffer), in the memory order of the model's
-    first answer (PyTorch's channels-last memory stays channels-last).
+    first answer (PyTorch's channels-last memory stays channels-last).  With
+    ``copy=False`` the model's own arrays are returned when one call answered
+    every row: for a caller that reads them before the model runs again and
+    returns only arrays of its own (a CAM kernel), the copy is wasted work.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     stacked: dict[str, np.ndarray] = {}
@@ -131,6 +135,9 @@ def collect_rows(
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         for k in keys:
             part = outputs[k]
+            if not copy and start == 0 and stop == len(x):
+                stacked[k] = part
+                continue
             if k not in stacked:
                 stacked[k] = np.empty_like(part, shape=(len(x), *part.shape[1:]))
             stacked[k][start:stop] = part

@@ -76,7 +76,9 @@ class CAMMethod(Method):
 
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         is_last = channels_last(model)
-        out = collect_rows(model, x, targets, list(self.keys), self.batch_size, self.name)
+        # The kernels make new arrays: the model's own answer needs no copy.
+        out = collect_rows(model, x, targets, list(self.keys), self.batch_size, self.name,
+                           copy=False)
         values, grads = layer_arrays(
             out[CONVOLUTION_LAYER_VALUES], out.get(CONVOLUTION_OUTPUT_GRADIENTS), is_last,
             self.title,
