@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cam_base import GradientCAMMethod, weighted_channel_sum
+from .cam_base import GradientCAMMethod, position_sums, weighted_channel_sum
 
 __all__ = ["GradCAM", "grad_cam_weights"]
 
@@ -44,5 +44,5 @@ class GradCAM(GradientCAMMethod):
 
 def grad_cam_weights(grads: np.ndarray) -> np.ndarray:
     """Grad-CAM's channel weights: the gradient averaged over positions, ``(n, k)``."""
-    return grads.mean(axis=(2, 3))
+    return position_sums(grads) / (grads.shape[2] * grads.shape[3])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_nonnegative
-from .cam_base import GradientCAMMethod, weighted_channel_sum
+from .cam_base import GradientCAMMethod, position_sums, weighted_channel_sum
 
 __all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
 
@@ -53,7 +53,7 @@ def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float
     """Channel weights ``(n, k)`` of Grad-CAM++ for ``(n, k, h, w)`` values and gradients:
     ``sum_ab alpha_kab relu(g_kab)`` with ``alpha = g^2 / (2 g^2 + sum_ab A_kab g^3 + eps)``
     (0 where ``g = 0`` or the denominator is 0)."""
-    channel_sums = values.sum(axis=(2, 3), keepdims=True)  # sum_ab A_kab
+    channel_sums = position_sums(values)[:, :, None, None]  # sum_ab A_kab
     g2 = grads * grads
     # In place, one array at a time (a layer of 32 rows is ~1 MB per array):
     # denominator = (S g + 2) g^2 + eps, numerator = g^2 relu(g).
@@ -67,4 +67,4 @@ def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float
     np.divide(numerator, denominator, out=numerator, where=defined)
     if not defined.all():  # alpha = 0 there (g = 0 makes it 0 already)
         numerator *= defined
-    return numerator.sum(axis=(2, 3))
+    return position_sums(numerator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_nonnegative
-from .cam_base import GradientCAMMethod, weighted_channel_sum
+from .cam_base import GradientCAMMethod, position_sums, weighted_channel_sum
 
 __all__ = ["XGradCAM", "xgrad_cam_weights"]
 
@@ -50,7 +50,7 @@ class XGradCAM(GradientCAMMethod):
 
 def xgrad_cam_weights(values: np.ndarray, grads: np.ndarray, eps: float) -> np.ndarray:
     """Channel weights ``(n, k)`` of XGrad-CAM for ``(n, k, h, w)`` values and gradients."""
-    channel_sums = values.sum(axis=(2, 3)) + eps
-    weighted = (values * grads).sum(axis=(2, 3))
+    channel_sums = position_sums(values) + eps
+    weighted = position_sums(values * grads)
     return np.divide(weighted, channel_sums, out=np.zeros_like(weighted),
                      where=channel_sums != 0)
