@@ -413,3 +413,19 @@ def test_maps_never_alias_a_models_reused_buffers(cls, batch_size, resize, chann
     for buffer in model.buffers.values():
         buffer[...] = -7.0
     np.testing.assert_allclose(maps, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_resized_crops_are_crops_of_the_resized_maps(dtype):
+    from salience.methods.cam_base import resize_maps, resized_crops
+
+    maps = np.random.default_rng(4).random((6, 5, 4)).astype(dtype)
+    corners = np.array([[0, 0], [3, 1], [5, 7], [1, 7], [4, 0], [2, 3]])
+    crops = resized_crops(maps, (17, 15), corners, (12, 8))
+    assert crops.dtype == dtype and crops.shape == (6, 12, 8)
+    full = resize_maps(maps, (17, 15))
+    for i, (top, left) in enumerate(corners):
+        np.testing.assert_allclose(crops[i], full[i, top:top + 12, left:left + 8],
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
+    with pytest.raises(ValueError, match="would shrink"):
+        resized_crops(maps, (4, 15), corners, (3, 3))

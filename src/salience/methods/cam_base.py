@@ -36,6 +36,7 @@ __all__ = [
     "normalise_by_max",
     "position_sums",
     "resize_maps",
+    "resized_crops",
     "weighted_channel_sum",
 ]
 
@@ -215,6 +216,27 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return upsample()
     with one_blas_thread():  # larger products: one BLAS thread avoids spin-wait contention
         return upsample()
+
+
+def resized_crops(maps: np.ndarray, size: tuple[int, int], corners: np.ndarray,
+                  crop: tuple[int, int]) -> np.ndarray:
+    """``resize_maps(maps, size)[i, top:top + H, left:left + W]`` for each map ``i``
+    with ``corners[i] = (top, left)`` and ``crop = (H, W)``, for upsampling.
+
+    A crop of the separable upsampling keeps only some rows of each axis's
+    resampling matrix: each map is multiplied by its own rows, and no map of
+    the full ``size`` is formed.
+    """
+    (h, w), (height, width) = maps.shape[1:], size
+    if height < h or width < w:
+        raise ValueError(f"resized_crops upsamples: {(h, w)} to {size} would shrink")
+    dtype = maps.dtype if maps.dtype == np.float32 else np.dtype(np.float64)
+    rows = _skimage_upsampling(h, height, dtype)[corners[:, :1] + np.arange(crop[0])]
+    cols = _skimage_upsampling(w, width, dtype)[corners[:, 1:] + np.arange(crop[1])]
+    if crop[0] * w * max(h, crop[1]) < _ONE_THREAD_PRODUCT:
+        return rows @ maps @ cols.transpose(0, 2, 1)
+    with one_blas_thread():
+        return rows @ maps @ cols.transpose(0, 2, 1)
 
 
 # OpenBLAS runs a product of fewer multiply-adds than this on one thread by itself

@@ -13,7 +13,7 @@ from ..model import OUTPUT_LAYER_VALUES, Model
 from ..numeric import as_random_state, one_blas_thread, owner_runs
 from ..schedule import run_rows
 from .base import Method
-from .cam_base import resize_maps
+from .cam_base import resized_crops
 from .masking import apply_masks, image_size
 
 __all__ = ["RISE", "draw_rise_grids", "rise_masks"]
@@ -127,8 +127,4 @@ def rise_masks(grids: np.ndarray, shifts: np.ndarray, size: tuple[int, int]) -> 
     cells of ``ceil(side / grid_size)`` pixels, cropped at its shift."""
     s = grids.shape[1]
     cells = [-(-side // s) for side in size]
-    upsampled = resize_maps(grids, ((s + 1) * cells[0], (s + 1) * cells[1]))
-    out = np.empty((len(grids), *size))
-    for i, (top, left) in enumerate(shifts):
-        out[i] = upsampled[i, top:top + size[0], left:left + size[1]]
-    return out
+    return resized_crops(grids, ((s + 1) * cells[0], (s + 1) * cells[1]), shifts, size)
