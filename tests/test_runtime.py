@@ -23,6 +23,44 @@ def test_retain_freed_memory_applies_on_glibc_and_is_idempotent():
     del block
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux only")
+def test_threads_reuse_the_kept_memory_instead_of_faulting_it_in_again():
+    # A new thread per run (as the row scheduler's helper) allocating and freeing more
+    # than one of glibc's 64 MiB per-thread heaps: without one arena for all threads
+    # every run page-faults its memory in again (~1100 minor faults here).
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, threading
+        import numpy as np
+        from salience.runtime import retain_freed_memory
+        assert retain_freed_memory()
+
+        def work():
+            blocks = [np.ones(8 << 20) for _ in range(3)]  # 3 x 64 MiB
+            del blocks
+
+        faults = []
+        for _ in range(4):
+            thread = threading.Thread(target=work)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            thread.start()
+            thread.join()
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(max(faults[1:]))
+    """)
+    try:
+        is_glibc = hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
+    except OSError:
+        is_glibc = False
+    if not is_glibc:
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert int(out.stdout.strip()) < 100, out.stdout
+
+
 def test_cli_keeps_freed_memory(monkeypatch, tmp_path):
     import salience.runtime
     from salience import cli

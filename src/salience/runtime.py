@@ -25,12 +25,21 @@ __all__ = ["retain_freed_memory", "usable_cores"]
 # mallopt parameters from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 # Blocks below this come from the heap and are reused after free.  It must exceed
 # the largest activation (32 x 32 x 112 x 112 float32 = 51 MiB for Lite0's first
 # layers): a 32 MiB threshold was measured to give no gain at 32 rows per call.
 _MMAP_THRESHOLD = 1 << 30
 # Free memory at the top of the heap kept instead of returned to the system.
 _TRIM_THRESHOLD = 1 << 30
+# Every thread allocates from the main heap, the one whose freed memory is kept.
+# Another thread (the row scheduler's helper, a framework's pool) otherwise gets an
+# arena of its own, made of 64 MiB heaps that glibc unmaps as soon as one is empty,
+# whatever the trim threshold: Blur IG's rows at 224 px, built on the helper,
+# page-faulted 13 MB again on every call once JAX's model was loaded (3247 minor
+# faults a call; 4 with one arena), and its Keras row ran 1.24-1.45x the floor
+# instead of 1.15-1.17x.
+_ARENA_MAX = 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +47,9 @@ def retain_freed_memory() -> bool:
     """Keep freed large blocks in the process for reuse (Linux with glibc only).
 
     Peak memory is unchanged; memory freed after the peak is returned to the
-    system later (or at exit) instead of at once.  Returns whether the setting
+    system later (or at exit) instead of at once.  All threads then allocate
+    from the one heap whose memory is kept (threads started before the call
+    keep their own).  Returns whether the setting
     was applied; elsewhere (macOS, Windows, musl) it does nothing and returns
     ``False``.  Safe to call more than once.
     """
@@ -51,8 +62,9 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return all(mallopt(option, value) for option, value in (
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+        (_M_ARENA_MAX, _ARENA_MAX)))
 
 
 def usable_cores() -> int:
