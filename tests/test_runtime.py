@@ -7,14 +7,20 @@ import pytest
 from salience.runtime import retain_freed_memory
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux only")
-def test_retain_freed_memory_applies_on_glibc_and_is_idempotent():
+def _is_glibc() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        is_glibc = hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
+        return hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
     except OSError:
-        is_glibc = False
-    if not is_glibc:
-        pytest.skip("not glibc")
+        return False
+
+
+needs_glibc = pytest.mark.skipif(not _is_glibc(), reason="mallopt is glibc's (Linux)")
+
+
+@needs_glibc
+def test_retain_freed_memory_applies_on_glibc_and_is_idempotent():
     assert retain_freed_memory() is True
     assert retain_freed_memory() is True
     # Large arrays still allocate, fill and free normally afterwards.
@@ -23,7 +29,7 @@ def test_retain_freed_memory_applies_on_glibc_and_is_idempotent():
     del block
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux only")
+@needs_glibc
 def test_threads_reuse_the_kept_memory_instead_of_faulting_it_in_again():
     # A new thread per run (as the row scheduler's helper) allocating and freeing more
     # than one of glibc's 64 MiB per-thread heaps: without one arena for all threads
@@ -50,12 +56,6 @@ def test_threads_reuse_the_kept_memory_instead_of_faulting_it_in_again():
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         print(max(faults[1:]))
     """)
-    try:
-        is_glibc = hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
-    except OSError:
-        is_glibc = False
-    if not is_glibc:
-        pytest.skip("not glibc")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert int(out.stdout.strip()) < 100, out.stdout
