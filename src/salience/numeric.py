@@ -1,9 +1,9 @@
 """Numeric helpers shared across methods and metrics.
 
 Probabilities from model outputs, sums by owner over sorted rows, row-wise dot
-products, areas under curves, random number sources and normal draws, the top eigenpair of
-symmetric matrices, and single-threaded BLAS for code that makes many small
-BLAS calls.
+products, areas under curves, random number sources and normal draws, the top
+eigenpair of symmetric matrices, and single-threaded BLAS for code that makes
+many small BLAS calls.
 """
 
 from __future__ import annotations

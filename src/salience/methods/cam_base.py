@@ -146,7 +146,7 @@ def weighted_channel_sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     n, k, h, w = values.shape
     # one small matrix product per row (BLAS): 2x einsum's speed on the tiny CNN's
     # 32 x 16 x 16 x 16 layer and on EfficientNet-Lite0's 1280 x 7 x 7
-    with _kernel_threads(values):
+    with _one_blas_thread_unless(values[0].size < _ONE_THREAD_GEMV):
         return (weights[:, None, :] @ values.reshape(n, k, h * w)).reshape(n, h, w)
 
 
@@ -154,23 +154,22 @@ def position_sums(a: np.ndarray) -> np.ndarray:
     """``sum_ij a[n, k, i, j]``: each channel summed over the positions, ``(n, k)``."""
     n, k, h, w = a.shape
     # a product with ones (BLAS): 4x numpy's sum over 16 x 16 positions
-    with _kernel_threads(a):
+    with _one_blas_thread_unless(a[0].size < _ONE_THREAD_GEMV):
         return a.reshape(n, k, h * w) @ np.ones(h * w, dtype=a.dtype)
 
 
-def _kernel_threads(layer: np.ndarray) -> contextlib.AbstractContextManager[None]:
-    """One BLAS thread for the products over a layer of ``(n, k, h, w)`` rows
-    whose matrices are large enough for OpenBLAS to use its threads (which then
-    contend with the model's); smaller ones run on one thread by themselves
-    and skip the few microseconds the thread limit costs."""
-    if layer[0].size < _ONE_THREAD_GEMV:
-        return contextlib.nullcontext()
-    return one_blas_thread()
+def _one_blas_thread_unless(small: bool) -> contextlib.AbstractContextManager[None]:
+    """One BLAS thread for a product large enough for OpenBLAS to wake its threads
+    (which then contend with the model's); a ``small`` one runs on one thread by
+    itself and skips the few microseconds the thread limit costs."""
+    return contextlib.nullcontext() if small else one_blas_thread()
 
 
-# OpenBLAS runs a matrix-vector product of fewer values than this on one thread
-# by itself (its threshold, 2304 x 4).
+# OpenBLAS runs a product on one thread by itself below these sizes: a
+# matrix-vector product of fewer values than 2304 x 4, a matrix product of fewer
+# multiply-adds than 65536 x 4 (its thresholds).
 _ONE_THREAD_GEMV = 2304 * 4
+_ONE_THREAD_PRODUCT = 1 << 18
 
 
 def finish_maps(
@@ -204,18 +203,11 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
         return skimage_resize(maps, (len(maps), *size))
     # Upsampling is separable and linear: two small matrices reproduce
-    # scikit-image's bilinear zoom exactly, at a fraction of its cost; float32 maps
-    # stay float32 (half the bytes, the maps' own precision).
-    dtype = maps.dtype if maps.dtype == np.float32 else np.dtype(np.float64)
-
-    def upsample() -> np.ndarray:
+    # scikit-image's bilinear zoom exactly, at a fraction of its cost.
+    dtype = _upsampling_dtype(maps)
+    with _one_blas_thread_unless(height * w * max(h, width) < _ONE_THREAD_PRODUCT):
         return (_skimage_upsampling(h, height, dtype) @ maps
                 @ _skimage_upsampling(w, width, dtype).T)
-
-    if height * w * max(h, width) < _ONE_THREAD_PRODUCT:
-        return upsample()
-    with one_blas_thread():  # larger products: one BLAS thread avoids spin-wait contention
-        return upsample()
 
 
 def resized_crops(maps: np.ndarray, size: tuple[int, int], corners: np.ndarray,
@@ -230,18 +222,17 @@ def resized_crops(maps: np.ndarray, size: tuple[int, int], corners: np.ndarray,
     (h, w), (height, width) = maps.shape[1:], size
     if height < h or width < w:
         raise ValueError(f"resized_crops upsamples: {(h, w)} to {size} would shrink")
-    dtype = maps.dtype if maps.dtype == np.float32 else np.dtype(np.float64)
+    dtype = _upsampling_dtype(maps)
     rows = _skimage_upsampling(h, height, dtype)[corners[:, :1] + np.arange(crop[0])]
     cols = _skimage_upsampling(w, width, dtype)[corners[:, 1:] + np.arange(crop[1])]
-    if crop[0] * w * max(h, crop[1]) < _ONE_THREAD_PRODUCT:
-        return rows @ maps @ cols.transpose(0, 2, 1)
-    with one_blas_thread():
+    with _one_blas_thread_unless(crop[0] * w * max(h, crop[1]) < _ONE_THREAD_PRODUCT):
         return rows @ maps @ cols.transpose(0, 2, 1)
 
 
-# OpenBLAS runs a product of fewer multiply-adds than this on one thread by itself
-# (its SMP threshold, 65536 x 4): small maps need not pay for the thread limit.
-_ONE_THREAD_PRODUCT = 1 << 18
+def _upsampling_dtype(maps: np.ndarray) -> np.dtype:
+    """float32 maps stay float32 (half the bytes, the maps' own precision); any
+    other dtype is resampled in float64."""
+    return maps.dtype if maps.dtype == np.float32 else np.dtype(np.float64)
 
 
 @functools.lru_cache(maxsize=16)

@@ -259,8 +259,8 @@ class NoiseRows:
                 out[a:b] = x[i] + self.rng.normal(0, scale, (b - a, *shape))
                 continue
             z = standard_normal_rows(self.rng, b - a, x[i].size).reshape(b - a, *shape)
-            rows = out[a:b]
-            np.multiply(z, x.dtype.type(scale), out=rows)  # float32 draws, exact in float64
-            rows += x[i]
+            copies = out[a:b]
+            np.multiply(z, x.dtype.type(scale), out=copies)  # float32 draws, exact in float64
+            copies += x[i]
         self.next_row = stop
         return out
