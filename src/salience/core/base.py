@@ -95,19 +95,20 @@ def smooth_get_mask(
     x_value = np.asarray(x_value)
     stdev = stdev_spread * (np.max(x_value) - np.min(x_value))
 
-    def sample() -> tuple[np.ndarray, np.ndarray]:
+    def sample() -> np.ndarray:
         mask = np.asarray(get_mask(x_value + np.random.normal(0, stdev, x_value.shape)))
-        return mask, (mask * mask if magnitude else mask).astype(np.float64)
+        return mask * mask if magnitude else mask
 
-    first, total = sample()
+    first = sample()
+    total = first.astype(np.float64)
     for _ in range(nsamples - 1):
-        _, term = sample()
+        term = sample()
         if term.shape != total.shape:
             raise ValueError(
                 f"GetMask returned masks of shape {total.shape} and then {term.shape} for "
                 f"noisy copies of one input of shape {x_value.shape}; it must return one shape"
             )
-        total += term
+        total += term  # cast while adding: no float64 copy of every term
     return (total / nsamples).astype(np.result_type(first.dtype, np.float32))
 
 
