@@ -93,9 +93,7 @@ def run_rows(
     function runs one call at a time, in chunk order, and the results are
     the same; ``make_rows`` must return a fresh array and keep no state that
     ``consume`` reads (chunk ``k + 1`` may be built before chunk ``k`` is
-    consumed), and state is handed on by chunk start.  The first chunk
-    (``start == 0``) is always built before the model's first call, with
-    nothing of this run beside it.
+    consumed), and state is handed on by chunk start.
 
     Parameters
     ----------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -277,10 +276,8 @@ class _BlurPath:
         index = np.arange(start, stop)
         owners, levels = self.owners[index], index % self.steps
         k_h, k_w = self._pair(levels, "at")
-        # Later chunks are built beside the model: one BLAS thread avoids spin-wait
-        # contention with its threads.  The first is built before the model's first
-        # call (run_rows), when every core is free: it is the work the model waits for.
-        with contextlib.nullcontext() if start == 0 else one_blas_thread():
+        # Many small products: one BLAS thread avoids spin-wait contention.
+        with one_blas_thread():
             points, along_h = blurred_rows(self.images, owners, k_h, k_w)
         self.first_pass[start] = (owners, levels, along_h)
         return np.ascontiguousarray(self.to_model_layout(points))
