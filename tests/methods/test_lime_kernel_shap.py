@@ -155,6 +155,26 @@ def test_cosine_kernel_equals_the_cosine_of_the_masked_copies(baseline):
         assert got[0] == pytest.approx(np.exp(-1 / (2 * 0.8**2)))  # zero copy: similarity 0
 
 
+@pytest.mark.parametrize("baseline", [0.0, 0.7])
+def test_cosine_kernel_of_coalitions_equals_that_of_their_pixel_masks(baseline):
+    # What LIME computes per row: the kernel from K per-feature sums instead of
+    # H x W per-pixel ones; the same numbers up to summation order.
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(6, 7, 3))
+    labels = rng.integers(0, 5, size=(6, 7))
+    labels[0, :5] = np.arange(5)  # every feature present
+    coalitions = rng.integers(0, 2, size=(9, 5)).astype(np.int8)
+    coalitions[0] = 0
+    squares, sums = (image**2).sum(-1).ravel(), image.sum(-1).ravel()
+    by_pixel = cosine_kernel(squares, sums, 3, baseline,
+                             coalitions[:, labels].reshape(9, -1), 0.8)
+    flat = labels.ravel()
+    by_feature = cosine_kernel(np.bincount(flat, squares), np.bincount(flat, sums), 3, baseline,
+                               coalitions, 0.8, np.bincount(flat))
+    np.testing.assert_allclose(by_feature, by_pixel, rtol=1e-12)
+    assert len(np.unique(by_pixel.round(12))) > 3  # the coalitions give different weights
+
+
 # ----------------------------------------------------------------- Captum
 
 torch = pytest.importorskip("torch")

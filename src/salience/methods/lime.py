@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_nonnegative, check_positive_int
-from ..numeric import one_blas_thread, owner_runs
+from ..numeric import one_blas_thread
 from .surrogate import SurrogateMethod
 
 __all__ = ["LIME", "cosine_kernel", "weighted_lasso"]
@@ -66,22 +66,25 @@ class LIME(SurrogateMethod):
     def _draw(self, rng: Any, n_features: int) -> np.ndarray:
         return (rng.uniform(size=(self.n_samples, n_features)) < 0.5).astype(np.int8)
 
-    def _per_image(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        # Per pixel, the sums over channels of x^2 and x: enough for the cosine of
-        # the image with any masked copy of it, without forming the copy.
-        values = images.astype(np.float64).reshape(len(images), -1, images.shape[-1])
-        return (values**2).sum(axis=2), values.sum(axis=2), images.shape[-1]
+    def _per_image(self, images: np.ndarray, labels: list[np.ndarray]) -> list[tuple]:
+        # Per feature, the sums over its pixels and channels of x^2 and x, and its
+        # pixel count: enough for the cosine of the image with the copy a
+        # coalition makes, without forming the copy (see cosine_kernel).
+        channels = images.shape[-1]
+        stats = []
+        for image, label in zip(images, labels):
+            values = image.astype(np.float64).reshape(-1, channels)
+            flat, k = label.ravel(), int(label.max()) + 1
+            squares, sums, pixels = (np.bincount(flat, weights=w, minlength=k) for w in
+                                     ((values**2).sum(axis=1), values.sum(axis=1), None))
+            stats.append((squares, sums, channels, pixels))
+        return stats
 
-    def _row_weights(self, per_image: tuple[np.ndarray, np.ndarray, int], owners: np.ndarray,
-                     masks: np.ndarray) -> np.ndarray:
-        squares, sums, channels = per_image
-        masks = masks.reshape(len(masks), -1)
-        weights = np.empty(len(masks))
-        for a, b in owner_runs(owners):  # rows come in runs of one image each
-            i = owners[a]
-            weights[a:b] = cosine_kernel(squares[i], sums[i], channels, self.baseline,
-                                         masks[a:b], self.kernel_width)
-        return weights
+    def _row_weights(self, per_image: list[tuple], image: int,
+                     coalitions: np.ndarray) -> np.ndarray:
+        squares, sums, channels, pixels = per_image[image]
+        return cosine_kernel(squares, sums, channels, self.baseline, coalitions,
+                             self.kernel_width, pixels)
 
     def _fit(self, coalitions: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         coefficients, _ = weighted_lasso(coalitions, scores, weights, self.alpha,
@@ -90,7 +93,8 @@ class LIME(SurrogateMethod):
 
 
 def cosine_kernel(squares: np.ndarray, sums: np.ndarray, channels: int, baseline: float,
-                  masks: np.ndarray, width: float) -> np.ndarray:
+                  masks: np.ndarray, width: float, pixels: np.ndarray | None = None
+                  ) -> np.ndarray:
     """``exp(-d^2 / (2 width^2))`` of the cosine distance ``d`` between an image and
     each of its masked copies ``baseline + (x - baseline) * mask`` (a zero vector
     has cosine similarity 0 with anything).
@@ -98,13 +102,19 @@ def cosine_kernel(squares: np.ndarray, sums: np.ndarray, channels: int, baseline
     The image is given by its per-pixel sums over its ``channels`` of ``x^2``
     (``squares``) and of ``x`` (``sums``), the copies by their pixel ``masks``
     ``(n_copies, n_pixels)``; the dot product and the norms are expanded in
-    those sums, so no copy is formed: three matrix-vector products.
+    those sums, so no copy is formed: three matrix-vector products.  With
+    ``pixels`` (each unit's pixel count), the units are features instead of
+    pixels: ``squares`` and ``sums`` are summed over each feature's pixels and
+    ``masks`` hold one value per feature (a coalition), which is the same
+    expansion over K features instead of H x W pixels.
     """
     b, c = baseline, channels
+    per_unit = np.ones(masks.shape[1]) if pixels is None else np.asarray(pixels, np.float64)
+    masks = masks.astype(np.float64, copy=False)
     with one_blas_thread():  # products over one image's pixels: threads only contend
         dots = b * sums.sum() + masks @ (squares - b * sums)
-        masked_squares = (c * b * b * masks.shape[1] + 2 * b * (masks @ (sums - c * b))
-                          + (masks * masks) @ (squares - 2 * b * sums + c * b * b))
+        masked_squares = (c * b * b * per_unit.sum() + 2 * b * (masks @ (sums - c * b * per_unit))
+                          + (masks * masks) @ (squares - 2 * b * sums + c * b * b * per_unit))
     norms = np.sqrt(squares.sum()) * np.sqrt(np.maximum(masked_squares, 0))
     similarity = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     return np.exp(-((1 - similarity) ** 2) / (2 * width**2))

@@ -32,10 +32,11 @@ class SurrogateMethod(Method):
 
     Subclasses implement ``_draw(rng, n_features)`` (coalitions, an ``(S, K)``
     0/1 array) and ``_fit(coalitions, scores, weights)`` (one coefficient per
-    feature), and may override ``_per_image(images)`` (anything computed once
-    per channels-last image) and ``_row_weights(per_image, owners, masks)`` (one
-    weight per coalition row from its image's and its ``(H, W)`` mask; default
-    None, all alike).
+    feature), and may override ``_per_image(images, labels)`` (anything computed
+    once per channels-last image and its ``(H, W)`` feature labels) and
+    ``_row_weights(per_image, image, coalitions)`` (one weight per coalition
+    row of one image, from that image's ``per_image`` and the row's coalition;
+    default None, all alike).
 
     Parameters
     ----------
@@ -111,19 +112,20 @@ class SurrogateMethod(Method):
         owners = np.repeat(np.arange(n), per_image)
         scores = np.empty(n * per_image)
         weights = np.ones(n * per_image)
-        per_image_stats = self._per_image(to_channels_last(x, is_last))
+        per_image_stats = self._per_image(to_channels_last(x, is_last), labels)
 
         def make_rows(start: int, stop: int) -> np.ndarray:
             index = np.arange(start, stop)
             samples = index % per_image
             row_owners = owners[index]
-            masks = np.empty((stop - start, *size))
+            masks = np.empty((stop - start, *size), dtype=x.dtype)  # the rows' precision
             for a, b in owner_runs(row_owners):  # one gather per image, not per row
                 i = row_owners[a]
-                masks[a:b] = designs[i][samples[a:b]][:, labels[i]]
-            row_weights = self._row_weights(per_image_stats, row_owners, masks)
-            if row_weights is not None:
-                weights[start:stop] = row_weights
+                coalition_rows = designs[i][samples[a:b]]
+                masks[a:b] = coalition_rows[:, labels[i]]
+                row_weights = self._row_weights(per_image_stats, i, coalition_rows)
+                if row_weights is not None:
+                    weights[start + a:start + b] = row_weights
             return apply_masks(x[row_owners], masks, is_last, self.baseline)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
@@ -169,11 +171,12 @@ class SurrogateMethod(Method):
     def _fit(self, coalitions: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _per_image(self, images: np.ndarray) -> Any:
+    def _per_image(self, images: np.ndarray, labels: list[np.ndarray]) -> Any:
         return None
 
-    def _row_weights(self, per_image: Any, owners: np.ndarray,
-                     masks: np.ndarray) -> np.ndarray | None:
+    def _row_weights(self, per_image: Any, image: int,
+                     coalitions: np.ndarray) -> np.ndarray | None:
+        """Weights of coalition rows ``(m, K)`` of image ``image`` (None: all alike)."""
         return None
 
 
