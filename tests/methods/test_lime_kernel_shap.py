@@ -10,6 +10,7 @@ import pytest
 import salience
 from salience.methods.kernel_shap import draw_shapley_coalitions
 from salience.methods.lime import cosine_kernel, weighted_lasso
+from salience.model import OUTPUT_LAYER_VALUES
 
 SQUARES = (np.arange(8)[:, None] // 2) * 4 + np.arange(8)[None, :] // 2  # 16 2x2 features
 
@@ -107,6 +108,40 @@ def test_batch_size_and_batching_images_do_not_change_maps(analytic, images):
             analytic, images[i:i + 1], 1)
         np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-9, atol=1e-12)
     assert analytic.calls == 3
+
+
+class SquaredSum:
+    """score(x) = (w . x)^2: not additive over features, so the fit depends on the
+    coalitions drawn (an additive model gets its exact answer from any of them)."""
+
+    channels_last = True
+
+    def __init__(self, shape=(8, 8, 3)):
+        self.w = np.random.default_rng(5).normal(size=int(np.prod(shape)))
+
+    def __call__(self, x, targets, keys):
+        return {OUTPUT_LAYER_VALUES: (x.reshape(len(x), -1) @ self.w) ** 2}
+
+
+@pytest.mark.parametrize("cls", [salience.LIME, salience.KernelSHAP])
+def test_drawn_coalitions_come_from_one_stream_in_image_order(cls, images):
+    # Each image's features and coalitions are made when its first row is built
+    # (beside the model's calls for earlier images): the draws must still be those
+    # of one stream taken image after image, on each image's own superpixels.
+    from salience.methods.surrogate import superpixels
+    from salience.numeric import as_random_state
+
+    analytic = SquaredSum()
+    extra = {"alpha": 0.0} if cls is salience.LIME else {}
+    method = cls(n_samples=40, n_segments=6, seed=7, batch_size=9, **extra)
+    together = method.explain(analytic, images, None)
+    rng = as_random_state(7)
+    for i, labels in enumerate(superpixels(images, 6)):
+        design = method._draw(rng, len(np.unique(labels)))
+        alone = cls(feature_mask=labels, coalitions=design, batch_size=64, **extra).explain(
+            analytic, images[i:i + 1], None)
+        assert np.abs(alone).max() > 0
+        np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-9, atol=1e-12)
 
 
 def test_default_features_are_slic_superpixels(analytic, images):

@@ -66,23 +66,19 @@ class LIME(SurrogateMethod):
     def _draw(self, rng: Any, n_features: int) -> np.ndarray:
         return (rng.uniform(size=(self.n_samples, n_features)) < 0.5).astype(np.int8)
 
-    def _per_image(self, images: np.ndarray, labels: list[np.ndarray]) -> list[tuple]:
+    def _image_stats(self, image: np.ndarray, labels: np.ndarray) -> tuple:
         # Per feature, the sums over its pixels and channels of x^2 and x, and its
         # pixel count: enough for the cosine of the image with the copy a
         # coalition makes, without forming the copy (see cosine_kernel).
-        channels = images.shape[-1]
-        stats = []
-        for image, label in zip(images, labels):
-            values = image.astype(np.float64).reshape(-1, channels)
-            flat, k = label.ravel(), int(label.max()) + 1
-            squares, sums, pixels = (np.bincount(flat, weights=w, minlength=k) for w in
-                                     ((values**2).sum(axis=1), values.sum(axis=1), None))
-            stats.append((squares, sums, channels, pixels))
-        return stats
+        channels = image.shape[-1]
+        values = image.astype(np.float64).reshape(-1, channels)
+        flat, k = labels.ravel(), int(labels.max()) + 1
+        squares, sums, pixels = (np.bincount(flat, weights=w, minlength=k) for w in
+                                 ((values**2).sum(axis=1), values.sum(axis=1), None))
+        return squares, sums, channels, pixels
 
-    def _row_weights(self, per_image: list[tuple], image: int,
-                     coalitions: np.ndarray) -> np.ndarray:
-        squares, sums, channels, pixels = per_image[image]
+    def _row_weights(self, stats: tuple, coalitions: np.ndarray) -> np.ndarray:
+        squares, sums, channels, pixels = stats
         return cosine_kernel(squares, sums, channels, self.baseline, coalitions,
                              self.kernel_width, pixels)
 
