@@ -107,7 +107,7 @@ def cosine_kernel(squares: np.ndarray, sums: np.ndarray, channels: int, baseline
     b, c = baseline, channels
     per_unit = np.ones(masks.shape[1]) if pixels is None else np.asarray(pixels, np.float64)
     masks = masks.astype(np.float64, copy=False)
-    with one_blas_thread():  # products over one image's pixels: threads only contend
+    with one_blas_thread():  # products over one image's pixels or features: threads only contend
         dots = b * sums.sum() + masks @ (squares - b * sums)
         masked_squares = (c * b * b * per_unit.sum() + 2 * b * (masks @ (sums - c * b * per_unit))
                           + (masks * masks) @ (squares - 2 * b * sums + c * b * b * per_unit))
