@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_nonnegative
+from ..numeric import all_finite
 from .cam_base import GradientCAMMethod, position_sums, weighted_channel_sum
 
 __all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
@@ -63,8 +64,10 @@ def grad_cam_plus_plus_weights(values: np.ndarray, grads: np.ndarray, eps: float
     denominator += eps
     numerator = np.maximum(grads, 0)
     numerator *= g2
-    defined = denominator != 0
-    np.divide(numerator, denominator, out=numerator, where=defined)
-    if not defined.all():  # alpha = 0 there (g = 0 makes it 0 already)
-        numerator *= defined
+    # A plain division (numpy's masked one is element by element); a zero denominator
+    # leaves inf or nan, where alpha is 0 by definition.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(numerator, denominator, out=numerator)
+    if not all_finite(numerator):
+        numerator[denominator == 0] = 0
     return position_sums(numerator)
