@@ -280,17 +280,20 @@ def test_magnitude_keeps_its_pair_default_and_meaning():
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 @pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("aggregation", ["mean", "squaregrad"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size, legacy,
-                                                               aggregation, analytic, images):
+                                                               aggregation, dtype, analytic,
+                                                               images):
     # Over a method that maps each row from its own outputs, SmoothGrad draws the noise
     # chunk by chunk as rows are built: the same numbers as all copies drawn first,
-    # their maps computed and then averaged.
+    # their maps computed and then averaged (in float64 too, where a different order of
+    # the additions would show in the last bits).
     from salience.methods.smoothgrad import aggregate_samples, draw_noise
 
     def rng():
         return np.random.RandomState(7) if legacy else np.random.default_rng(7)
 
-    x = images.astype(np.float32)
+    x = images.astype(dtype)
     method = getattr(salience, inner)(batch_size=batch_size)
     options = {"magnitude": True} if aggregation == "mean" else {"aggregation": aggregation}
     streamed = salience.SmoothGrad(method, nsamples=5, seed=rng(), **options).explain(
