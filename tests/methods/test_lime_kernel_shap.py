@@ -124,6 +124,26 @@ class SquaredSum:
 
 
 @pytest.mark.parametrize("cls", [salience.LIME, salience.KernelSHAP])
+def test_one_feature_mask_per_image(cls, images):
+    # (n, H, W) masks: image i is explained on its own mask, as if alone.
+    model = SquaredSum()
+    z = (np.random.default_rng(6).uniform(size=(30, 16)) < 0.5).astype(int)
+    z[0], z[1] = 1, 0  # the image and the baseline, which Kernel SHAP needs
+    masks = np.stack([SQUARES, SQUARES.T, 15 - SQUARES])
+    extra = {"alpha": 0.0} if cls is salience.LIME else {}
+    together = cls(feature_mask=masks, coalitions=z, batch_size=7, **extra).explain(
+        model, images, None)
+    for i in range(3):
+        alone = cls(feature_mask=masks[i], coalitions=z, batch_size=64, **extra).explain(
+            model, images[i:i + 1], None)
+        assert np.abs(alone).max() > 0
+        np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-9, atol=1e-12)
+    shared = cls(feature_mask=SQUARES, coalitions=z, batch_size=7, **extra).explain(
+        model, images, None)
+    assert not np.allclose(together[1], shared[1])  # image 1 did use its own mask
+
+
+@pytest.mark.parametrize("cls", [salience.LIME, salience.KernelSHAP])
 def test_drawn_coalitions_come_from_one_stream_in_image_order(cls, images):
     # Each image's features and coalitions are made when its first row is built
     # (beside the model's calls for earlier images): the draws must still be those
