@@ -23,7 +23,8 @@ from salience.model import (
 class LayerModel:
     """A 'layer' A = tanh(2x2-pooled x @ mix), shape (n, h, w, k), and the score
     sum(w_t * A + v_t * A^2 / 2), so dscore/dA = w_t + v_t * A varies by position.
-    Channels first when asked; counts calls and rows."""
+    Channels first when asked (then contiguous (n, k, h, w) arrays, as PyTorch's
+    default memory order); counts calls and rows."""
 
     def __init__(self, channels_last=True, k=5, seed=0):
         rng = np.random.default_rng(seed)
@@ -50,7 +51,7 @@ class LayerModel:
                CONVOLUTION_LAYER_VALUES: a, CONVOLUTION_OUTPUT_GRADIENTS: w + v * a}
         if not self.channels_last:
             for key in (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS):
-                out[key] = np.moveaxis(out[key], -1, 1)
+                out[key] = np.ascontiguousarray(np.moveaxis(out[key], -1, 1))
         return {key: out[key] for key in keys}
 
 
@@ -120,17 +121,19 @@ BY_HAND = {
 }
 
 
-# 5 channels on 6 x 5 positions, and 40: the kernels' arrays are then laid out
-# channels last in memory (see cam_base.layer_arrays).
+# 5 channels on 6 x 5 positions, and 40; the kernels see the layer as (n, k, h, w)
+# views of either memory order (see cam_base.layer_arrays).
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc-memory", "nchw-memory"])
 @pytest.mark.parametrize("k", [5, 40])
 @pytest.mark.parametrize("name", list(BY_HAND))
-def test_raw_maps_follow_the_papers_formulas(name, k, x):
+def test_raw_maps_follow_the_papers_formulas(name, k, channels_last, x):
     make, by_hand = BY_HAND[name]
-    model = LayerModel(k=k)
-    cams = make().explain(model, x, TARGETS)
+    model = LayerModel(channels_last=channels_last, k=k)
+    images = x if channels_last else np.moveaxis(x, -1, 1)
+    cams = make().explain(model, images, TARGETS)
     assert cams.shape == (4, 6, 5)
     for i in range(4):
-        expected = by_hand(*_layer(model, x[i], TARGETS[i]))
+        expected = by_hand(*_layer(LayerModel(k=k), x[i], TARGETS[i]))
         np.testing.assert_allclose(cams[i], expected, rtol=1e-10, atol=1e-12)
     assert (cams >= 0).all() and (cams > 0).any()
 

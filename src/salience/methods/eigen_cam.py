@@ -6,7 +6,7 @@ import numpy as np
 
 from ..model import CONVOLUTION_LAYER_VALUES
 from ..numeric import one_blas_thread, top_eigenpairs
-from .cam_base import CAMMethod
+from .cam_base import CAMMethod, position_sums
 
 __all__ = ["EigenCAM", "principal_projection"]
 
@@ -52,8 +52,10 @@ def principal_projection(values: np.ndarray) -> np.ndarray:
     """
     n, k, h, w = values.shape
     positions = values.reshape(n, k, h * w).transpose(0, 2, 1)  # (n, positions, channels)
-    centred = positions - positions.mean(axis=1, keepdims=True)
-    with one_blas_thread():  # small LAPACK calls: threads only contend
+    # Means and totals as matrix-vector products, which run at the same speed in
+    # either memory order of the layer (numpy's sums along a short axis do not).
+    centred = positions - (position_sums(values) / (h * w))[:, None, :]
+    with one_blas_thread():  # small LAPACK calls and products: threads only contend
         if h * w <= k:
             # centred @ v1 = s1 * u1, and u1 is the top eigenvector of centred @ centred.T
             eigenvalue, u1 = top_eigenpairs(centred @ centred.transpose(0, 2, 1))
@@ -61,8 +63,8 @@ def principal_projection(values: np.ndarray) -> np.ndarray:
         else:
             _, v1 = top_eigenpairs(centred.transpose(0, 2, 1) @ centred)
             projection = np.matmul(centred, v1[:, :, None])[:, :, 0]
-    # Sign: positive correlation with each position's centred total activation.
-    totals = centred.sum(axis=2)
+        # Sign: positive correlation with each position's centred total activation.
+        totals = centred @ np.ones(k, dtype=centred.dtype)
     flip = np.einsum("np,np->n", projection, totals) < 0
     projection[flip] *= -1
     return projection.reshape(n, h, w)
