@@ -298,7 +298,7 @@ def test_kth_smallest_of_short_rows(features):
     np.testing.assert_array_equal(kth_smallest(values, k)[:, 0], expected)
 
 
-# ------------------------------------------------ long rows: the walk in two halves
+# ------------------------------------- long rows, many rows: the walk in two halves
 
 
 def test_long_rows_walk_in_two_halves_with_the_same_maps(model_classes):
@@ -319,9 +319,27 @@ def test_long_rows_walk_in_two_halves_with_the_same_maps(model_classes):
     np.testing.assert_allclose(batch.reshape(3, -1).sum(axis=1), gap, rtol=0.1)
 
 
+def test_many_short_rows_walk_in_two_halves_with_the_same_maps(model_classes):
+    # 24 rows of 32 x 32 x 3 fit one group but hold 2**16 features or more: halved,
+    # each step one call per half of 12 rows; each map equals its input alone.
+    shape = (32, 32, 3)
+    model = model_classes[0](shape=shape, seed=2)
+    x = np.random.default_rng(1).normal(size=(24, *shape))
+    targets = np.arange(24) % 3
+    method = salience.GuidedIG(steps=5, batch_size=32)
+    batch = method.explain(model, x, targets)
+    assert model.calls == 5 * 2
+    assert model.rows == 5 * 24
+    for i in (0, 11, 12, 23):
+        single = method.explain(model, x[i : i + 1], targets[i : i + 1])
+        np.testing.assert_allclose(batch[i], single[0], rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.threading
-@pytest.mark.parametrize("shape, beside", [((160, 160, 3), True), ((8, 8, 3), False)])
-def test_only_long_rows_select_on_a_helper_thread(model_classes, shape, beside):
+@pytest.mark.parametrize("shape, rows, beside", [
+    ((160, 160, 3), 2, True), ((32, 32, 3), 24, True), ((32, 32, 3), 16, False),
+    ((8, 8, 3), 2, False)])
+def test_only_long_rows_select_on_a_helper_thread(model_classes, shape, rows, beside):
     inner = model_classes[0](shape=shape, seed=2)
     helpers_seen = []
 
@@ -330,8 +348,8 @@ def test_only_long_rows_select_on_a_helper_thread(model_classes, shape, beside):
                                 for t in threading.enumerate()))
         return inner(x, targets, keys)
 
-    x = np.random.default_rng(1).normal(size=(2, *shape))
-    salience.GuidedIG(steps=4).explain(model, x, [0, 1])
+    x = np.random.default_rng(1).normal(size=(rows, *shape))
+    salience.GuidedIG(steps=4).explain(model, x, np.arange(rows) % 2)
     assert any(helpers_seen) == beside
     assert not any(t.name.startswith("salience") for t in threading.enumerate())
 
