@@ -224,6 +224,18 @@ def test_score_cam_masks_scale_channels_to_the_unit_interval_and_damp_noise():
     assert masks[2].max() < 1e-3  # rounding-noise channel: not stretched to [0, 1]
 
 
+def test_score_cam_weights_are_a_softmax_that_cannot_overflow():
+    from salience.methods.score_cam import score_cam_weights
+
+    scores = np.array([[0.0, 1.0, 2.0], [1000.0, 999.0, -1000.0]])
+    weights = score_cam_weights(scores)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-15)
+    e = np.exp([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(weights[0], e / e.sum(), rtol=1e-15)
+    np.testing.assert_allclose(weights[1], [1 / (1 + math.exp(-1)), 1 / (1 + math.e), 0],
+                               rtol=1e-15, atol=1e-300)
+
+
 def _bilinear(img, size, align_corners):
     """PyTorch's bilinear upsampling, one output pixel at a time."""
     h, w = img.shape
