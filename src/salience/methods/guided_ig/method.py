@@ -31,11 +31,12 @@ class GuidedIG(PathsFromBaselines):
     All inputs (and baselines) walk their paths in lockstep: each path step is
     one schedule in which every input's current point is a row, so a batch of
     ``n`` small inputs costs ``steps`` model calls when ``batch_size >= n``.
-    Rows of more than 2**17 features in all (two inputs of 3 x 224 x 224, or
-    43 of 3 x 32 x 32) walk in two halves that alternate with the model: each
-    half's feature selection runs on a helper thread while the model computes
-    the other half's gradients, so such a batch costs ``2 * steps`` calls of
-    half the rows, and its selection costs no model time when a core is free.
+    Two or more rows of 2**16 features or more in all (two inputs of
+    3 x 224 x 224, or 22 of 3 x 32 x 32) walk in two halves that alternate
+    with the model: each half's feature selection runs on a helper thread
+    while the model computes the other half's gradients, so such a batch
+    costs ``2 * steps`` calls of half the rows, and its selection costs no
+    model time when a core is free.
     The halves depend on the shapes only, never on timing.  The path is kept
     in float64 as in PAIR ``saliency``.  An input equal to its baseline gets a
     zero map and sends no rows.
