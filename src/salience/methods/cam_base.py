@@ -7,11 +7,12 @@ and finishes the maps the same way: scaled by their maximum and resized to the
 input (bilinear), optionally repeated over the input's channels.
 
 The pure functions here and in each method's file take the layer as
-``(n, channels, h, w)`` arrays (:func:`layer_arrays` views any layout so,
-without a copy), so they read like the papers' sums over channels ``k`` and
-positions ``(i, j)``.  They compute in the layer's precision: a float64 layer stays
-float64, any other becomes float32 (such a layer holds no more than float32's
-precision, and the passes over it then move half the bytes).
+``(n, channels, h, w)`` arrays (:func:`layer_arrays` gives any layout that
+shape as a view, without a copy), so they read like the papers' sums over
+channels ``k`` and positions ``(i, j)``.  They compute in the layer's
+precision: a float64 layer stays float64, any other becomes float32 (such a
+layer holds no more than float32's precision, and the passes over it then move
+half the bytes).
 """
 
 from __future__ import annotations

@@ -74,12 +74,12 @@ def walk_guided_paths(model: Model, paths: GuidedPaths, settings: WalkSettings) 
     """Walk every row's guided path; return its map ``sum_steps grad * dx`` per row.
 
     A single row, or rows of fewer than 2**16 features in all, advance as one
-    group per step, in this thread.  Other rows are split into groups of at
-    most 2**17 features (two when one would do), and the groups into two
-    halves that alternate with the model: one half's selection runs on a
-    helper thread while the model computes the other half's gradients.  The
-    halves depend on the shapes alone, so the model calls (and the maps)
-    never depend on timing.
+    group per step, in this thread.  Other rows are split into groups (at most
+    2**17 features or one row each; two groups when the rows would fit one),
+    and the groups into two halves that alternate with the model: one half's
+    selection runs on a helper thread while the model computes the other
+    half's gradients.  The halves depend on the shapes alone, so the model
+    calls (and the maps) never depend on timing.
     """
     walk = _Walk(model, paths, settings)
     groups = walk.groups
