@@ -26,24 +26,12 @@ BENCH = Path(__file__).resolve().parent
 def _child(methods: list[str], images: int) -> None:
     """Print {label: own ms per row} for ``methods`` (all when empty) as JSON."""
     sys.path.insert(0, str(BENCH))
-    import numpy as np
-    from bench_own_work import BATCH, SIZE, ZeroCostModel, _timed, cases
-    from common import configure_process, photos
+    from bench_own_work import measure_cases, own_work_images
+    from common import configure_process
 
     configure_process(1)
-    x = np.ascontiguousarray(
-        photos(images, SIZE).astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
-    targets = np.arange(images, dtype=np.int64)
-    model = ZeroCostModel(BATCH, x.shape[1:])
     out = {}
-    for method, setting, make in cases(quick=False):
-        if methods and method not in methods:
-            continue
-        explainer = make()
-        model.rows = 0
-        explainer.explain(model, x, targets)
-        rows = model.rows
-        wall, cpu = _timed(lambda m=explainer: m.explain(model, x, targets), 5)
+    for method, setting, rows, wall, cpu in measure_cases(own_work_images(images), 5, methods):
         out[f"{method} ({setting})" if setting else method] = min(wall, cpu) / rows * 1e3
     print(json.dumps(out))
 
