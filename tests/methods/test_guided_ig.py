@@ -339,7 +339,7 @@ def test_many_short_rows_walk_in_two_halves_with_the_same_maps(model_classes):
 @pytest.mark.parametrize("shape, rows, beside", [
     ((160, 160, 3), 2, True), ((32, 32, 3), 24, True), ((32, 32, 3), 16, False),
     ((8, 8, 3), 2, False)])
-def test_only_long_rows_select_on_a_helper_thread(model_classes, shape, rows, beside):
+def test_only_large_batches_select_on_a_helper_thread(model_classes, shape, rows, beside):
     inner = model_classes[0](shape=shape, seed=2)
     helpers_seen = []
 
