@@ -29,7 +29,7 @@ _GROUP_ELEMENTS = 1 << 17
 # Rows of at least this many features in all that fit one group are halved, so
 # the halves take turns with the model.  Below it the halves' numpy calls are
 # too short: their GIL traffic stalls an eager model more than the overlap
-# saves (tiny CNN, 32 px: 24 and 32 images gain 15-20%, 2 to 16 images lose).
+# saves (tiny CNN, 32 px: 24 and 32 images gained 8-20%, 2 to 16 images lost).
 _TWO_LANES_ELEMENTS = 1 << 16
 
 
