@@ -9,6 +9,7 @@ from salience.numeric import (
     normalise01,
     owner_runs,
     row_dots,
+    softmax_rows,
     standard_normal_rows,
     to_probabilities,
     top_eigenpairs,
@@ -26,6 +27,18 @@ def test_to_probabilities_is_stable_and_keeps_probabilities():
 def test_to_probabilities_rejects_other_shapes():
     with pytest.raises(ValueError, match=r"\(n, n_outputs\)"):
         to_probabilities(np.zeros(3))
+
+
+def test_softmax_rows_is_scipys_softmax_and_softmaxes_distributions_too():
+    from scipy.special import softmax
+
+    values = np.random.default_rng(0).normal(size=(4, 1280)) * 30
+    np.testing.assert_array_equal(softmax_rows(values), softmax(values, axis=1))
+    assert np.isfinite(softmax_rows(np.array([[1000.0, 999.0]]))).all()
+    # Unlike to_probabilities, a row that already sums to 1 is not kept as it is.
+    np.testing.assert_allclose(softmax_rows(np.array([[0.2, 0.8]])),
+                               [[1 / (1 + np.exp(0.6)), 1 / (1 + np.exp(-0.6))]], rtol=1e-15)
+    assert softmax_rows(np.ones((2, 3), np.float32)).dtype == np.float32
 
 
 def test_owner_runs_and_add_by_owner():

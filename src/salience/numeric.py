@@ -24,6 +24,7 @@ __all__ = [
     "one_blas_thread",
     "owner_runs",
     "row_dots",
+    "softmax_rows",
     "standard_normal_rows",
     "to_probabilities",
     "top_eigenpairs",
@@ -63,8 +64,14 @@ def to_probabilities(outputs: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected model outputs shaped (n, n_outputs), got {outputs.shape}")
     if (outputs >= 0).all() and np.allclose(outputs.sum(axis=1), 1, atol=1e-4):
         return outputs
-    shifted = outputs - outputs.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
+    return softmax_rows(outputs)
+
+
+def softmax_rows(values: np.ndarray) -> np.ndarray:
+    """Softmax of each row of a 2-D array, in its dtype; shifted by the row's
+    maximum first, so ``exp`` cannot overflow (the same bits as
+    ``scipy.special.softmax(values, axis=1)``, at half its cost per call)."""
+    exp = np.exp(values - values.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
 

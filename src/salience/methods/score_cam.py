@@ -8,7 +8,7 @@ import numpy as np
 
 from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
-from ..numeric import one_blas_thread
+from ..numeric import one_blas_thread, softmax_rows
 from ..schedule import run_rows
 from .base import collect_rows
 from .cam_base import CAMMethod, bilinear_matrix, finish_maps, layer_arrays, weighted_channel_sum
@@ -104,7 +104,4 @@ def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bo
 
 def score_cam_weights(scores: np.ndarray) -> np.ndarray:
     """Softmax over channels of the masked inputs' scores ``(n, k)``."""
-    # Shifted by each row's maximum so exp cannot overflow; scipy.special.softmax
-    # gives the same bits at twice the cost per call.
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax_rows(scores)
