@@ -38,6 +38,7 @@ from common import make_row, photos
 
 import salience
 from salience import registry
+from salience._adapter import DeviceRows
 from salience.model import (
     CONVOLUTION_LAYER_VALUES,
     CONVOLUTION_OUTPUT_GRADIENTS,
@@ -82,6 +83,13 @@ class ZeroCostModel:
         self.layer_grads = rng.standard_normal((max_rows, *LAYER_SHAPE), dtype=np.float32)
         self.rows = 0  # rows asked for so far: what a method costs in model rows
 
+    def noisy_rows(self, images: np.ndarray, owners: np.ndarray, scales: np.ndarray,
+                   seeds: np.ndarray) -> DeviceRows:
+        """Noisy rows "on the device" at no cost: what SmoothGrad's ``noise_on="model"``
+        leaves on the host when an accelerator draws the noise (stand-in values, read
+        by no one: the gradients do not depend on them)."""
+        return DeviceRows(self.grads[:len(owners)], images[:1], np.asarray)
+
     def __call__(self, x: np.ndarray, targets: Any, keys: list[str]) -> dict[str, np.ndarray]:
         n = len(x)
         self.rows += n
@@ -98,7 +106,8 @@ class ZeroCostModel:
 
 def cases(quick: bool) -> list[tuple[str, str, Callable[[], Any]]]:
     """(method, setting, make() -> Method): every method in :mod:`salience.registry`,
-    built by name with its registry parameters at ``batch_size=32``."""
+    built by name with its registry parameters at ``batch_size=32``, and SmoothGrad
+    with its noise drawn on the (free) model's device."""
     out = []
     for name in registry.names():
         entry = registry.get(name)
@@ -106,6 +115,10 @@ def cases(quick: bool) -> list[tuple[str, str, Callable[[], Any]]]:
                   **entry.parameters}
         setting = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
         out.append((entry.cls.__name__, setting, lambda e=entry: e.build(BATCH)))
+    # SmoothGrad with its noise drawn where the model runs (an accelerator's
+    # adapter, here free): what stays on the host per row.
+    out.append(("SmoothGrad", "nsamples=25, noise_on=model", lambda: salience.SmoothGrad(
+        salience.Gradients(BATCH), nsamples=25, seed=0, noise_on="model")))
     return out
 
 

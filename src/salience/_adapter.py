@@ -47,6 +47,7 @@ __all__ = [
     "LAYER",
     "SCORES",
     "CallKind",
+    "DeviceRows",
     "FrameworkModel",
     "KNOWN_KEYS",
     "LAYER_KEYS",
@@ -70,6 +71,50 @@ KNOWN_KEYS = (
     GUIDED_INPUT_GRADIENTS,
 )
 LAYER_KEYS = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
+
+
+class DeviceRows:
+    """Rows an adapter built in its framework, on the model's device, to be passed
+    back to it as the ``x`` of a call (see :meth:`FrameworkModel.noisy_rows`).
+
+    They stand for a batch shaped ``shape`` of ``dtype``: ``len``, ``shape``,
+    ``ndim`` and ``dtype`` answer without touching the device, and
+    ``numpy.asarray(rows)`` copies them to the host, for a method that reads
+    its rows (Input x Gradient) and any code that does not know them.
+
+    Parameters
+    ----------
+    values : framework array
+        The rows, on the model's device.
+    images : ndarray
+        The host images the rows were made from (at least one, shaped like a
+        row): the adapter checks calls on them, so a device array is never
+        read back for a check.
+    to_host : callable
+        ``to_host(values)``: the rows as a numpy array.
+    """
+
+    __slots__ = ("values", "images", "shape", "dtype", "_to_host")
+
+    def __init__(self, values: Any, images: np.ndarray, to_host: Callable[[Any], np.ndarray]):
+        self.values, self.images, self._to_host = values, images, to_host
+        self.shape = (int(values.shape[0]), *images.shape[1:])
+        self.dtype = images.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self._to_host(self.values).astype(dtype or self.dtype, copy=False)
+
+    def stand_in(self) -> np.ndarray:
+        """A host array of the rows' shape for the call's checks: the first image,
+        broadcast (a view, no copy)."""
+        return np.broadcast_to(self.images[:1], self.shape)
 
 
 class CallKind(NamedTuple):
@@ -186,12 +231,14 @@ class FrameworkModel:
         kind = _call_kind_of(tuple(keys), self.has_layer, self.supports_guided,
                              self.layer_hint, type(self).__name__)
         self._check_kind(kind)
-        x = np.asarray(x)
+        # Rows on the device are checked through a host stand-in of their shape.
+        rows = x if isinstance(x, DeviceRows) else None
+        x = rows.stand_in() if rows is not None else np.asarray(x)
         self.check_input(x)
         grid = self._layer_grid_before_running(x) if kind.layer else None
         if targets is not None:
             targets = resolve_targets(self, x, targets)
-        result = self._run(x, targets, kind)
+        result = self._run(x if rows is None else rows, targets, kind)
         out = {OUTPUT_LAYER_VALUES: result["scores"]} if "scores" in result else {}
         if kind.input:
             out[GUIDED_INPUT_GRADIENTS if kind.guided else INPUT_OUTPUT_GRADIENTS] = \

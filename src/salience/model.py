@@ -97,6 +97,13 @@ class Model(Protocol):
     ``predict(x) -> ndarray (n, n_outputs)``
         Raw model outputs; used to pick the top class when ``targets`` is None
         and to return predictions beside maps.
+    ``noisy_rows(images, owners, scales, seeds)`` and ``on_accelerator`` (bool)
+        Gaussian-noised rows built in the model's framework, on its device
+        (row ``r``: ``images[owners[r]] + scales[owners[r]] * z_r``, ``z_r``
+        drawn from ``seeds[r]`` alone), returned as a
+        :class:`salience._adapter.DeviceRows` that a later call takes as ``x``;
+        SmoothGrad draws its noise there (its ``noise_on``), by default when
+        ``on_accelerator`` is true.  The torch adapter has both.
     """
 
     def __call__(

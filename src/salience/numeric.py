@@ -153,6 +153,15 @@ def as_random_state(seed: Any) -> Any:
     )
 
 
+def row_seeds(rng: Any, count: int) -> np.ndarray:
+    """``count`` int64 seeds in ``[0, 2**63 - 1)`` from a numpy Generator or
+    RandomState: one per row, for rows drawn by another generator (a framework's,
+    on its device) that must not depend on how the rows are chunked."""
+    if isinstance(rng, np.random.RandomState):
+        return rng.randint(0, 2**63 - 1, size=count, dtype=np.int64)
+    return rng.integers(0, 2**63 - 1, size=count, dtype=np.int64)
+
+
 def standard_normal_rows(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:
     """``(rows, size)`` independent float32 standard normal values from ``rng``.
 

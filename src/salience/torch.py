@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from torch import nn
 
 from ._adapter import (
     CallKind,
+    DeviceRows,
     FrameworkModel,
     check_reshape,
     layer_not_found,
@@ -185,12 +187,46 @@ class TorchModel(FrameworkModel):
         # Input shapes (without the batch axis) the module takes only in contiguous memory.
         self._contiguous_shapes: set[tuple[int, ...]] = set()
 
-    def _tensor(self, x: np.ndarray, probing: bool = False) -> torch.Tensor:
+    @property
+    def on_accelerator(self) -> bool:
+        """Whether the module runs off the host CPU (CUDA, MPS, ...), where rows built
+        on its device (:meth:`noisy_rows`) cost the host nothing."""
+        return self.device.type != "cpu"
+
+    def noisy_rows(self, images: np.ndarray, owners: np.ndarray, scales: np.ndarray,
+                   seeds: np.ndarray) -> DeviceRows:
+        """Gaussian-noised rows built on the module's device.
+
+        Row ``r`` is ``images[owners[r]] + scales[owners[r]] * z_r``, where
+        ``z_r`` holds float32 standard normal values drawn by a torch generator
+        on the device seeded with ``seeds[r]`` alone, so a row's noise does not
+        depend on the rows drawn with it (any chunking gives the same rows).
+        The rows are in the module's dtype; pass them back as ``x``.
+        """
+        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
+        base = self._tensor(images[first:last])
+        z = torch.empty((len(owners), *images.shape[1:]), dtype=torch.float32,
+                        device=self.device)
+        generator = torch.Generator(device=self.device)
+        for row, seed in enumerate(seeds.tolist()):
+            generator.manual_seed(seed)
+            torch.randn(z.shape[1:], generator=generator, out=z[row])
+        index = torch.as_tensor(owners - first, device=self.device)
+        scale = torch.as_tensor(scales[owners], dtype=self.dtype, device=self.device)
+        rows = torch.addcmul(base[index], scale.reshape(-1, *[1] * (z.ndim - 1)),
+                             z.to(self.dtype))
+        if self._channels_last_memory(rows.shape):
+            rows = rows.contiguous(memory_format=torch.channels_last)
+        return DeviceRows(rows, images[first:last], _np)
+
+    def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
+        if isinstance(x, DeviceRows):
+            return x.values  # built on the device by noisy_rows
         # Always a copy: a module that writes into its input must not reach the caller's array.
         x = np.asarray(x)
         if not x.dtype.isnative:  # big-endian data (FITS files): torch takes native order only
             x = x.astype(x.dtype.newbyteorder("="))
-        if not self._channels_last_memory(x, probing):
+        if not self._channels_last_memory(x.shape, probing):
             return torch.tensor(x, device=self.device, dtype=self.dtype)
         # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last), by
         # torch's copy: 2.2-2.5x faster than numpy's transposing one (32 x 3 x 32 x 32:
@@ -201,8 +237,8 @@ class TorchModel(FrameworkModel):
                            memory_format=torch.channels_last)
         return nhwc.copy_(torch.from_numpy(x))
 
-    def _channels_last_memory(self, x: np.ndarray, probing: bool = False) -> bool:
-        """Whether ``x`` goes to the module in channels-last memory.
+    def _channels_last_memory(self, shape: tuple[int, ...], probing: bool = False) -> bool:
+        """Whether a batch shaped ``shape`` goes to the module in channels-last memory.
 
         oneDNN's CPU convolutions run faster on it (EfficientNet-Lite0 forward and
         backward at 8 rows: 28% less time; the tiny CNN of bench/ at 25 rows: 24%);
@@ -216,10 +252,10 @@ class TorchModel(FrameworkModel):
         memory, 82 px 517 against 953 us; from 83 px, past the limit, oneDNN in
         channels-last memory is the faster again).
         """
-        return (x.ndim == 4 and not self.channels_last and self.device.type == "cpu"
+        return (len(shape) == 4 and not self.channels_last and self.device.type == "cpu"
                 and self.expected_channels is not None
-                and x.shape[1:] not in self._contiguous_shapes
-                and (probing or len(x) != 1 or x[0].size > _NATIVE_CONV_MAX_VALUES))
+                and tuple(shape[1:]) not in self._contiguous_shapes
+                and (probing or shape[0] != 1 or math.prod(shape[1:]) > _NATIVE_CONV_MAX_VALUES))
 
     def _check_kind(self, kind: CallKind) -> None:
         if kind.guided:
@@ -229,7 +265,7 @@ class TorchModel(FrameworkModel):
         try:
             return self._probe_once(x)
         except Exception as error:
-            if not self._channels_last_memory(x, probing=True):
+            if not self._channels_last_memory(x.shape, probing=True):
                 raise
             refused = error
         try:
