@@ -75,7 +75,7 @@ LAYER_KEYS = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
 
 class DeviceRows:
     """Rows an adapter built in its framework, on the model's device, to be passed
-    back to it as the ``x`` of a call (see :meth:`FrameworkModel.noisy_rows`).
+    back to it as the ``x`` of a call (see :meth:`salience.torch.TorchModel.noisy_rows`).
 
     They stand for a batch shaped ``shape`` of ``dtype``: ``len``, ``shape``,
     ``ndim`` and ``dtype`` answer without touching the device, and

@@ -56,6 +56,7 @@ from ._adapter import (
     INPUT_AND_LAYER,
     SCORES,
     CallKind,
+    DeviceRows,
     FrameworkModel,
     check_reshape,
     target_fn_error,
@@ -152,10 +153,23 @@ def _to_device(leaf: Any) -> Any:
     return jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf
 
 
-def _pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
+def _pad_rows(arr: Any, size: int) -> Any:
     if len(arr) == size:
         return arr
-    return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), axis=0)])
+    xp = jnp if isinstance(arr, jax.Array) else np  # device rows stay on the device
+    return xp.concatenate([arr, xp.repeat(arr[-1:], size - len(arr), axis=0)])
+
+
+def _noisy(base: jax.Array, index: jax.Array, scale: jax.Array,
+           key_words: jax.Array) -> jax.Array:
+    """``base[index] + scale * z`` with row ``r``'s standard normals from its own
+    threefry key (two uint32 words)."""
+    keys = jax.random.wrap_key_data(key_words, impl="threefry2x32")
+    z = jax.vmap(lambda key: jax.random.normal(key, base.shape[1:], jnp.float32))(keys)
+    return base[index] + scale.reshape(-1, *[1] * (base.ndim - 1)) * z
+
+
+_noisy_rows = jax.jit(_noisy)
 
 
 class JaxModel(FrameworkModel):
@@ -322,9 +336,35 @@ class JaxModel(FrameworkModel):
 
     # -- running ------------------------------------------------------------------
 
-    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+    @property
+    def on_accelerator(self) -> bool:
+        """Whether JAX runs the functions off the host CPU (GPU, TPU), where rows
+        built on its device (:meth:`noisy_rows`) cost the host nothing."""
+        return jax.default_backend() != "cpu"
+
+    def noisy_rows(self, images: np.ndarray, owners: np.ndarray, scales: np.ndarray,
+                   seeds: np.ndarray) -> DeviceRows:
+        """Gaussian-noised rows built on JAX's device, in float32.
+
+        Row ``r`` is ``images[owners[r]] + scales[owners[r]] * z_r``, where
+        ``z_r`` holds standard normal values drawn with the threefry key whose
+        two 32-bit words are the high and low halves of ``seeds[r]``, so a
+        row's noise does not depend on the rows drawn with it.  Pass the rows
+        back as ``x``.
+        """
+        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
+        words = seeds.astype(np.uint64)
+        key_words = np.stack([words >> np.uint64(32), words & np.uint64(0xFFFFFFFF)],
+                             axis=1).astype(np.uint32)
+        rows = _noisy_rows(jnp.asarray(images[first:last], dtype=jnp.float32),
+                           jnp.asarray(owners - first), jnp.asarray(scales[owners], jnp.float32),
+                           jnp.asarray(key_words))
+        return DeviceRows(rows, images[first:last], np.asarray)
+
+    def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        x = np.asarray(x, dtype=np.float32)
+        # rows built by noisy_rows are on the device already
+        x = x.values if isinstance(x, DeviceRows) else np.asarray(x, dtype=np.float32)
         if targets is not None:
             # the base checked the range, so int32 holds every class index
             targets = targets.astype(np.int32) if targets.ndim == 1 else targets.astype(np.float32)

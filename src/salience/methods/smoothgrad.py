@@ -79,7 +79,7 @@ class SmoothGrad(Method):
     noise_on : {'auto', 'host', 'model'}
         Where the noise is drawn.  ``"host"``: with numpy, as described under
         ``seed``.  ``"model"``: by the model's adapter, in its framework and on
-        its device (``salience.torch.wrap``): the noisy rows are built where the
+        its device (``salience.torch.wrap``, ``salience.jax.wrap``): the noisy rows are built where the
         model runs and never cross to the host, which on an accelerator removes
         the noise from the host's work (0.6-1 ms per 224 px row on a CPU core,
         more than a data-centre GPU takes for the row itself).  Each row's
@@ -151,7 +151,8 @@ class SmoothGrad(Method):
             if not callable(getattr(model, "noisy_rows", None)):
                 raise ValueError(
                     f"noise_on='model' needs a model that builds noisy rows on its device "
-                    f"(salience.torch.wrap(...)); {type(model).__name__} has no noisy_rows. "
+                    f"(salience.torch.wrap(...), salience.jax.wrap(...)); "
+                    f"{type(model).__name__} has no noisy_rows. "
                     "Use noise_on='host' (or 'auto')")
             if not self._streams():
                 raise ValueError(
