@@ -30,6 +30,7 @@ import tensorflow as tf
 from ._adapter import (
     SCORES,
     CallKind,
+    DeviceRows,
     FrameworkModel,
     check_reshape,
     layer_not_found,
@@ -382,14 +383,40 @@ class KerasModel(FrameworkModel):
     def _cast(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=self.dtype.as_numpy_dtype)
 
-    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+    @property
+    def on_accelerator(self) -> bool:
+        """Whether TensorFlow sees a GPU, where it places the calls and the rows built
+        by :meth:`noisy_rows`, which then cost the host nothing."""
+        return bool(tf.config.list_logical_devices("GPU"))
+
+    def noisy_rows(self, images: np.ndarray, owners: np.ndarray, scales: np.ndarray,
+                   seeds: np.ndarray) -> DeviceRows:
+        """Gaussian-noised rows built by TensorFlow on its device, in the model's dtype.
+
+        Row ``r`` is ``images[owners[r]] + scales[owners[r]] * z_r``, where
+        ``z_r`` holds float32 standard normal values from
+        ``tf.random.stateless_normal`` with the seed ``(seeds[r], 0)``, so a
+        row's noise does not depend on the rows drawn with it.  Pass the rows
+        back as ``x``.
+        """
+        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
+        shape = images.shape[1:]
+        z = tf.stack([tf.random.stateless_normal(shape, seed=tf.constant([seed, 0], tf.int64))
+                      for seed in seeds.tolist()])
+        base = tf.gather(tf.constant(self._cast(images[first:last])), owners - first)
+        scale = tf.reshape(tf.constant(scales[owners], self.dtype), (-1, *[1] * len(shape)))
+        rows = base + scale * tf.cast(z, self.dtype)
+        return DeviceRows(rows, images[first:last], lambda t: t.numpy())
+
+    def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        x = self._cast(x)
+        # rows built by noisy_rows are on the device already
+        rows = x.values if isinstance(x, DeviceRows) else tf.constant(self._cast(x))
         if targets is not None:
             targets = (targets.astype(np.int64) if targets.ndim == 1
                        else targets.astype(self.dtype.as_numpy_dtype))
         fn = self._function(kind, x, targets)
-        args = [tf.constant(x)] + ([] if targets is None else [tf.constant(targets)])
+        args = [rows] + ([] if targets is None else [tf.constant(targets)])
         result = fn(*args)  # a concrete function: never retraced
         return {key: value.numpy() for key, value in result.items()}
 

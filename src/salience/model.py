@@ -103,7 +103,7 @@ class Model(Protocol):
         drawn from ``seeds[r]`` alone), returned as a
         :class:`salience._adapter.DeviceRows` that a later call takes as ``x``;
         SmoothGrad draws its noise there (its ``noise_on``), by default when
-        ``on_accelerator`` is true.  The torch and JAX adapters have both.
+        ``on_accelerator`` is true.  The torch, JAX and Keras adapters have both.
     """
 
     def __call__(

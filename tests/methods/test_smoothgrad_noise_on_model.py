@@ -1,6 +1,7 @@
 """SmoothGrad with its noise drawn by the model's adapter, on its device
 (``noise_on="model"``; on this CPU-only machine the device is the CPU): the torch
-adapter (a torch generator per row) and the JAX adapter (a threefry key per row)."""
+adapter (a torch generator per row), the JAX adapter (a threefry key per row) and the
+Keras adapter (TensorFlow's stateless normals, a seed per row)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,35 @@ class _Jax:
         return np.asarray(self._gradient(row.astype(np.float32), one_hot))
 
 
-@pytest.fixture(params=[_Torch, _Jax], ids=["torch", "jax"])
+class _Keras:
+    """A float32 Keras model, its documented noise and its gradient of one row."""
+
+    tolerance = 2e-5
+
+    def __init__(self):
+        self.tf = pytest.importorskip("tensorflow")
+        keras = pytest.importorskip("keras")
+        import salience.keras
+
+        keras.utils.set_random_seed(0)
+        self.net = keras.Sequential([keras.Input((3, 12, 12)), keras.layers.Flatten(),
+                                     keras.layers.Dense(8, activation="tanh"),
+                                     keras.layers.Dense(5)])
+        self.model = salience.keras.wrap(self.net)
+
+    def noise(self, seed, shape):
+        seed = self.tf.constant([int(seed), 0], self.tf.int64)
+        return self.tf.random.stateless_normal(shape, seed=seed).numpy()
+
+    def gradient(self, row, target):
+        row = self.tf.constant(row[None].astype(np.float32))
+        with self.tf.GradientTape() as tape:
+            tape.watch(row)
+            score = self.net(row)[0, target]
+        return tape.gradient(score, row)[0].numpy()
+
+
+@pytest.fixture(params=[_Torch, _Jax, _Keras], ids=["torch", "jax", "keras"])
 def framework(request):
     return request.param()
 
@@ -159,6 +188,24 @@ def test_noisy_rows_hold_the_asked_noise(framework):
     # rows of a later chunk alone are the rows built with the others
     np.testing.assert_array_equal(
         np.asarray(model.noisy_rows(images, owners[2:], scales, seeds[2:])), host[2:])
+
+
+@pytest.mark.filterwarnings("ignore:Guided Backprop found no Relu")  # the Keras model's tanh
+def test_a_call_on_device_rows_equals_the_call_on_their_host_copy(framework, x):
+    from salience.model import (GUIDED_INPUT_GRADIENTS, INPUT_OUTPUT_GRADIENTS,
+                                OUTPUT_LAYER_VALUES)
+
+    model = framework.model
+    rows = model.noisy_rows(x, np.array([0, 2, 2, 1]), np.array([0.1, 0.2, 0.3]),
+                            np.arange(4))
+    targets = np.array([4, 0, 1, 2])
+    key_sets = [[INPUT_OUTPUT_GRADIENTS], [OUTPUT_LAYER_VALUES]]
+    if model.supports_guided:
+        key_sets.append([GUIDED_INPUT_GRADIENTS])
+    for keys in key_sets:
+        on_device, on_host = model(rows, targets, keys), model(np.asarray(rows), targets, keys)
+        for key in keys:
+            np.testing.assert_allclose(on_device[key], on_host[key], rtol=1e-6)
 
 
 def test_auto_draws_on_the_model_only_on_an_accelerator(framework, x, monkeypatch):

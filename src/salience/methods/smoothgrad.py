@@ -79,9 +79,11 @@ class SmoothGrad(Method):
     noise_on : {'auto', 'host', 'model'}
         Where the noise is drawn.  ``"host"``: with numpy, as described under
         ``seed``.  ``"model"``: by the model's adapter, in its framework and on
-        its device (``salience.torch.wrap``, ``salience.jax.wrap``): the noisy rows are built where the
-        model runs and never cross to the host, which on an accelerator removes
-        the noise from the host's work (0.6-1 ms per 224 px row on a CPU core,
+        its device (``salience.torch.wrap``, ``salience.jax.wrap``,
+        ``salience.keras.wrap``): the noisy rows are built where the
+        model runs and stay there (Input x Gradient copies them back, as it
+        reads its rows), which on an accelerator removes the noise from the
+        host's work (0.6-1 ms per 224 px row on a CPU core,
         more than a data-centre GPU takes for the row itself).  Each row's
         noise then comes from its own seed, drawn from ``seed``, so the maps do
         not depend on ``batch_size`` and the same seed gives the same maps on
@@ -151,7 +153,7 @@ class SmoothGrad(Method):
             if not callable(getattr(model, "noisy_rows", None)):
                 raise ValueError(
                     f"noise_on='model' needs a model that builds noisy rows on its device "
-                    f"(salience.torch.wrap(...), salience.jax.wrap(...)); "
+                    "(salience.torch.wrap(...), salience.jax.wrap(...), salience.keras.wrap(...)); "
                     f"{type(model).__name__} has no noisy_rows. "
                     "Use noise_on='host' (or 'auto')")
             if not self._streams():
