@@ -9,12 +9,23 @@ from salience.numeric import (
     normalise01,
     owner_runs,
     row_dots,
+    row_seeds,
     softmax_rows,
     standard_normal_rows,
     to_probabilities,
     top_eigenpairs,
     trapezoid,
 )
+
+
+@pytest.mark.parametrize("source", [np.random.default_rng, np.random.RandomState])
+def test_row_seeds_are_int64_seeds_that_a_seed_repeats(source):
+    seeds = row_seeds(source(5), 1000)
+    assert seeds.dtype == np.int64 and seeds.shape == (1000,)
+    assert seeds.min() >= 0 and len(np.unique(seeds)) == 1000
+    assert seeds.max() > 2**62  # the whole non-negative int64 range, not 32 bits
+    np.testing.assert_array_equal(row_seeds(source(5), 1000), seeds)
+    assert not np.array_equal(row_seeds(source(6), 1000), seeds)
 
 
 def test_to_probabilities_is_stable_and_keeps_probabilities():
