@@ -78,8 +78,8 @@ def main() -> None:
     for label in runs["new"][0]:
         old = [run[label] for run in runs["old"] if label in run]
         new = [run[label] for run in runs["new"]]
-        ratio = statistics.median(new) / statistics.median(old) if old else float("nan")
-        print(f"| {label} | {_span(old)} | {_span(new)} | {ratio:.2f}x |")
+        ratio = f"{statistics.median(new) / statistics.median(old):.2f}x" if old else "-"
+        print(f"| {label} | {_span(old)} | {_span(new)} | {ratio} |")
 
 
 if __name__ == "__main__":
