@@ -279,7 +279,7 @@ def test_magnitude_keeps_its_pair_default_and_meaning():
 @pytest.mark.parametrize("inner", ["Gradients", "InputXGradient"])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 @pytest.mark.parametrize("legacy", [False, True])
-@pytest.mark.parametrize("aggregation", ["mean", "squaregrad"])
+@pytest.mark.parametrize("aggregation", ["mean", "signed mean", "squaregrad"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size, legacy,
                                                                aggregation, dtype, analytic,
@@ -295,12 +295,14 @@ def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size
 
     x = images.astype(dtype)
     method = getattr(salience, inner)(batch_size=batch_size)
-    options = {"magnitude": True} if aggregation == "mean" else {"aggregation": aggregation}
+    options = {"mean": {"magnitude": True}, "signed mean": {"magnitude": False},
+               "squaregrad": {"aggregation": "squaregrad"}}[aggregation]
     streamed = salience.SmoothGrad(method, nsamples=5, seed=rng(), **options).explain(
         analytic, x, [1, 0, 2])
     noisy = draw_noise(rng(), x, 5, 0.15)
     maps = getattr(salience, inner)().explain(analytic, noisy, np.repeat([1, 0, 2], 5))
-    expected = aggregate_samples(maps.reshape(3, 5, *x.shape[1:]), "squaregrad").astype(x.dtype)
+    how = "mean" if aggregation == "signed mean" else "squaregrad"
+    expected = aggregate_samples(maps.reshape(3, 5, *x.shape[1:]), how).astype(x.dtype)
     np.testing.assert_array_equal(streamed, expected)
     assert analytic.rows == 2 * 15  # the noisy rows once each (and the direct run's)
 

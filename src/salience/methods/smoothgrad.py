@@ -226,11 +226,18 @@ class SmoothGrad(Method):
                 return built[start]
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-            maps = self.method._row_maps(built.pop(start), outputs).astype(x.dtype, copy=False)
-            if squared:
-                maps = np.square(maps)
+            maps = self.method._row_maps(built.pop(start), outputs)
+            # Row by row through one row's scratch, which stays in cache (a chunk's
+            # squares at once do not: 0.136 -> 0.083 ms per 224 px row, same bits).
+            one = np.empty(x.shape[1:], dtype=x.dtype)
             for row, owner in enumerate(owners[start:stop]):  # in sample order, as a mean
-                np.add(totals[owner], maps[row], out=totals[owner])
+                value = maps[row]
+                if squared:  # in the input's precision, as the maps' mean would be
+                    value = np.square(value, out=one, dtype=x.dtype)
+                elif value.dtype != x.dtype:
+                    np.copyto(one, value, casting="unsafe")
+                    value = one
+                np.add(totals[owner], value, out=totals[owner])
 
         # A one-row method has a batch_size (the rows per model call), as Gradients.
         batch_size = int(getattr(self.method, "batch_size"))  # noqa: B009
