@@ -221,8 +221,9 @@ class TorchModel(FrameworkModel):
 
     def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
         if isinstance(x, DeviceRows):
-            return x.values  # built on the device by noisy_rows
-        # Always a copy: a module that writes into its input must not reach the caller's array.
+            return x.values  # built on the device by noisy_rows, for this call
+        # A host array is always copied: a module that writes into its input must not reach
+        # the caller's array.
         x = np.asarray(x)
         if not x.dtype.isnative:  # big-endian data (FITS files): torch takes native order only
             x = x.astype(x.dtype.newbyteorder("="))
