@@ -53,6 +53,7 @@ __all__ = [
     "LAYER_KEYS",
     "call_kind",
     "check_reshape",
+    "images_of_rows",
     "layer_grid",
     "layer_not_found",
     "score_rule_error",
@@ -109,12 +110,21 @@ class DeviceRows:
         return self.shape[0]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return self._to_host(self.values).astype(dtype or self.dtype, copy=False)
+        # A CPU tensor's host array may share its memory: copy when asked to.
+        return self._to_host(self.values).astype(dtype or self.dtype, copy=bool(copy))
 
     def stand_in(self) -> np.ndarray:
         """A host array of the rows' shape for the call's checks: the first image,
         broadcast (a view, no copy)."""
         return np.broadcast_to(self.images[:1], self.shape)
+
+
+def images_of_rows(images: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images that rows of ``owners`` are made from (a slice: owners are
+    sorted) and each row's index into that slice, for :meth:`noisy_rows`
+    implementations, which copy only those images to the device."""
+    first, last = int(owners.min()), int(owners.max()) + 1
+    return images[first:last], owners - first
 
 
 class CallKind(NamedTuple):

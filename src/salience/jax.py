@@ -59,6 +59,7 @@ from ._adapter import (
     DeviceRows,
     FrameworkModel,
     check_reshape,
+    images_of_rows,
     target_fn_error,
 )
 from .checks import check_positive_int
@@ -352,14 +353,13 @@ class JaxModel(FrameworkModel):
         row's noise does not depend on the rows drawn with it.  Pass the rows
         back as ``x``.
         """
-        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
+        used, index = images_of_rows(images, owners)
         words = seeds.astype(np.uint64)
         key_words = np.stack([words >> np.uint64(32), words & np.uint64(0xFFFFFFFF)],
                              axis=1).astype(np.uint32)
-        rows = _noisy_rows(jnp.asarray(images[first:last], dtype=jnp.float32),
-                           jnp.asarray(owners - first), jnp.asarray(scales[owners], jnp.float32),
-                           jnp.asarray(key_words))
-        return DeviceRows(rows, images[first:last], np.asarray)
+        rows = _noisy_rows(jnp.asarray(used, dtype=jnp.float32), jnp.asarray(index),
+                           jnp.asarray(scales[owners], jnp.float32), jnp.asarray(key_words))
+        return DeviceRows(rows, used, np.asarray)
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:

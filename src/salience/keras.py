@@ -33,6 +33,7 @@ from ._adapter import (
     DeviceRows,
     FrameworkModel,
     check_reshape,
+    images_of_rows,
     layer_not_found,
     score_rule_error,
     target_fn_error,
@@ -278,7 +279,8 @@ class KerasModel(FrameworkModel):
                 f"a layer of the outer model, e.g. one of {[la.name for la in self.model.layers]})"
                 f" ({error})") from error
 
-    def _function(self, kind: CallKind, x: np.ndarray, targets: np.ndarray | None) -> Any:
+    def _function(self, kind: CallKind, x: np.ndarray | DeviceRows,
+                  targets: np.ndarray | None) -> Any:
         """The traced (concrete) function for this kind of call, built once."""
         t_key = None if targets is None else (targets.ndim, targets.shape[1:])
         # Scores are computed whether asked or not; layer gradients only when asked.
@@ -399,14 +401,13 @@ class KerasModel(FrameworkModel):
         row's noise does not depend on the rows drawn with it.  Pass the rows
         back as ``x``.
         """
-        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
+        used, index = images_of_rows(images, owners)
         shape = images.shape[1:]
         z = tf.stack([tf.random.stateless_normal(shape, seed=tf.constant([seed, 0], tf.int64))
                       for seed in seeds.tolist()])
-        base = tf.gather(tf.constant(self._cast(images[first:last])), owners - first)
         scale = tf.reshape(tf.constant(scales[owners], self.dtype), (-1, *[1] * len(shape)))
-        rows = base + scale * tf.cast(z, self.dtype)
-        return DeviceRows(rows, images[first:last], lambda t: t.numpy())
+        rows = tf.gather(tf.constant(self._cast(used)), index) + scale * tf.cast(z, self.dtype)
+        return DeviceRows(rows, used, lambda t: t.numpy())
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:

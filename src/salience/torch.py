@@ -37,6 +37,7 @@ from ._adapter import (
     DeviceRows,
     FrameworkModel,
     check_reshape,
+    images_of_rows,
     layer_not_found,
     score_rule_error,
     target_fn_error,
@@ -203,21 +204,19 @@ class TorchModel(FrameworkModel):
         depend on the rows drawn with it (any chunking gives the same rows).
         The rows are in the module's dtype; pass them back as ``x``.
         """
-        first, last = int(owners.min()), int(owners.max()) + 1  # the images these rows use
-        base = self._tensor(images[first:last])
+        used, index = images_of_rows(images, owners)
         z = torch.empty((len(owners), *images.shape[1:]), dtype=torch.float32,
                         device=self.device)
         generator = torch.Generator(device=self.device)
         for row, seed in enumerate(seeds.tolist()):
             generator.manual_seed(seed)
             torch.randn(z.shape[1:], generator=generator, out=z[row])
-        index = torch.as_tensor(owners - first, device=self.device)
         scale = torch.as_tensor(scales[owners], dtype=self.dtype, device=self.device)
-        rows = torch.addcmul(base[index], scale.reshape(-1, *[1] * (z.ndim - 1)),
-                             z.to(self.dtype))
+        rows = torch.addcmul(self._tensor(used)[torch.as_tensor(index, device=self.device)],
+                             scale.reshape(-1, *[1] * (z.ndim - 1)), z.to(self.dtype))
         if self._channels_last_memory(rows.shape):
             rows = rows.contiguous(memory_format=torch.channels_last)
-        return DeviceRows(rows, images[first:last], _np)
+        return DeviceRows(rows, used, _np)
 
     def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
         if isinstance(x, DeviceRows):

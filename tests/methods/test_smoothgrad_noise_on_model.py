@@ -12,6 +12,7 @@ import pytest
 
 import salience
 from salience.methods import SmoothGrad
+from salience.model import GUIDED_INPUT_GRADIENTS, INPUT_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES
 
 
 def _torch_net(dtype=None):
@@ -192,9 +193,6 @@ def test_noisy_rows_hold_the_asked_noise(framework):
 
 @pytest.mark.filterwarnings("ignore:Guided Backprop found no Relu")  # the Keras model's tanh
 def test_a_call_on_device_rows_equals_the_call_on_their_host_copy(framework, x):
-    from salience.model import (GUIDED_INPUT_GRADIENTS, INPUT_OUTPUT_GRADIENTS,
-                                OUTPUT_LAYER_VALUES)
-
     model = framework.model
     rows = model.noisy_rows(x, np.array([0, 2, 2, 1]), np.array([0.1, 0.2, 0.3]),
                             np.arange(4))

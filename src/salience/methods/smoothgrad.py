@@ -24,7 +24,7 @@ from ..schedule import check_row_budget, run_rows
 from .base import Method
 
 __all__ = ["AGGREGATIONS", "NOISE_PLACES", "NoiseRows", "SmoothGrad", "aggregate_samples",
-           "draw_noise"]
+           "draw_noise", "noise_scales"]
 
 #: What :class:`SmoothGrad` can compute from the noisy copies' maps, and its paper.
 AGGREGATIONS = {
