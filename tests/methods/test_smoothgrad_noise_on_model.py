@@ -186,6 +186,9 @@ def test_noisy_rows_hold_the_asked_noise(framework):
     # a row's noise is its seed's alone: seed 11 for image 0 and image 1 alike
     np.testing.assert_allclose(noise[3], noise[0], rtol=0, atol=framework.tolerance * 10)
     assert not np.allclose(noise[1], noise[0])
+    # a copy asked for is the caller's own
+    np.array(rows, copy=True)[:] = 0
+    np.testing.assert_array_equal(np.asarray(rows), host)
     # rows of a later chunk alone are the rows built with the others
     np.testing.assert_array_equal(
         np.asarray(model.noisy_rows(images, owners[2:], scales, seeds[2:])), host[2:])
