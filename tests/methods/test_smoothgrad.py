@@ -279,7 +279,7 @@ def test_magnitude_keeps_its_pair_default_and_meaning():
 @pytest.mark.parametrize("inner", ["Gradients", "InputXGradient"])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 @pytest.mark.parametrize("legacy", [False, True])
-@pytest.mark.parametrize("aggregation", ["mean", "signed mean", "squaregrad"])
+@pytest.mark.parametrize("aggregation", ["mean", "signed mean", "squaregrad", "vargrad"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size, legacy,
                                                                aggregation, dtype, analytic,
@@ -296,14 +296,19 @@ def test_streamed_rows_give_the_maps_of_every_copy_drawn_first(inner, batch_size
     x = images.astype(dtype)
     method = getattr(salience, inner)(batch_size=batch_size)
     options = {"mean": {"magnitude": True}, "signed mean": {"magnitude": False},
-               "squaregrad": {"aggregation": "squaregrad"}}[aggregation]
+               "squaregrad": {"aggregation": "squaregrad"},
+               "vargrad": {"aggregation": "vargrad"}}[aggregation]
     streamed = salience.SmoothGrad(method, nsamples=5, seed=rng(), **options).explain(
         analytic, x, [1, 0, 2])
     noisy = draw_noise(rng(), x, 5, 0.15)
     maps = getattr(salience, inner)().explain(analytic, noisy, np.repeat([1, 0, 2], 5))
-    how = "mean" if aggregation == "signed mean" else "squaregrad"
+    how = {"mean": "squaregrad", "signed mean": "mean"}.get(aggregation, aggregation)
     expected = aggregate_samples(maps.reshape(3, 5, *x.shape[1:]), how).astype(x.dtype)
-    np.testing.assert_array_equal(streamed, expected)
+    if aggregation == "vargrad":  # Welford's running variance: the two-pass one, rounded
+        np.testing.assert_allclose(streamed, expected, rtol=1e-12 if dtype == np.float64
+                                   else 2e-7)
+    else:
+        np.testing.assert_array_equal(streamed, expected)
     assert analytic.rows == 2 * 15  # the noisy rows once each (and the direct run's)
 
 
@@ -331,3 +336,16 @@ def test_a_subclass_with_its_own_explain_is_not_streamed(analytic, images):
     doubled = salience.SmoothGrad(Doubled(), nsamples=4, seed=3,
                                   magnitude=False).explain(analytic, images, 1)
     np.testing.assert_allclose(doubled, 2 * plain, rtol=1e-12)
+
+
+def test_welford_add_is_the_unbiased_variance_without_cancellation():
+    from salience.methods.smoothgrad import welford_add
+
+    rng = np.random.default_rng(0)
+    # a small spread on a large offset: mean(v^2) - mean(v)^2 loses every digit here
+    samples = 1e8 + rng.standard_normal((9, 4, 5))
+    mean, spread, scratch = np.zeros((4, 5)), np.zeros((4, 5)), np.empty((4, 5))
+    for k, value in enumerate(samples, 1):
+        welford_add(mean, spread, value, k, scratch)
+    np.testing.assert_allclose(mean, samples.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(spread / 8, samples.var(axis=0, ddof=1), rtol=1e-7)

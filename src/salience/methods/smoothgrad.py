@@ -24,7 +24,7 @@ from ..schedule import check_row_budget, run_rows
 from .base import Method
 
 __all__ = ["AGGREGATIONS", "NOISE_PLACES", "NoiseRows", "SmoothGrad", "aggregate_samples",
-           "draw_noise", "noise_scales"]
+           "draw_noise", "noise_scales", "welford_add"]
 
 #: What :class:`SmoothGrad` can compute from the noisy copies' maps, and its paper.
 AGGREGATIONS = {
@@ -89,8 +89,7 @@ class SmoothGrad(Method):
         not depend on ``batch_size`` and the same seed gives the same maps on
         the same device type; but they are other draws than the host's, so
         PAIR's maps are not reproduced.  It needs a one-row method
-        (Gradients, Guided Backprop, Input x Gradient) and ``"mean"`` or
-        ``"squaregrad"``.  ``"auto"`` (the default) is ``"model"`` when the
+        (Gradients, Guided Backprop, Input x Gradient).  ``"auto"`` (the default) is ``"model"`` when the
         adapter's device is an accelerator, the run allows it and ``seed`` is
         not a ``RandomState`` (which asks for PAIR's draws); else ``"host"``.
 
@@ -159,14 +158,13 @@ class SmoothGrad(Method):
             if not self._streams():
                 raise ValueError(
                     "noise_on='model' needs a one-row method (Gradients, GuidedBackprop, "
-                    "InputXGradient) with aggregation 'mean' or 'squaregrad', got "
-                    f"{type(self.method).__name__} with aggregation={self.aggregation!r}. "
+                    f"InputXGradient), got {type(self.method).__name__}. "
                     "Use noise_on='host' (or 'auto')")
         self.method._check(model, x)
 
     def _streams(self) -> bool:
         """Whether the rows stream through the model (see :meth:`_streamed`)."""
-        return self.method._row_keys() is not None and self.aggregation != "vargrad"
+        return self.method._row_keys() is not None
 
     def _noise_on_model(self, model: Model) -> bool:
         """Whether this run's noise is drawn by the model, on its device."""
@@ -195,21 +193,26 @@ class SmoothGrad(Method):
 
     def _streamed(self, model: Model, x: np.ndarray, targets: np.ndarray | None,
                   rng: Any) -> np.ndarray:
-        """The mean (of squares) over noisy copies of a method that maps each row from
-        its own outputs, with the noise drawn chunk by chunk as the rows are built.
+        """The aggregation over noisy copies of a method that maps each row from its
+        own outputs, with the noise drawn chunk by chunk as the rows are built.
 
-        On the host: the same numbers as drawing every copy first (the same
-        draws in the same order, the maps added in sample order in float64),
-        but the noise of a chunk is drawn while the model runs the previous one
-        (the row scheduler's helper thread) and only a chunk of copies and maps
-        exists at a time, not ``nsamples`` of each per input.  On the model's
-        device, its adapter builds each chunk's rows from one seed per row.
+        On the host: the mean (of squares) has the same numbers as drawing
+        every copy first (the same draws in the same order, the maps added in
+        sample order in float64), but the noise of a chunk is drawn while the
+        model runs the previous one (the row scheduler's helper thread) and
+        only a chunk of copies and maps exists at a time, not ``nsamples`` of
+        each per input.  The variance is Welford's running one (float64, in
+        sample order), equal to the two-pass variance up to rounding.  On the
+        model's device, its adapter builds each chunk's rows from one seed per row.
         """
         keys = self.method._row_keys()
         assert keys is not None  # a one-row method: see _streams
         owners = np.repeat(np.arange(len(x)), self.nsamples)
         squared = self.aggregation == "squaregrad" or self.magnitude
+        # The running sums (mean, squaregrad) or, for the variance, Welford's means
+        # and sums of squared deviations, per input.
         totals = np.zeros(x.shape, dtype=np.float64)
+        spreads = np.zeros(x.shape, dtype=np.float64) if self.aggregation == "vargrad" else None
         built: dict[int, Any] = {}  # a chunk's noisy rows, by its first row
         if self._noise_on_model(model):
             scales, seeds = noise_scales(x, self.stdev_spread), row_seeds(rng, len(owners))
@@ -230,18 +233,25 @@ class SmoothGrad(Method):
             # Row by row through one row's scratch, which stays in cache (a chunk's
             # squares at once do not: 0.136 -> 0.083 ms per 224 px row, same bits).
             one = np.empty(x.shape[1:], dtype=x.dtype)
-            for row, owner in enumerate(owners[start:stop]):  # in sample order, as a mean
-                value = maps[row]
+            deviation = None if spreads is None else np.empty(x.shape[1:], dtype=np.float64)
+            for row, owner in enumerate(owners[start:stop], start):  # in sample order
+                value = maps[row - start]
                 if squared:  # in the input's precision, as the maps' mean would be
                     value = np.square(value, out=one, dtype=x.dtype)
                 elif value.dtype != x.dtype:
                     np.copyto(one, value, casting="unsafe")
                     value = one
-                np.add(totals[owner], value, out=totals[owner])
+                if spreads is None:
+                    np.add(totals[owner], value, out=totals[owner])
+                else:
+                    welford_add(totals[owner], spreads[owner], value, row % self.nsamples + 1,
+                                deviation)
 
         # A one-row method has a batch_size (the rows per model call), as Gradients.
         batch_size = int(getattr(self.method, "batch_size"))  # noqa: B009
         run_rows(model, keys, owners, make_rows, consume, targets, batch_size, self.name)
+        if spreads is not None:
+            return (spreads / (self.nsamples - 1)).astype(x.dtype)
         return (totals / self.nsamples).astype(x.dtype)
 
 
@@ -284,6 +294,20 @@ def aggregate_samples(maps: np.ndarray, aggregation: str) -> np.ndarray:
     if aggregation == "vargrad":
         return maps.var(axis=1, ddof=1, dtype=np.float64)
     raise _unknown_aggregation(aggregation)
+
+
+def welford_add(mean: np.ndarray, spread: np.ndarray, value: np.ndarray, count: int,
+                deviation: np.ndarray) -> None:
+    """Add the ``count``-th sample ``value`` to a running ``mean`` and sum of squared
+    deviations ``spread`` (float64, updated in place; Welford 1962):
+    ``d = v - m``, ``m += d / k``, ``S += d (v - m)``.  ``deviation`` is scratch
+    of the mean's shape.  The unbiased variance is ``S / (k - 1)``, without the
+    cancellation of ``mean(v^2) - mean(v)^2``.
+    """
+    np.subtract(value, mean, out=deviation)
+    mean += deviation / count
+    deviation *= value - mean
+    spread += deviation
 
 
 def draw_noise(rng: Any, x: np.ndarray, nsamples: int, stdev_spread: float) -> np.ndarray:
