@@ -35,8 +35,8 @@ AGGREGATIONS = {
 
 #: Where :class:`SmoothGrad` can draw its noise (its ``noise_on``).
 NOISE_PLACES = {
-    "auto": "on the model's device when it is an accelerator and the run allows it, else "
-            "on the host",
+    "auto": "on the model's device when it is an accelerator and the method is a one-row "
+            "method, else on the host",
     "host": "on the host, with numpy (the draws PAIR's and salience's seeds describe)",
     "model": "in the model's framework, on its device (an adapter with noisy_rows)",
 }
@@ -80,18 +80,18 @@ class SmoothGrad(Method):
         Where the noise is drawn.  ``"host"``: with numpy, as described under
         ``seed``.  ``"model"``: by the model's adapter, in its framework and on
         its device (``salience.torch.wrap``, ``salience.jax.wrap``,
-        ``salience.keras.wrap``): the noisy rows are built where the
-        model runs and stay there (Input x Gradient copies them back, as it
-        reads its rows), which on an accelerator removes the noise from the
-        host's work (0.6-1 ms per 224 px row on a CPU core,
-        more than a data-centre GPU takes for the row itself).  Each row's
-        noise then comes from its own seed, drawn from ``seed``, so the maps do
-        not depend on ``batch_size`` and the same seed gives the same maps on
-        the same device type; but they are other draws than the host's, so
-        PAIR's maps are not reproduced.  It needs a one-row method
-        (Gradients, Guided Backprop, Input x Gradient).  ``"auto"`` (the default) is ``"model"`` when the
-        adapter's device is an accelerator, the run allows it and ``seed`` is
-        not a ``RandomState`` (which asks for PAIR's draws); else ``"host"``.
+        ``salience.keras.wrap``): the noisy rows are built where the model runs
+        and stay there (Input x Gradient copies them back, as it reads its
+        rows), which on an accelerator removes the noise from the host's work
+        (0.6-1 ms per 224 px row on a CPU core, more than a data-centre GPU
+        takes for the row itself).  Each row's noise then comes from its own
+        seed, drawn from ``seed``, so the maps do not depend on ``batch_size``
+        and the same seed gives the same maps on the same device type; but they
+        are other draws than the host's, so PAIR's maps are not reproduced.  It
+        needs a one-row method (Gradients, Guided Backprop, Input x Gradient).
+        ``"auto"`` (the default) is ``"model"`` when the adapter's device is an
+        accelerator, the method is a one-row method and ``seed`` is not a
+        ``RandomState`` (which asks for PAIR's draws); else ``"host"``.
 
     References
     ----------
