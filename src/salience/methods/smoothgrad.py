@@ -152,7 +152,7 @@ class SmoothGrad(Method):
             if not callable(getattr(model, "noisy_rows", None)):
                 raise ValueError(
                     f"noise_on='model' needs a model that builds noisy rows on its device "
-                    "(salience.torch.wrap(...), salience.jax.wrap(...), salience.keras.wrap(...)); "
+                    "(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); "
                     f"{type(model).__name__} has no noisy_rows. "
                     "Use noise_on='host' (or 'auto')")
             if not self._streams():
@@ -217,9 +217,10 @@ class SmoothGrad(Method):
         if self._noise_on_model(model):
             scales, seeds = noise_scales(x, self.stdev_spread), row_seeds(rng, len(owners))
 
+            build = model.noisy_rows  # type: ignore[attr-defined]  # checked: _noise_on_model
+
             def make_rows(start: int, stop: int) -> Any:
-                built[start] = model.noisy_rows(x, owners[start:stop], scales,  # type: ignore[attr-defined]
-                                                seeds[start:stop])
+                built[start] = build(x, owners[start:stop], scales, seeds[start:stop])
                 return built[start]
         else:
             noise = NoiseRows(rng, x, self.nsamples, self.stdev_spread)
