@@ -223,9 +223,11 @@ def test_auto_draws_on_the_model_only_on_an_accelerator(framework, x, monkeypatc
         return SmoothGrad(salience.Gradients(), nsamples=4, seed=seed, noise_on=noise_on,
                           **kwargs).explain(model, x, 2)
 
-    assert not model.on_accelerator
+    auto = SmoothGrad(salience.Gradients(), seed=3)
+    assert not model.on_accelerator and auto.resolved_for(model).noise_on == "host"
     np.testing.assert_array_equal(run("auto"), run("host"))
     monkeypatch.setattr(type(model), "on_accelerator", property(lambda self: True))
+    assert auto.resolved_for(model).noise_on == "model" and auto.noise_on == "auto"
     np.testing.assert_array_equal(run("auto"), run("model"))
     # a RandomState asks for PAIR's draws, which only the host makes
     legacy = run("auto", seed=np.random.RandomState(3))

@@ -71,6 +71,12 @@ class Method:
     def _check(self, model: Model, x: np.ndarray) -> None:
         """Raise if ``x`` does not suit this method's parameters; never calls the model."""
 
+    def resolved_for(self, model: Model) -> Method:
+        """This method with every setting that the model decides made explicit for
+        ``model`` (itself when there is none): what a stored run records, so that
+        resuming it with a model that would decide otherwise is refused."""
+        return self
+
     # A subclass overrides one of these two.  ``_explain_copies`` is for methods
     # with per-input parameters (one baseline per input): SmoothGrad hands them a
     # batch holding ``copies`` consecutive noisy copies of each original input.

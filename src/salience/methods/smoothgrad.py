@@ -12,6 +12,7 @@ Each input gets ``N`` noisy copies ``x + eps_s`` and the wrapped method's map
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,6 +166,15 @@ class SmoothGrad(Method):
     def _streams(self) -> bool:
         """Whether the rows stream through the model (see :meth:`_streamed`)."""
         return self.method._row_keys() is not None
+
+    def resolved_for(self, model: Model) -> SmoothGrad:
+        """A copy with ``noise_on="auto"`` made ``"model"`` or ``"host"``, as it
+        draws for ``model`` (the noise of the two places differs)."""
+        if self.noise_on != "auto":
+            return self
+        resolved = copy.copy(self)
+        resolved.noise_on = "model" if self._noise_on_model(model) else "host"
+        return resolved
 
     def _noise_on_model(self, model: Model) -> bool:
         """Whether this run's noise is drawn by the model, on its device."""
