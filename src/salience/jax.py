@@ -354,8 +354,8 @@ class JaxModel(FrameworkModel):
         back as ``x``.  The draws compile once per chunk shape (rows, images
         they use): a few per batch layout, 0.3-0.7 s each on this project's
         CPU, reused by every later call (drawing row by row would compile once
-        but cost 1.6x per call in steady state; padding the rows as the calls
-        are, 1.6x too).
+        but took 2.3x as long per call after it; padding the draws as the calls
+        are padded, 1.6x).
         """
         used, index = images_of_rows(images, owners)
         words = seeds.astype(np.uint64)
