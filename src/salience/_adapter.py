@@ -76,7 +76,8 @@ LAYER_KEYS = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
 
 class DeviceRows:
     """Rows an adapter built in its framework, on the model's device, to be passed
-    back to it as the ``x`` of a call (see :meth:`salience.torch.TorchModel.noisy_rows`).
+    back to it as the ``x`` of a call (the adapters' ``noisy_rows``, e.g.
+    :meth:`salience.torch.TorchModel.noisy_rows`).
 
     They stand for a batch shaped ``shape`` of ``dtype``: ``len``, ``shape``,
     ``ndim`` and ``dtype`` answer without touching the device, and
@@ -120,9 +121,10 @@ class DeviceRows:
 
 
 def images_of_rows(images: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The images that rows of ``owners`` are made from (a slice: owners are
-    sorted) and each row's index into that slice, for :meth:`noisy_rows`
-    implementations, which copy only those images to the device."""
+    """The images that rows of ``owners`` are made from (the slice from the
+    smallest owner to the largest; rows come image after image, so it holds
+    only those) and each row's index into it, for the adapters' ``noisy_rows``,
+    which copy only these images to the device."""
     first, last = int(owners.min()), int(owners.max()) + 1
     return images[first:last], owners - first
 

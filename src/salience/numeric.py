@@ -24,6 +24,7 @@ __all__ = [
     "one_blas_thread",
     "owner_runs",
     "row_dots",
+    "row_seeds",
     "softmax_rows",
     "standard_normal_rows",
     "to_probabilities",
