@@ -59,6 +59,7 @@ __all__ = [
     "score_rule_error",
     "target_fn_error",
     "targets_from_call_model_args",
+    "toeplitz_index",
     "warn_caller",
     "layer_weights",
     "wrap_native",
@@ -76,13 +77,14 @@ LAYER_KEYS = (CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS)
 
 class DeviceRows:
     """Rows an adapter built in its framework, on the model's device, to be passed
-    back to it as the ``x`` of a call (the adapters' ``noisy_rows``, e.g.
-    :meth:`salience.torch.TorchModel.noisy_rows`).
+    back to it as the ``x`` of a call (the adapters' ``noisy_rows`` and
+    ``filtered_rows``, e.g. :meth:`salience.torch.TorchModel.noisy_rows`).
 
     They stand for a batch shaped ``shape`` of ``dtype``: ``len``, ``shape``,
     ``ndim`` and ``dtype`` answer without touching the device, and
     ``numpy.asarray(rows)`` copies them to the host, for a method that reads
-    its rows (Input x Gradient) and any code that does not know them.
+    its rows (Input x Gradient, Blur IG's rates) and any code that does not
+    know them.
 
     Parameters
     ----------
@@ -127,6 +129,16 @@ def images_of_rows(images: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, 
     which copy only these images to the device."""
     first, last = int(owners.min()), int(owners.max()) + 1
     return images[first:last], owners - first
+
+
+def toeplitz_index(size: int) -> np.ndarray:
+    """``index[i, j] = j - i + size - 1``: gathering a kernel of ``2 * size - 1`` taps
+    (offsets ``-(size - 1) .. size - 1``) at it gives the ``(size, size)`` matrix of
+    that filter, for the adapters' ``filtered_rows``, which build their matrices on
+    the device from the kernels (a few hundred values per row instead of two
+    ``size x size`` matrices)."""
+    offsets = np.arange(size)
+    return offsets[None, :] - offsets[:, None] + size - 1
 
 
 class CallKind(NamedTuple):

@@ -44,7 +44,7 @@ compiled functions) is updated under a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -61,6 +61,7 @@ from ._adapter import (
     check_reshape,
     images_of_rows,
     target_fn_error,
+    toeplitz_index,
 )
 from .checks import check_positive_int
 
@@ -171,6 +172,22 @@ def _noisy(base: jax.Array, index: jax.Array, scale: jax.Array,
 
 
 _noisy_rows = jax.jit(_noisy)
+
+
+def _filtered(base: jax.Array, index: jax.Array, kernels_h: jax.Array, kernels_w: jax.Array,
+              h: int, w: int) -> jax.Array:
+    """The rows of :meth:`JaxModel.filtered_rows`: ``kernels_h`` and ``kernels_w`` are
+    (terms, rows, taps); ``h`` and ``w`` the batch axes of height and width."""
+    planes = jnp.moveaxis(base[index], (h, w), (-2, -1))  # (rows, ..., H, W)
+    height, width = planes.shape[-2:]
+    lead = (planes.shape[0],) + (1,) * (planes.ndim - 3)  # broadcast over channels
+    a_h = kernels_h[:, :, toeplitz_index(height)].reshape(-1, *lead, height, height)
+    a_w = kernels_w[:, :, toeplitz_index(width)].reshape(-1, *lead, width, width)
+    rows = (a_h @ planes[None] @ jnp.swapaxes(a_w, -1, -2)).sum(axis=0)
+    return jnp.moveaxis(rows, (-2, -1), (h, w))
+
+
+_filtered_rows = jax.jit(_filtered, static_argnums=(4, 5))
 
 
 class JaxModel(FrameworkModel):
@@ -363,6 +380,27 @@ class JaxModel(FrameworkModel):
                              axis=1).astype(np.uint32)
         rows = _noisy_rows(jnp.asarray(used, dtype=jnp.float32), jnp.asarray(index),
                            jnp.asarray(scales[owners], jnp.float32), jnp.asarray(key_words))
+        return DeviceRows(rows, used, np.asarray)
+
+    def filtered_rows(self, images: np.ndarray, owners: np.ndarray,
+                      terms: Sequence[tuple[np.ndarray, np.ndarray]],
+                      axes: tuple[int, int]) -> DeviceRows:
+        """Rows made on JAX's device by separable filters of ``images``, in float32.
+
+        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
+        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
+        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
+        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
+        padding outside the image (Blur IG's Gaussian blurs and their rates of
+        change).  Only the kernels go to the device; the matrices are gathered
+        there, in one jitted function compiled once per chunk shape.  Pass the
+        rows back as ``x``, or ``numpy.asarray`` them.
+        """
+        used, index = images_of_rows(images, owners)
+        kernels_h, kernels_w = (jnp.asarray(np.stack(side), dtype=jnp.float32)
+                                for side in zip(*terms))
+        rows = _filtered_rows(jnp.asarray(used, dtype=jnp.float32), jnp.asarray(index),
+                              kernels_h, kernels_w, axes[0] + 1, axes[1] + 1)
         return DeviceRows(rows, used, np.asarray)
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,

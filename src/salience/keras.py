@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from ._adapter import (
     layer_not_found,
     score_rule_error,
     target_fn_error,
+    toeplitz_index,
 )
 from ._tensorflow import guided_gradients
 from .checks import check_positive_int
@@ -407,6 +408,39 @@ class KerasModel(FrameworkModel):
                       for seed in seeds.tolist()])
         scale = tf.reshape(tf.constant(scales[owners], self.dtype), (-1, *[1] * len(shape)))
         rows = tf.gather(tf.constant(self._cast(used)), index) + scale * tf.cast(z, self.dtype)
+        return DeviceRows(rows, used, lambda t: t.numpy())
+
+    def filtered_rows(self, images: np.ndarray, owners: np.ndarray,
+                      terms: Sequence[tuple[np.ndarray, np.ndarray]],
+                      axes: tuple[int, int]) -> DeviceRows:
+        """Rows made by TensorFlow on its device by separable filters of ``images``,
+        in the model's dtype.
+
+        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
+        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
+        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
+        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
+        padding outside the image (Blur IG's Gaussian blurs and their rates of
+        change).  Only the kernels go to the device; the matrices are gathered
+        there.  Pass the rows back as ``x``, or ``numpy.asarray`` them.
+        """
+        used, index = images_of_rows(images, owners)
+        x = tf.gather(tf.constant(self._cast(used)), index)
+        h, w = axes[0] + 1, axes[1] + 1
+        order = [a for a in range(x.shape.rank) if a not in (h, w)] + [h, w]
+        planes = tf.transpose(x, order)  # (rows, ..., H, W)
+        height, width = planes.shape[-2:]
+        lead = [len(owners)] + [1] * (planes.shape.rank - 3)  # broadcast over channels
+        total = None
+        for k_h, k_w in terms:
+            a_h = tf.reshape(tf.gather(tf.constant(self._cast(k_h)), toeplitz_index(height),
+                                       axis=1), [*lead, height, height])
+            a_w = tf.reshape(tf.gather(tf.constant(self._cast(k_w)), toeplitz_index(width),
+                                       axis=1), [*lead, width, width])
+            term = a_h @ planes @ tf.linalg.matrix_transpose(a_w)
+            total = term if total is None else total + term
+        assert total is not None, "filtered_rows needs at least one term"
+        rows = tf.transpose(total, np.argsort(order))
         return DeviceRows(rows, used, lambda t: t.numpy())
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,

@@ -104,6 +104,14 @@ class Model(Protocol):
         :class:`salience._adapter.DeviceRows` that a later call takes as ``x``;
         SmoothGrad draws its noise there (its ``noise_on``), by default when
         ``on_accelerator`` is true.  The torch, JAX and Keras adapters have both.
+    ``filtered_rows(images, owners, terms, axes)``
+        Rows made in the model's framework, on its device, by separable filters
+        (row ``r``: the sum over ``terms`` of ``A_h @ P @ A_w.T`` for each plane
+        ``P`` of ``images[owners[r]]`` along the row ``axes``, the matrices
+        gathered from each term's kernels of ``2 * size - 1`` taps), returned
+        as a :class:`salience._adapter.DeviceRows`; Blur IG makes its path
+        points and their rates there (its ``blur_on``), by default when
+        ``on_accelerator`` is true.  The torch, JAX and Keras adapters have it.
     """
 
     def __call__(

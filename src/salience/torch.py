@@ -41,6 +41,7 @@ from ._adapter import (
     layer_not_found,
     score_rule_error,
     target_fn_error,
+    toeplitz_index,
     warn_caller,
 )
 
@@ -217,6 +218,47 @@ class TorchModel(FrameworkModel):
         if self._channels_last_memory(rows.shape):
             rows = rows.contiguous(memory_format=torch.channels_last)
         return DeviceRows(rows, used, _np)
+
+    def filtered_rows(self, images: np.ndarray, owners: np.ndarray,
+                      terms: Sequence[tuple[np.ndarray, np.ndarray]],
+                      axes: tuple[int, int]) -> DeviceRows:
+        """Rows made on the module's device by separable filters of ``images``.
+
+        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
+        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
+        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
+        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
+        padding outside the image (Blur IG's Gaussian blurs and their rates of
+        change).  Only the kernels go to the device; the matrices are gathered
+        there.  The rows are in the module's dtype; pass them back as ``x``, or
+        ``numpy.asarray`` them.
+        """
+        used, index = images_of_rows(images, owners)
+        with torch.no_grad():
+            x = self._tensor(used)[torch.as_tensor(index, device=self.device)]
+            h, w = axes[0] + 1, axes[1] + 1
+            planes = x.movedim((h, w), (-2, -1))  # (rows, ..., H, W)
+            height, width = planes.shape[-2:]
+            lead = (len(owners),) + (1,) * (planes.ndim - 3)  # broadcast over channels
+            total = None
+            for k_h, k_w in terms:
+                a_h = self._filter_matrices(k_h).reshape(*lead, height, height)
+                a_w = self._filter_matrices(k_w).reshape(*lead, width, width)
+                term = a_h @ planes @ a_w.transpose(-1, -2)
+                total = term if total is None else total.add_(term)
+            assert total is not None, "filtered_rows needs at least one term"
+            rows = total.movedim((-2, -1), (h, w))
+            memory = (torch.channels_last if self._channels_last_memory(rows.shape)
+                      else torch.contiguous_format)
+            rows = rows.contiguous(memory_format=memory)
+        return DeviceRows(rows, used, _np)
+
+    def _filter_matrices(self, kernels: np.ndarray) -> torch.Tensor:
+        """The ``(rows, size, size)`` filter matrices of ``(rows, 2 * size - 1)``
+        kernels, gathered on the device (see :func:`salience._adapter.toeplitz_index`)."""
+        size = (kernels.shape[1] + 1) // 2
+        taps = torch.as_tensor(kernels, dtype=self.dtype, device=self.device)
+        return taps[:, torch.as_tensor(toeplitz_index(size), device=self.device)]
 
     def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
         if isinstance(x, DeviceRows):

@@ -357,16 +357,18 @@ def test_a_run_leaves_the_callers_matplotlib_backend_alone(small_dir, tmp_path, 
         matplotlib.use(before)
 
 
-def test_where_smoothgrad_drew_its_noise_is_recorded_and_a_resume_elsewhere_refused(
-        small_dir, tmp_path, kit, monkeypatch):
-    # A run on an accelerator draws SmoothGrad's noise on the device ("auto"): other
-    # draws than the host's, so a resume on a CPU must not add host-noise maps to it.
+@pytest.mark.parametrize("method, setting", [("smoothgrad", "noise_on"), ("blur_ig", "blur_on")])
+def test_where_rows_were_built_is_recorded_and_a_resume_elsewhere_refused(
+        small_dir, tmp_path, kit, monkeypatch, method, setting):
+    # A run on an accelerator draws SmoothGrad's noise (blurs Blur IG's path) on the
+    # device ("auto"): other numbers than the host's, so a resume on a CPU must not add
+    # host maps to it.
     out = tmp_path / "out"
     monkeypatch.setattr(salience.torch.TorchModel, "on_accelerator", property(lambda s: True))
-    kit.explain_here(out, small_dir, ["gradients", "smoothgrad"])
+    kit.explain_here(out, small_dir, ["gradients", method])
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["parameters"]["methods"]["smoothgrad"]["noise_on"] == "model"
+    assert manifest["parameters"]["methods"][method][setting] == "model"
     monkeypatch.undo()
     with pytest.raises(ParameterMismatchError,
-                       match=r'methods.smoothgrad.noise_on: "model" -> "host"'):
-        kit.explain_here(out, small_dir, ["gradients", "smoothgrad"])
+                       match=rf'methods.{method}.{setting}: "model" -> "host"'):
+        kit.explain_here(out, small_dir, ["gradients", method])

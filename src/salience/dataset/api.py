@@ -115,10 +115,11 @@ def explain_dataset(
     resume : bool
         Continue the store in ``out``, skipping images it has (a store written
         with other parameters is refused); False replaces it.  Where SmoothGrad
-        draws its noise (``noise_on="auto"``: on an accelerator or on the host)
-        counts as a parameter when the model is built here (the local engine,
-        or a model object); Ray workers that build the model themselves decide
-        it each, so give ``noise_on`` explicitly for workers of mixed devices.
+        draws its noise and Blur IG blurs (``noise_on`` and ``blur_on``
+        ``"auto"``: on an accelerator or on the host) count as parameters when
+        the model is built here (the local engine, or a model object); Ray
+        workers that build the model themselves decide them each, so give them
+        explicitly for workers of mixed devices.
     metrics : bool
         Insertion/deletion AUC and SIC/AIC per map.
     preprocessing : Preprocessing, optional
@@ -183,8 +184,9 @@ def explain_dataset(
         preprocessing = _default_preprocessing(loaded, built)
     if built is not None:
         check_layout(built, preprocessing)
-        # Settings the model decides (where SmoothGrad draws its noise) are recorded as
-        # decided, so a resume on another device is refused instead of mixing maps.
+        # Settings the model decides (where SmoothGrad draws its noise, where Blur IG
+        # blurs) are recorded as decided, so a resume on another device is refused
+        # instead of mixing maps.
         resolved = {name: method.resolved_for(built) for name, method in resolved.items()}
     if labels is None and loaded is not None:
         labels = loaded.labels

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -12,9 +13,15 @@ from ..model import Model, as_model, calls_of_one_run
 from ..progress import ProgressEvent, in_group, progress_stage
 from ..schedule import checked_outputs, run_rows
 
-__all__ = ["Method", "collect_rows"]
+__all__ = ["Method", "ROW_PLACES", "check_row_place", "collect_rows", "rows_on_model"]
+
+#: Where a method can build the rows it sends to the model (SmoothGrad's ``noise_on``,
+#: Blur IG's ``blur_on``); the adapters that build them on the model's device have a
+#: method for it (``noisy_rows``, ``filtered_rows``).
+ROW_PLACES = ("auto", "host", "model")
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)  # the image of a one-row batch's row
+_M = TypeVar("_M", bound="Method")
 
 
 class Method:
@@ -77,6 +84,15 @@ class Method:
         resuming it with a model that would decide otherwise is refused."""
         return self
 
+    def _place_resolved(self: _M, setting: str, on_model: bool) -> _M:
+        """This method with its row place ``setting`` (``"auto"``) made ``"model"``
+        or ``"host"``, for :meth:`resolved_for` (itself when it is explicit)."""
+        if getattr(self, setting) != "auto":
+            return self
+        resolved = copy.copy(self)
+        setattr(resolved, setting, "model" if on_model else "host")
+        return resolved
+
     # A subclass overrides one of these two.  ``_explain_copies`` is for methods
     # with per-input parameters (one baseline per input): SmoothGrad hands them a
     # batch holding ``copies`` consecutive noisy copies of each original input.
@@ -115,6 +131,30 @@ class Method:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+def check_row_place(place: Any, name: str) -> str:
+    """``place`` if it is one of :data:`ROW_PLACES`; else a ValueError naming ``name``."""
+    if not isinstance(place, str) or place not in ROW_PLACES:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, ROW_PLACES))}, got {place!r}")
+    return place
+
+
+def rows_on_model(model: Model, place: str, builder: str, name: str) -> bool:
+    """Whether a run builds its rows on the model's device, with the adapter's
+    method ``builder``: ``place`` is ``"model"`` (an error, raised before the model
+    runs, when the model has no ``builder``) or ``"auto"`` with a model on an
+    accelerator that has it (there the host's own work per row would outweigh
+    the model's; on a CPU the host builds the rows at least as fast)."""
+    can = callable(getattr(model, builder, None))
+    if place == "model" and not can:
+        raise ValueError(
+            f"{name}='model' needs a model that builds its rows on its device "
+            f"(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); "
+            f"{type(model).__name__} has no {builder}. Use {name}='host' (or 'auto')")
+    return place == "model" or (place == "auto" and can
+                                and bool(getattr(model, "on_accelerator", False)))
 
 
 def collect_rows(

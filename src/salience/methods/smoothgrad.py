@@ -22,7 +22,7 @@ from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
 from ..numeric import as_random_state, owner_runs, row_seeds, standard_normal_rows
 from ..schedule import check_row_budget, run_rows
-from .base import Method
+from .base import Method, check_row_place, rows_on_model
 
 __all__ = ["AGGREGATIONS", "NOISE_PLACES", "NoiseRows", "SmoothGrad", "aggregate_samples",
            "draw_noise", "noise_scales", "welford_add"]
@@ -136,10 +136,7 @@ class SmoothGrad(Method):
         self.magnitude = None if aggregation != "mean" else (
             True if magnitude is None else bool(magnitude))
         self.seed = check_seed(seed)
-        if not isinstance(noise_on, str) or noise_on not in NOISE_PLACES:
-            raise ValueError(
-                f"noise_on must be one of {', '.join(map(repr, NOISE_PLACES))}, got {noise_on!r}")
-        self.noise_on = noise_on
+        self.noise_on = check_row_place(noise_on, "noise_on")
 
     def _rows_per_input(self) -> int:
         # Methods with several model rows per input say how many; the others send one.
@@ -150,12 +147,7 @@ class SmoothGrad(Method):
         # Before the wrapped method's checks, which see the batch without its copies.
         check_row_budget(self.name, len(x) * self._rows_per_input(), x[0].size)
         if self.noise_on == "model":
-            if not callable(getattr(model, "noisy_rows", None)):
-                raise ValueError(
-                    f"noise_on='model' needs a model that builds noisy rows on its device "
-                    "(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); "
-                    f"{type(model).__name__} has no noisy_rows. "
-                    "Use noise_on='host' (or 'auto')")
+            self._noise_on_model(model)  # raises if the model cannot draw it
             if not self._streams():
                 raise ValueError(
                     "noise_on='model' needs a one-row method (Gradients, GuidedBackprop, "
@@ -169,20 +161,21 @@ class SmoothGrad(Method):
 
     def resolved_for(self, model: Model) -> SmoothGrad:
         """A copy with ``noise_on="auto"`` made ``"model"`` or ``"host"``, as it
-        draws for ``model`` (the noise of the two places differs)."""
-        if self.noise_on != "auto":
-            return self
-        resolved = copy.copy(self)
-        resolved.noise_on = "model" if self._noise_on_model(model) else "host"
+        draws for ``model`` (the noise of the two places differs), and the wrapped
+        method resolved as well (Blur IG's ``blur_on``)."""
+        resolved = self._place_resolved("noise_on", self._noise_on_model(model))
+        inner = self.method.resolved_for(model)
+        if inner is not self.method:
+            resolved = copy.copy(resolved) if resolved is self else resolved
+            resolved.method = inner
         return resolved
 
     def _noise_on_model(self, model: Model) -> bool:
         """Whether this run's noise is drawn by the model, on its device."""
-        if self.noise_on != "auto":
-            return self.noise_on == "model"
-        return (bool(getattr(model, "on_accelerator", False))
-                and callable(getattr(model, "noisy_rows", None))
-                and self._streams() and not isinstance(self.seed, np.random.RandomState))
+        if self.noise_on == "auto" and (
+                not self._streams() or isinstance(self.seed, np.random.RandomState)):
+            return False  # a method of several rows per input, or PAIR's draws asked for
+        return rows_on_model(model, self.noise_on, "noisy_rows", "noise_on")
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int

@@ -1,0 +1,212 @@
+"""Blur IG with its path points and rates made by the model's adapter, on its device
+(``blur_on="model"``; on this CPU-only machine the device is the CPU): the adapters'
+``filtered_rows`` against numpy's Toeplitz products, and the maps against the host's."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import salience
+from salience.methods.blur_ig import gaussian_kernels, toeplitz_stack
+from salience.model import CallbackModel
+
+
+class _Torch:
+    """A float64 torch model, channels first."""
+
+    tolerance = 1e-12
+    channels_last = False
+
+    def __init__(self):
+        torch = pytest.importorskip("torch")
+        import salience.torch
+
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(4, 5)).double()
+        self.model = salience.torch.wrap(self.net)
+        self.adapter = salience.torch.TorchModel
+
+
+class _Jax:
+    """A float32 JAX model, channels last."""
+
+    tolerance = 2e-5
+    channels_last = True
+
+    def __init__(self):
+        pytest.importorskip("jax")
+        import jax.numpy as jnp
+
+        import salience.jax
+
+        weights = np.random.default_rng(0).normal(size=(3 * 10 * 12, 5)).astype(np.float32)
+        self.model = salience.jax.wrap(
+            lambda p, x: jnp.tanh(x.reshape(len(x), -1) / 4) @ p, weights / 10)
+        self.adapter = salience.jax.JaxModel
+
+
+class _Keras:
+    """A float32 Keras model, channels last."""
+
+    tolerance = 2e-5
+    channels_last = True
+
+    def __init__(self):
+        pytest.importorskip("tensorflow")
+        keras = pytest.importorskip("keras")
+        import salience.keras
+
+        keras.utils.set_random_seed(0)
+        self.net = keras.Sequential([
+            keras.Input((10, 12, 3)), keras.layers.Conv2D(4, 3, activation="tanh"),
+            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+        self.model = salience.keras.wrap(self.net)
+        self.adapter = salience.keras.KerasModel
+
+
+@pytest.fixture(params=[_Torch, _Jax, _Keras], ids=["torch", "jax", "keras"])
+def framework(request):
+    return request.param()
+
+
+def _images(framework, n=3):
+    """n images of 10 x 12 pixels and 3 channels, in the framework model's layout."""
+    x = np.random.default_rng(1).random((n, 3, 10, 12))
+    return x.transpose(0, 2, 3, 1).copy() if framework.channels_last else x
+
+
+def _spy(monkeypatch, adapter):
+    calls = []
+    original = adapter.filtered_rows
+
+    def spy(self, images, owners, terms, axes):
+        calls.append(len(owners))
+        return original(self, images, owners, terms, axes)
+
+    monkeypatch.setattr(adapter, "filtered_rows", spy)
+    return calls
+
+
+def test_filtered_rows_are_the_sum_of_the_terms_toeplitz_products(framework):
+    x = _images(framework)
+    axes = (0, 1) if framework.channels_last else (1, 2)
+    rng = np.random.default_rng(2)
+    owners = np.array([1, 1, 2, 2, 2])  # not from image 0: the adapter takes a slice
+    blur = (gaussian_kernels(10, np.array([0.0, 0.5, 1, 3, 50])),
+            gaussian_kernels(12, np.array([0.7, 0, 2, 5, 50])))
+    other = (rng.normal(size=(5, 19)), rng.normal(size=(5, 23)))  # not symmetric
+    rows = framework.model.filtered_rows(x, owners, [blur, other], axes)
+    assert rows.shape == (5, *x.shape[1:]) and len(rows) == 5
+
+    planes = x if not framework.channels_last else x.transpose(0, 3, 1, 2)
+    want = np.zeros((5, *planes.shape[1:]))
+    for k_h, k_w in (blur, other):
+        a_h, a_w = toeplitz_stack(k_h), toeplitz_stack(k_w)
+        want += a_h[:, None] @ planes[owners] @ np.swapaxes(a_w, -1, -2)[:, None]
+    got = np.asarray(rows)
+    got = got.transpose(0, 3, 1, 2) if framework.channels_last else got
+    assert np.abs(got - want).max() <= framework.tolerance * np.abs(want).max()
+
+
+def test_torch_filters_rows_without_a_channel_axis():
+    torch = pytest.importorskip("torch")
+    import salience.torch
+
+    model = salience.torch.wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(120, 2)))
+    x = np.random.default_rng(3).random((2, 10, 12)).astype(np.float32)
+    k_h, k_w = gaussian_kernels(10, np.array([1.0, 2.0])), gaussian_kernels(12, np.array([3.0, 0.0]))
+    got = np.asarray(model.filtered_rows(x, np.array([0, 1]), [(k_h, k_w)], (0, 1)))
+    want = toeplitz_stack(k_h) @ x @ toeplitz_stack(k_w).transpose(0, 2, 1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_blur_ig_on_the_model_gives_the_host_maps(framework, monkeypatch, batch_size):
+    x = _images(framework)
+    host = salience.BlurIG(steps=12, batch_size=batch_size, blur_on="host").explain(
+        framework.model, x, [0, 1, 2])
+    calls = _spy(monkeypatch, framework.adapter)
+    on_model = salience.BlurIG(steps=12, batch_size=batch_size, blur_on="model").explain(
+        framework.model, x, [0, 1, 2])
+    # each chunk: its points, then its rates
+    chunks = -(-36 // batch_size)
+    assert len(calls) == 2 * chunks and sum(calls) == 2 * 36
+    assert on_model.shape == x.shape and on_model.dtype == x.dtype
+    assert np.isfinite(on_model).all() and np.abs(on_model).max() > 0
+    assert np.abs(on_model - host).max() <= 10 * framework.tolerance * np.abs(host).max()
+
+
+def test_auto_blurs_on_the_model_only_on_an_accelerator(framework, monkeypatch):
+    x = _images(framework, 2)
+    method = salience.BlurIG(steps=6)
+    assert method.blur_on == "auto"
+    assert method.resolved_for(framework.model).blur_on == "host"
+    calls = _spy(monkeypatch, framework.adapter)
+    method.explain(framework.model, x, [0, 1])
+    assert calls == []  # on a CPU the host blurs, as fast and as PAIR does
+    monkeypatch.setattr(framework.adapter, "on_accelerator", property(lambda self: True))
+    resolved = method.resolved_for(framework.model)
+    assert resolved.blur_on == "model" and method.blur_on == "auto"  # a copy
+    assert salience.BlurIG(blur_on="host").resolved_for(framework.model).blur_on == "host"
+    method.explain(framework.model, x, [0, 1])
+    assert len(calls) == 2  # one chunk: its points and its rates
+
+
+def test_blur_on_the_model_needs_an_adapter_that_filters_and_fails_before_any_call():
+    calls = []
+
+    def call_model(x, call_model_args=None, expected_keys=None):
+        calls.append(len(x))
+        return {"INPUT_OUTPUT_GRADIENTS": np.ones_like(x)}
+
+    model = CallbackModel(call_model, channels_last=True)
+    x = np.random.default_rng(0).random((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="blur_on='model' needs a model .* has no filtered_rows"):
+        salience.BlurIG(steps=4, blur_on="model").explain(model, x)
+    assert calls == []
+    # 'auto' falls back to the host there
+    assert salience.BlurIG(steps=4).explain(model, x).shape == x.shape
+    with pytest.raises(ValueError, match=r"blur_on must be one of 'auto', 'host', 'model', "
+                                         r"got 'gpu'"):
+        salience.BlurIG(blur_on="gpu")
+
+
+def test_threads_sharing_one_model_get_the_serial_maps(framework):
+    x = _images(framework, 2)
+    method = salience.BlurIG(steps=10, batch_size=4, blur_on="model")
+    serial = method.explain(framework.model, x, [0, 1])
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: method.explain(framework.model, x, [0, 1]), range(8)))
+    for maps in results:
+        np.testing.assert_array_equal(maps, serial)
+
+
+def test_smoothgrad_over_blur_ig_on_the_model(monkeypatch):
+    # The noise is the host's (Blur IG has several rows per input); the blur the model's.
+    torch_model = _Torch()
+    x = _images(torch_model, 2)
+    calls = _spy(monkeypatch, torch_model.adapter)
+    smooth = salience.SmoothGrad(salience.BlurIG(steps=5, blur_on="model"), nsamples=3, seed=0)
+    on_model = smooth.explain(torch_model.model, x, [0, 1])
+    assert len(calls) > 0
+    host = salience.SmoothGrad(salience.BlurIG(steps=5, blur_on="host"), nsamples=3,
+                               seed=0).explain(torch_model.model, x, [0, 1])
+    np.testing.assert_allclose(on_model, host, rtol=1e-9, atol=1e-12 * np.abs(host).max())
+
+
+def test_smoothgrad_resolves_the_blur_of_the_method_it_wraps(monkeypatch):
+    # A stored run records the wrapped method's settings too: its blur_on must be decided.
+    torch_model = _Torch()
+    smooth = salience.SmoothGrad(salience.BlurIG(steps=5), nsamples=3, seed=0)
+    assert smooth.resolved_for(torch_model.model).method.blur_on == "host"
+    monkeypatch.setattr(torch_model.adapter, "on_accelerator", property(lambda self: True))
+    resolved = smooth.resolved_for(torch_model.model)
+    assert resolved.method.blur_on == "model" and resolved.noise_on == "host"
+    assert smooth.method.blur_on == "auto" and resolved is not smooth  # copies
+    explicit = salience.SmoothGrad(salience.Gradients(), noise_on="host")
+    assert explicit.resolved_for(torch_model.model) is explicit  # nothing to decide
