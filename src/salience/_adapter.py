@@ -113,6 +113,9 @@ class DeviceRows:
         return self.shape[0]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if copy is False:  # numpy 2's "never copy": rows on a device cannot be viewed
+            raise ValueError("DeviceRows live on the model's device; numpy.asarray(rows) "
+                             "copies them to the host, a view without a copy cannot be had")
         # A CPU tensor's host array may share its memory: copy when asked to.
         return self._to_host(self.values).astype(dtype or self.dtype, copy=bool(copy))
 
