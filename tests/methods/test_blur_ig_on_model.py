@@ -32,6 +32,28 @@ class _Torch:
         self.adapter = salience.torch.TorchModel
 
 
+class _TorchLast(_Torch):
+    """The float64 torch model wrapped channels last (its module permutes the input)."""
+
+    channels_last = True
+
+    def __init__(self):
+        super().__init__()
+        import torch
+
+        import salience.torch
+
+        class Permuted(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x.permute(0, 3, 1, 2))
+
+        self.model = salience.torch.wrap(Permuted(self.net), channels_last=True)
+
+
 class _Jax:
     """A float32 JAX model, channels last."""
 
@@ -69,7 +91,8 @@ class _Keras:
         self.adapter = salience.keras.KerasModel
 
 
-@pytest.fixture(params=[_Torch, _Jax, _Keras], ids=["torch", "jax", "keras"])
+@pytest.fixture(params=[_Torch, _TorchLast, _Jax, _Keras],
+                ids=["torch", "torch-channels-last", "jax", "keras"])
 def framework(request):
     return request.param()
 
