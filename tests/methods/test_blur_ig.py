@@ -255,3 +255,20 @@ def test_float32_inputs_keep_the_blur_rate_accurate():
     single = method.explain(Tanh(), image.astype(np.float32))
     assert single.dtype == np.float32
     assert np.abs(single - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
+def test_runs_with_the_same_settings_share_their_kernels_read_only(analytic, images):
+    # The path's Gaussians are computed once per (size, levels, grad_step), and the
+    # shared arrays cannot be changed by a run.
+    from salience.methods.blur_ig import _path_kernels
+
+    _path_kernels.cache_clear()
+    method = salience.BlurIG(max_sigma=7, steps=9)
+    first = method.explain(analytic, images, TARGETS)
+    misses = _path_kernels.cache_info().misses
+    again = method.explain(analytic, images, TARGETS)
+    assert _path_kernels.cache_info().misses == misses and _path_kernels.cache_info().hits > 0
+    np.testing.assert_array_equal(again, first)
+    kernels = _path_kernels(images.shape[1], blur_sigmas(7, 9, False)[:-1].tobytes(), 0.01)
+    with pytest.raises(ValueError, match="read-only"):
+        kernels.at[0, 0] = 1.0
