@@ -74,6 +74,10 @@ class ZeroCostModel:
     """
 
     channels_last = False
+    # As the torch and JAX adapters, which copy every input into their own arrays:
+    # methods then skip their own copy (the Keras and TF1 adapters keep it, ~0.02 ms
+    # per 224 px row more).
+    copies_input = True
 
     def __init__(self, max_rows: int, row_shape: tuple[int, ...]) -> None:
         rng = np.random.default_rng(0)

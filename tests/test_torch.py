@@ -461,6 +461,25 @@ def test_a_module_writing_into_its_input_changes_no_array(x):
     np.testing.assert_array_equal(maps, salience.Occlusion(size=3, stride=3).explain(model, x, top))
 
 
+def test_methods_hand_the_adapter_the_callers_array_without_copying_it(net, x, monkeypatch):
+    # The adapter copies every host array into a tensor (above: a module writing into
+    # its input changes no array), so a method's own copy of the input would be a
+    # second one: an explain call passes the caller's float32 array itself.
+    model = st.wrap(net)
+    seen = []
+    original = st.TorchModel._tensor
+
+    def spy(self, rows, probing=False):
+        seen.append(np.shares_memory(np.asarray(rows), x))
+        return original(self, rows, probing)
+
+    monkeypatch.setattr(st.TorchModel, "_tensor", spy)
+    before = x.copy()
+    salience.Gradients(batch_size=len(x)).explain(model, x, 0)
+    assert seen and all(seen)
+    np.testing.assert_array_equal(x, before)
+
+
 # ---------------------------------------------------------------- checks before any work
 
 

@@ -328,6 +328,22 @@ def test_inputs_are_never_modified(method, model):
     np.testing.assert_array_equal(targets, [1, 0])
 
 
+READ_ONLY_INPUT = [*ALL_METHODS, salience.GuidedIG(steps=3),
+                   salience.SmoothGrad(salience.IntegratedGradients(steps=2), nsamples=2, seed=0),
+                   salience.XRAI(steps=2, batch_size=4)]
+
+
+@pytest.mark.parametrize("method", READ_ONLY_INPUT, ids=[type(m).__name__ for m in READ_ONLY_INPUT])
+def test_methods_only_read_the_input_a_copying_model_lets_them_keep(method, model):
+    # A model that copies its input (the torch and JAX adapters) spares the method its
+    # own copy, so the method then works on the caller's array: it must only read it.
+    x = _x()
+    expected = method.explain(model, x.copy(), np.array([1, 0]))
+    model.copies_input = True
+    x.flags.writeable = False  # any write into it raises
+    np.testing.assert_array_equal(method.explain(model, x, np.array([1, 0])), expected)
+
+
 def test_baselines_are_never_modified(model):
     x = _x()
     shared, per_row = np.full(x.shape[1:], 0.5), np.full(x.shape, -0.5)

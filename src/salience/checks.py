@@ -29,8 +29,10 @@ __all__ = [
 ]
 
 
-def as_float_batch(x: Any, name: str = "x") -> np.ndarray:
-    """Return ``x`` as a float array of at least one item, never a view of it.
+def as_float_batch(x: Any, name: str = "x", copy: bool = True) -> np.ndarray:
+    """Return ``x`` as a float array of at least one item: a copy, or with
+    ``copy=False`` ``x`` itself when it is already a C-contiguous float32 or
+    float64 array (for a model that never writes into its input).
 
     Integer and half-precision inputs become float32 before any arithmetic, so
     uint8 images cannot wrap around.
@@ -50,7 +52,8 @@ def as_float_batch(x: Any, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} is an empty batch (shape {arr.shape}); pass at least one input")
     if arr.size == 0:
         raise ValueError(f"{name} has a zero-sized dimension (shape {arr.shape})")
-    out = arr.astype(working_dtype(arr.dtype), copy=True)
+    dtype = working_dtype(arr.dtype)
+    out = arr.astype(dtype, copy=True) if copy else np.ascontiguousarray(arr, dtype=dtype)
     check_finite(out, name)
     return out
 

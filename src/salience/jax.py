@@ -198,6 +198,9 @@ class JaxModel(FrameworkModel):
     """
 
     supports_guided = False
+    #: JAX never writes into an array it is given (its arrays are immutable), so
+    #: methods need not copy the caller's input first (see salience.model.Model).
+    copies_input = True
     layer_hint = ("wrap the function split at the layer, with layer_fn=... and head_fn=... "
                   "(see salience.jax)")
 

@@ -104,6 +104,11 @@ class Model(Protocol):
         :class:`salience._adapter.DeviceRows` that a later call takes as ``x``;
         SmoothGrad draws its noise there (its ``noise_on``), by default when
         ``on_accelerator`` is true.  The torch, JAX and Keras adapters have both.
+    ``copies_input`` (bool, default False)
+        True when the model copies every ``x`` into its own arrays before
+        anything runs on it, so it can never write into the caller's array:
+        methods then skip their own copy of the input (a pass over it per
+        explain call).  The torch and JAX adapters say so.
     ``filtered_rows(images, owners, terms, axes)``
         Rows made in the model's framework, on its device, by separable filters
         (row ``r``: the sum over ``terms`` of ``A_h @ P @ A_w.T`` for each plane

@@ -165,6 +165,9 @@ class TorchModel(FrameworkModel):
     """A PyTorch module seen through the :class:`salience.model.Model` protocol."""
 
     supports_guided = True
+    #: Every host array becomes a new framework array before the model sees it, so
+    #: methods need not copy the caller's input first (see salience.model.Model).
+    copies_input = True
 
     def __init__(self, module, layer=None, *, target_fn=None, device=None,
                  channels_last=False, batch_size=64, reshape="auto"):

@@ -61,7 +61,9 @@ class Method:
             One map per input, shaped like ``x`` (Grad-CAM: see its docs).
         """
         model = as_model(model)
-        x = as_float_batch(x)
+        # Methods only read x; the copy guards the caller's array against a model that
+        # writes into its input, which an adapter copying it first cannot.
+        x = as_float_batch(x, copy=not getattr(model, "copies_input", False))
         self._check(model, x)  # before resolve_targets, which may run model.predict
         if progress is None:  # the common call: no progress contexts to enter
             targets = resolve_targets(model, x, targets)
