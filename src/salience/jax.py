@@ -388,16 +388,11 @@ class JaxModel(FrameworkModel):
     def filtered_rows(self, images: np.ndarray, owners: np.ndarray,
                       terms: Sequence[tuple[np.ndarray, np.ndarray]],
                       axes: tuple[int, int]) -> DeviceRows:
-        """Rows made on JAX's device by separable filters of ``images``, in float32.
-
-        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
-        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
-        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
-        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
-        padding outside the image (Blur IG's Gaussian blurs and their rates of
-        change).  Only the kernels go to the device; the matrices are gathered
-        there, in one jitted function compiled once per chunk shape.  Pass the
-        rows back as ``x``, or ``numpy.asarray`` them.
+        """Rows made on JAX's device by separable filters of ``images``, in float32:
+        the rows ``filtered_rows`` of :class:`salience.model.Model` describes (Blur
+        IG's path points and their rates).  Only the kernels go to the device; the
+        matrices are gathered there, in one jitted function compiled once per chunk
+        shape.  Pass the rows back as ``x``, or ``numpy.asarray`` them.
         """
         used, index = images_of_rows(images, owners)
         kernels_h, kernels_w = (jnp.asarray(np.stack(side), dtype=jnp.float32)
@@ -408,7 +403,7 @@ class JaxModel(FrameworkModel):
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        # rows built by noisy_rows are on the device already
+        # rows built by noisy_rows or filtered_rows are on the device already
         x = x.values if isinstance(x, DeviceRows) else np.asarray(x, dtype=np.float32)
         if targets is not None:
             # the base checked the range, so int32 holds every class index

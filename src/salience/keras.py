@@ -414,15 +414,10 @@ class KerasModel(FrameworkModel):
                       terms: Sequence[tuple[np.ndarray, np.ndarray]],
                       axes: tuple[int, int]) -> DeviceRows:
         """Rows made by TensorFlow on its device by separable filters of ``images``,
-        in the model's dtype.
-
-        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
-        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
-        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
-        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
-        padding outside the image (Blur IG's Gaussian blurs and their rates of
-        change).  Only the kernels go to the device; the matrices are gathered
-        there.  Pass the rows back as ``x``, or ``numpy.asarray`` them.
+        in the model's dtype: the rows ``filtered_rows`` of
+        :class:`salience.model.Model` describes (Blur IG's path points and their
+        rates).  Only the kernels go to the device; the matrices are gathered there.
+        Pass the rows back as ``x``, or ``numpy.asarray`` them.
         """
         used, index = images_of_rows(images, owners)
         x = tf.gather(tf.constant(self._cast(used)), index)
@@ -445,7 +440,7 @@ class KerasModel(FrameworkModel):
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        # rows built by noisy_rows are on the device already
+        # rows built by noisy_rows or filtered_rows are on the device already
         rows = x.values if isinstance(x, DeviceRows) else tf.constant(self._cast(x))
         if targets is not None:
             targets = (targets.astype(np.int64) if targets.ndim == 1

@@ -111,12 +111,14 @@ class Model(Protocol):
         explain call).  The torch and JAX adapters say so.
     ``filtered_rows(images, owners, terms, axes)``
         Rows made in the model's framework, on its device, by separable filters
-        (row ``r``: the sum over ``terms`` of ``A_h @ P @ A_w.T`` for each plane
-        ``P`` of ``images[owners[r]]`` along the row ``axes``, the matrices
-        gathered from each term's kernels of ``2 * size - 1`` taps), returned
-        as a :class:`salience._adapter.DeviceRows`; Blur IG makes its path
-        points and their rates there (its ``blur_on``), by default when
-        ``on_accelerator`` is true.  The torch, JAX and Keras adapters have it.
+        with zero padding, returned as a :class:`salience._adapter.DeviceRows`:
+        row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
+        plane ``P`` of ``images[owners[r]]`` along the row axes ``axes``
+        (height, width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for
+        the term's kernels ``(rows, 2 * size - 1)`` along that axis.  Blur IG
+        makes its path points (Gaussian blurs) and their rates of change there
+        (its ``blur_on``), by default when ``on_accelerator`` is true.  The
+        torch, JAX and Keras adapters have it.
     """
 
     def __call__(

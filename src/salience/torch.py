@@ -225,15 +225,10 @@ class TorchModel(FrameworkModel):
     def filtered_rows(self, images: np.ndarray, owners: np.ndarray,
                       terms: Sequence[tuple[np.ndarray, np.ndarray]],
                       axes: tuple[int, int]) -> DeviceRows:
-        """Rows made on the module's device by separable filters of ``images``.
-
-        Row ``r`` is the sum over ``terms`` of ``A_h @ P @ A_w.T`` for every
-        plane ``P`` of image ``owners[r]`` along the row axes ``axes`` (height,
-        width), where ``A[i, j] = kernel[r, j - i + size - 1]`` for the term's
-        kernels ``(rows, 2 * size - 1)`` along that axis: a filter with zero
-        padding outside the image (Blur IG's Gaussian blurs and their rates of
-        change).  Only the kernels go to the device; the matrices are gathered
-        there.  The rows are in the module's dtype; pass them back as ``x``, or
+        """Rows made on the module's device by separable filters of ``images``, in
+        the module's dtype: the rows ``filtered_rows`` of :class:`salience.model.Model`
+        describes (Blur IG's path points and their rates).  Only the kernels go to the
+        device; the matrices are gathered there.  Pass the rows back as ``x``, or
         ``numpy.asarray`` them.
         """
         used, index = images_of_rows(images, owners)
@@ -265,7 +260,7 @@ class TorchModel(FrameworkModel):
 
     def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
         if isinstance(x, DeviceRows):
-            return x.values  # built on the device by noisy_rows, for this call
+            return x.values  # built on the device (noisy_rows, filtered_rows)
         # A host array is always copied: a module that writes into its input must not reach
         # the caller's array.
         x = np.asarray(x)

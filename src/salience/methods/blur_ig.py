@@ -113,10 +113,11 @@ def blur_along_height(images: np.ndarray, owners: np.ndarray, kernels: np.ndarra
     height = images.shape[1]
     flat = images.reshape(len(images), height, -1)
     out = np.empty((n_rows, height, flat.shape[2]), dtype=images.dtype)
+    planes = out.reshape(n_rows * height, -1)  # a view: out is contiguous
     for a, b in owner_runs(owners):
         # written in place: a temporary and its copy cost as much as the product
         np.matmul(kernels[a:b].reshape(-1, height), flat[owners[a]],
-                  out=out[a:b].reshape(-1, flat.shape[2]))
+                  out=planes[a * height:b * height])
     return out.reshape(n_rows, *images.shape[1:])
 
 
