@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -58,6 +59,15 @@ def test_owner_runs_and_add_by_owner():
     totals = np.zeros(6)
     add_by_owner(totals, owners, np.arange(6.0))
     np.testing.assert_array_equal(totals, [1, 0, 9, 0, 0, 5])
+    # weighted: each row's values times its weight, summed per owner
+    values = np.arange(12.0).reshape(6, 2)
+    weights = np.array([1.0, -1, 2, 0, 0.5, 3])
+    weighted = np.zeros((6, 2))
+    add_by_owner(weighted, owners, values, weights)
+    want = np.zeros((6, 2))
+    for owner, w, v in zip(owners, weights, values):
+        want[owner] += w * v
+    np.testing.assert_allclose(weighted, want)
 
 
 def test_row_dots_equals_einsum():
@@ -191,3 +201,19 @@ def test_all_finite(monkeypatch):
         bad = big.copy()
         bad[row, 1, 2] = np.nan
         assert not all_finite(bad)
+
+
+def test_blas_libraries_are_found_again_after_new_imports(monkeypatch):
+    # A framework imported after the first scan may load a BLAS of its own, which
+    # one_blas_thread must limit too; without new imports the scan is not repeated.
+    import types
+
+    from salience.numeric import _blas_libraries, _blas_libraries_with
+
+    _blas_libraries()
+    misses = _blas_libraries_with.cache_info().misses
+    _blas_libraries()
+    assert _blas_libraries_with.cache_info().misses == misses
+    monkeypatch.setitem(sys.modules, "salience_test_new_module", types.ModuleType("m"))
+    assert _blas_libraries()  # scipy's BLAS at least
+    assert _blas_libraries_with.cache_info().misses == misses + 1

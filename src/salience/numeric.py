@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -84,10 +85,17 @@ def owner_runs(owners: np.ndarray) -> list[tuple[int, int]]:
     return list(zip([0, *boundaries.tolist()], [*boundaries.tolist(), len(owners)]))
 
 
-def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray) -> None:
-    """``totals[o] += sum of values whose owner is o``, for sorted owners (runs)."""
+def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray,
+                 weights: np.ndarray | None = None) -> None:
+    """``totals[o] += sum of values whose owner is o``, for sorted owners (runs); with
+    ``weights``, each value times its row's weight (one matrix-vector product per
+    run, instead of a weighing pass and a sum)."""
     for a, b in owner_runs(owners):
-        totals[owners[a]] += values[a:b].sum(axis=0)
+        if weights is None:
+            totals[owners[a]] += values[a:b].sum(axis=0)
+        else:
+            totals[owners[a]] += (weights[a:b] @ values[a:b].reshape(b - a, -1)).reshape(
+                values.shape[1:])
 
 
 def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -194,11 +202,16 @@ def standard_normal_rows(rng: np.random.Generator, rows: int, size: int) -> np.n
     return out.reshape(rows, 2 * half)[:, :size]
 
 
-@functools.cache
 def _blas_libraries() -> list[Any]:
     # Finding the loaded BLAS libraries scans the process's memory map (a few
-    # ms), so it is done once.  scipy's LAPACK is loaded first, so that it is
-    # among the libraries found.
+    # ms), so it is done again only after new modules were imported: a framework
+    # imported later (TensorFlow, JAX) may bring a BLAS of its own.
+    return _blas_libraries_with(len(sys.modules))
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_libraries_with(modules: int) -> list[Any]:
+    # scipy's LAPACK is loaded first, so that it is among the libraries found.
     import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
