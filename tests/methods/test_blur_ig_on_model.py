@@ -233,3 +233,28 @@ def test_smoothgrad_resolves_the_blur_of_the_method_it_wraps(monkeypatch):
     assert smooth.method.blur_on == "auto" and resolved is not smooth  # copies
     explicit = salience.SmoothGrad(salience.Gradients(), noise_on="host")
     assert explicit.resolved_for(torch_model.model) is explicit  # nothing to decide
+
+
+def test_rows_read_back_from_the_adapter_are_never_written_into():
+    # An adapter's host copy of its rows may be memory it keeps (a CPU tensor's, or a
+    # cache): Blur IG weighs the rates by the gradients in a new array.
+    from salience._adapter import DeviceRows
+    from salience.model import INPUT_OUTPUT_GRADIENTS
+
+    class Fixed:
+        channels_last = True
+
+        def __init__(self):
+            self.rows = np.random.default_rng(0).random((8, 6, 6, 3))
+            self.kept = self.rows.copy()
+
+        def filtered_rows(self, images, owners, terms, axes):
+            return DeviceRows(self.rows[:len(owners)], images[:1], np.asarray)
+
+        def __call__(self, x, targets, keys):
+            return {INPUT_OUTPUT_GRADIENTS: np.full(x.shape, 2.0)}
+
+    model = Fixed()
+    x = np.random.default_rng(1).random((1, 6, 6, 3))
+    salience.BlurIG(steps=8, blur_on="model").explain(model, x)
+    np.testing.assert_array_equal(model.rows, model.kept)

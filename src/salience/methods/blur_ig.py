@@ -349,16 +349,19 @@ class _BlurPath:
             rate = self.from_model_layout(np.asarray(self._filtered(owners, [
                 (self._taps(h, levels, "rate"), self._taps(w, levels, "after")),
                 (self._taps(h, levels, "at"), self._taps(w, levels, "rate"))])))
-            rate = rate * self.step_weights[levels][:, None, None, None]
         else:
             d_h, d_w = self._pair(levels, "rate")
             k_w_next = self._matrices(self.width, levels, "after")
             with one_blas_thread():
                 rate = blur_rates(self.images, owners, along_h, d_h, d_w, k_w_next)
-            rate *= self.step_weights[levels][:, None, None, None]
-        self.rates[start] = (owners, rate)
+        self.rates[start] = (owners, rate, self.step_weights[levels])
 
     def consume(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
-        owners, rate = self.rates.pop(start)
+        owners, rate, weights = self.rates.pop(start)
         grads = self.from_model_layout(outputs[INPUT_OUTPUT_GRADIENTS])
-        add_by_owner(self.totals, owners, rate * grads)
+        if self.on_model is None:
+            rate *= grads  # rate x gradient, into the host's own rates
+        else:  # the adapter's host copy may be memory it shares
+            rate = rate * grads
+        with one_blas_thread():  # sums weighted by the sigma steps, one product per image
+            add_by_owner(self.totals, owners, rate, weights)
