@@ -289,8 +289,10 @@ class _BlurPath:
         self.ndim, self.is_last = x.ndim, is_last
         self.x, self.on_model = x, on_model
         self.axes = spatial_axes(x.ndim - 1, is_last)
-        self.images = np.ascontiguousarray(self.from_model_layout(x))  # (n, H, C, W)
-        n, height, _, width = self.images.shape
+        layout = self.from_model_layout(x)  # (n, H, C, W), a view
+        # the host blurs these; the model's adapter blurs x itself
+        self.images = np.ascontiguousarray(layout) if on_model is None else layout
+        n, height, _, width = layout.shape
         self.dtype = x.dtype
         self.steps = len(sigmas) - 1
         self.step_weights = np.diff(sigmas).astype(self.dtype)
@@ -298,7 +300,7 @@ class _BlurPath:
         self.kernels = {size: _PathKernels.of(size, sigmas[:-1], grad_step)
                         for size in {height, width}}
         self.height, self.width = height, width
-        self.totals = np.zeros(self.images.shape, dtype=np.float64)
+        self.totals = np.zeros(layout.shape, dtype=np.float64)
         self.first_pass: dict[int, tuple] = {}  # by chunk start, for prepare
         self.rates: dict[int, tuple] = {}  # by chunk start, for consume
 
