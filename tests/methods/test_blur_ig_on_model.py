@@ -258,3 +258,18 @@ def test_rows_read_back_from_the_adapter_are_never_written_into():
     x = np.random.default_rng(1).random((1, 6, 6, 3))
     salience.BlurIG(steps=8, blur_on="model").explain(model, x)
     np.testing.assert_array_equal(model.rows, model.kept)
+
+
+def test_images_without_a_channel_axis_blur_on_the_model_as_on_the_host():
+    torch = pytest.importorskip("torch")
+    import salience.torch
+
+    torch.manual_seed(0)
+    model = salience.torch.wrap(torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(120, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double())
+    x = np.random.default_rng(4).random((2, 10, 12))
+    host = salience.BlurIG(steps=9, batch_size=5, blur_on="host").explain(model, x, [0, 2])
+    on_model = salience.BlurIG(steps=9, batch_size=5, blur_on="model").explain(model, x, [0, 2])
+    assert on_model.shape == x.shape and np.abs(host).max() > 0
+    np.testing.assert_allclose(on_model, host, rtol=0, atol=1e-12 * np.abs(host).max())

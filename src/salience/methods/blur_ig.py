@@ -348,9 +348,9 @@ class _BlurPath:
         if self.on_model is not None:
             # D_h X K_w(s + g) + K_h X D_w, as blur_rates, made by the model's adapter
             h, w = self.height, self.width
-            rate = self.from_model_layout(np.asarray(self._filtered(owners, [
+            rate = np.asarray(self._filtered(owners, [  # in the model's layout
                 (self._taps(h, levels, "rate"), self._taps(w, levels, "after")),
-                (self._taps(h, levels, "at"), self._taps(w, levels, "rate"))])))
+                (self._taps(h, levels, "at"), self._taps(w, levels, "rate"))]))
         else:
             d_h, d_w = self._pair(levels, "rate")
             k_w_next = self._matrices(self.width, levels, "after")
@@ -360,10 +360,12 @@ class _BlurPath:
 
     def consume(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
         owners, rate, weights = self.rates.pop(start)
-        grads = self.from_model_layout(outputs[INPUT_OUTPUT_GRADIENTS])
+        grads = outputs[INPUT_OUTPUT_GRADIENTS]
         if self.on_model is None:
-            rate *= grads  # rate x gradient, into the host's own rates
-        else:  # the adapter's host copy may be memory it shares
+            rate *= self.from_model_layout(grads)  # rate x gradient, into the host's rates
+            totals = self.totals
+        else:  # both in the model's layout; the adapter's copy may be memory it keeps
             rate = rate * grads
+            totals = self.to_model_layout(self.totals)  # a view: the sums, as the model lays out
         with one_blas_thread():  # sums weighted by the sigma steps, one product per image
-            add_by_owner(self.totals, owners, rate, weights)
+            add_by_owner(totals, owners, rate, weights)
