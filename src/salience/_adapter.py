@@ -134,6 +134,7 @@ def images_of_rows(images: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, 
     return images[first:last], owners - first
 
 
+@functools.lru_cache(maxsize=8)
 def toeplitz_index(size: int) -> np.ndarray:
     """``index[i, j] = j - i + size - 1``: gathering a kernel of ``2 * size - 1`` taps
     (offsets ``-(size - 1) .. size - 1``) at it gives the ``(size, size)`` matrix of
@@ -141,7 +142,9 @@ def toeplitz_index(size: int) -> np.ndarray:
     the device from the kernels (a few hundred values per row instead of two
     ``size x size`` matrices)."""
     offsets = np.arange(size)
-    return offsets[None, :] - offsets[:, None] + size - 1
+    index = offsets[None, :] - offsets[:, None] + size - 1
+    index.flags.writeable = False  # cached: every call of every adapter shares it
+    return index
 
 
 class CallKind(NamedTuple):

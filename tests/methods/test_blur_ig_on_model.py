@@ -273,3 +273,19 @@ def test_images_without_a_channel_axis_blur_on_the_model_as_on_the_host():
     on_model = salience.BlurIG(steps=9, batch_size=5, blur_on="model").explain(model, x, [0, 2])
     assert on_model.shape == x.shape and np.abs(host).max() > 0
     np.testing.assert_allclose(on_model, host, rtol=0, atol=1e-12 * np.abs(host).max())
+
+
+def test_toeplitz_index_gathers_each_kernel_tap_onto_its_diagonal():
+    from salience._adapter import toeplitz_index
+
+    index = toeplitz_index(4)
+    kernel = np.arange(7.0)  # offsets -3 .. 3
+    np.testing.assert_array_equal(kernel[index], toeplitz_stack(kernel[None])[0])
+    assert index is toeplitz_index(4) and not index.flags.writeable  # shared, read-only
+
+
+def test_smoothgrad_names_the_same_noise_places_every_row_place_setting_takes():
+    from salience.methods.base import ROW_PLACES
+    from salience.methods.smoothgrad import NOISE_PLACES
+
+    assert tuple(NOISE_PLACES) == ROW_PLACES
