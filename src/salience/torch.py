@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -256,7 +257,7 @@ class TorchModel(FrameworkModel):
         kernels, gathered on the device (see :func:`salience._adapter.toeplitz_index`)."""
         size = (kernels.shape[1] + 1) // 2
         taps = torch.as_tensor(kernels, dtype=self.dtype, device=self.device)
-        return taps[:, torch.as_tensor(toeplitz_index(size), device=self.device)]
+        return taps[:, _toeplitz_index_on(size, self.device)]
 
     def _tensor(self, x: np.ndarray | DeviceRows, probing: bool = False) -> torch.Tensor:
         if isinstance(x, DeviceRows):
@@ -641,6 +642,13 @@ def _check_guided_possible(module: nn.Module) -> None:
         raise ValueError(
             f"Guided Backprop cannot change the ReLU backward rule inside "
             f"{type(sub).__name__}: {why}; explain the eager module instead")
+
+
+@functools.lru_cache(maxsize=8)
+def _toeplitz_index_on(size: int, device: torch.device) -> torch.Tensor:
+    """:func:`salience._adapter.toeplitz_index` on ``device``, made once (a tensor of
+    the read-only array would share it, which torch warns about)."""
+    return torch.tensor(toeplitz_index(size), device=device)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

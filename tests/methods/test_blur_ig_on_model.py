@@ -115,6 +115,7 @@ def _spy(monkeypatch, adapter):
     return calls
 
 
+@pytest.mark.filterwarnings("error")  # torch warned of a tensor sharing a read-only array
 def test_filtered_rows_are_the_sum_of_the_terms_toeplitz_products(framework):
     x = _images(framework)
     axes = (0, 1) if framework.channels_last else (1, 2)
