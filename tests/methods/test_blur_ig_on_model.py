@@ -14,95 +14,6 @@ from salience.methods.blur_ig import gaussian_kernels, toeplitz_stack
 from salience.model import CallbackModel
 
 
-class _Torch:
-    """A float64 torch model, channels first."""
-
-    tolerance = 1e-12
-    channels_last = False
-
-    def __init__(self):
-        torch = pytest.importorskip("torch")
-        import salience.torch
-
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(), torch.nn.Linear(4, 5)).double()
-        self.model = salience.torch.wrap(self.net)
-        self.adapter = salience.torch.TorchModel
-
-
-class _TorchLast(_Torch):
-    """The float64 torch model wrapped channels last (its module permutes the input)."""
-
-    channels_last = True
-
-    def __init__(self):
-        super().__init__()
-        import torch
-
-        import salience.torch
-
-        class Permuted(torch.nn.Module):
-            def __init__(self, net):
-                super().__init__()
-                self.net = net
-
-            def forward(self, x):
-                return self.net(x.permute(0, 3, 1, 2))
-
-        self.model = salience.torch.wrap(Permuted(self.net), channels_last=True)
-
-
-class _Jax:
-    """A float32 JAX model, channels last."""
-
-    tolerance = 2e-5
-    channels_last = True
-
-    def __init__(self):
-        pytest.importorskip("jax")
-        import jax.numpy as jnp
-
-        import salience.jax
-
-        weights = np.random.default_rng(0).normal(size=(3 * 10 * 12, 5)).astype(np.float32)
-        self.model = salience.jax.wrap(
-            lambda p, x: jnp.tanh(x.reshape(len(x), -1) / 4) @ p, weights / 10)
-        self.adapter = salience.jax.JaxModel
-
-
-class _Keras:
-    """A float32 Keras model, channels last."""
-
-    tolerance = 2e-5
-    channels_last = True
-
-    def __init__(self):
-        pytest.importorskip("tensorflow")
-        keras = pytest.importorskip("keras")
-        import salience.keras
-
-        keras.utils.set_random_seed(0)
-        self.net = keras.Sequential([
-            keras.Input((10, 12, 3)), keras.layers.Conv2D(4, 3, activation="tanh"),
-            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
-        self.model = salience.keras.wrap(self.net)
-        self.adapter = salience.keras.KerasModel
-
-
-@pytest.fixture(params=[_Torch, _TorchLast, _Jax, _Keras],
-                ids=["torch", "torch-channels-last", "jax", "keras"])
-def framework(request):
-    return request.param()
-
-
-def _images(framework, n=3):
-    """n images of 10 x 12 pixels and 3 channels, in the framework model's layout."""
-    x = np.random.default_rng(1).random((n, 3, 10, 12))
-    return x.transpose(0, 2, 3, 1).copy() if framework.channels_last else x
-
-
 def _spy(monkeypatch, adapter):
     calls = []
     original = adapter.filtered_rows
@@ -117,7 +28,7 @@ def _spy(monkeypatch, adapter):
 
 @pytest.mark.filterwarnings("error")  # torch warned of a tensor sharing a read-only array
 def test_filtered_rows_are_the_sum_of_the_terms_toeplitz_products(framework):
-    x = _images(framework)
+    x = framework.images()
     axes = (0, 1) if framework.channels_last else (1, 2)
     rng = np.random.default_rng(2)
     owners = np.array([1, 1, 2, 2, 2])  # not from image 0: the adapter takes a slice
@@ -151,7 +62,7 @@ def test_torch_filters_rows_without_a_channel_axis():
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32])
 def test_blur_ig_on_the_model_gives_the_host_maps(framework, monkeypatch, batch_size):
-    x = _images(framework)
+    x = framework.images()
     host = salience.BlurIG(steps=12, batch_size=batch_size, blur_on="host").explain(
         framework.model, x, [0, 1, 2])
     calls = _spy(monkeypatch, framework.adapter)
@@ -166,7 +77,7 @@ def test_blur_ig_on_the_model_gives_the_host_maps(framework, monkeypatch, batch_
 
 
 def test_auto_blurs_on_the_model_only_on_an_accelerator(framework, monkeypatch):
-    x = _images(framework, 2)
+    x = framework.images(2)
     method = salience.BlurIG(steps=6)
     assert method.blur_on == "auto"
     assert method.resolved_for(framework.model).blur_on == "host"
@@ -201,7 +112,7 @@ def test_blur_on_the_model_needs_an_adapter_that_filters_and_fails_before_any_ca
 
 
 def test_threads_sharing_one_model_get_the_serial_maps(framework):
-    x = _images(framework, 2)
+    x = framework.images(2)
     method = salience.BlurIG(steps=10, batch_size=4, blur_on="model")
     serial = method.explain(framework.model, x, [0, 1])
     with ThreadPoolExecutor(4) as pool:
@@ -210,10 +121,10 @@ def test_threads_sharing_one_model_get_the_serial_maps(framework):
         np.testing.assert_array_equal(maps, serial)
 
 
-def test_smoothgrad_over_blur_ig_on_the_model(monkeypatch):
+def test_smoothgrad_over_blur_ig_on_the_model(monkeypatch, torch_framework):
     # The noise is the host's (Blur IG has several rows per input); the blur the model's.
-    torch_model = _Torch()
-    x = _images(torch_model, 2)
+    torch_model = torch_framework
+    x = torch_model.images(2)
     calls = _spy(monkeypatch, torch_model.adapter)
     smooth = salience.SmoothGrad(salience.BlurIG(steps=5, blur_on="model"), nsamples=3, seed=0)
     on_model = smooth.explain(torch_model.model, x, [0, 1])
@@ -223,9 +134,9 @@ def test_smoothgrad_over_blur_ig_on_the_model(monkeypatch):
     np.testing.assert_allclose(on_model, host, rtol=1e-9, atol=1e-12 * np.abs(host).max())
 
 
-def test_smoothgrad_resolves_the_blur_of_the_method_it_wraps(monkeypatch):
+def test_smoothgrad_resolves_the_blur_of_the_method_it_wraps(monkeypatch, torch_framework):
     # A stored run records the wrapped method's settings too: its blur_on must be decided.
-    torch_model = _Torch()
+    torch_model = torch_framework
     smooth = salience.SmoothGrad(salience.BlurIG(steps=5), nsamples=3, seed=0)
     assert smooth.resolved_for(torch_model.model).method.blur_on == "host"
     monkeypatch.setattr(torch_model.adapter, "on_accelerator", property(lambda self: True))
