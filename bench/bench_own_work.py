@@ -205,7 +205,38 @@ def run(quick: bool) -> list[dict]:
         print(f"   {method}: {rows} rows, {wall / rows * 1e3:.3f} ms/row wall, "
               f"{cpu / rows * 1e3:.3f} ms/row CPU", flush=True)
     rows_out.append(_segmentation_alone(x, repeats))
+    rows_out.append(_guided_step_dispatch(repeats))
     return rows_out
+
+
+def _guided_step_dispatch(repeats: int) -> dict:
+    """What Guided IG's walk on the model's device (``select_on="model"``) leaves on the
+    host per path step: dispatching the step's framework operations.  Timed with the
+    torch adapter's array operations on rows of 16 values, whose arithmetic is nil, for
+    1 and for 32 rows (a fixed cost per step, not per row)."""
+    import torch
+
+    import salience.torch
+    from salience.methods.guided_ig.selection import StepTarget, advance_rows_with
+
+    ops = salience.torch.wrap(torch.nn.Linear(16, 2)).array_ops()
+    rng = np.random.default_rng(0)
+    per_step = {}
+    for rows in (1, 32):
+        weights = ops.asarray(rng.random((rows, 16)))
+        grads = ops.asarray(rng.normal(size=(rows, 16)).astype(np.float32))
+        t, l1_total, target = weights * 0.0, ops.row_sums(weights), StepTarget.of(3, 10, 0.02)
+
+        def step(t=t, weights=weights, grads=grads, l1_total=l1_total, target=target):
+            moved = advance_rows_with(ops, t, weights, abs(grads), target, 3, l1_total)
+            return t + (moved - t) * grads  # the walk's sum of gradient x change
+
+        wall, _ = _timed(lambda: [step() for _ in range(100)], repeats)
+        per_step[rows] = wall / 100
+    return make_row(AREA, "GuidedIG step on the device (select_on=model)", "torch, CPU",
+                    "rows of 16 values (the framework's arithmetic nil)", per_step[32],
+                    notes=(f"host dispatch per path step: {per_step[1] * 1e6:.0f} us with "
+                           f"1 row, {per_step[32] * 1e6:.0f} us with 32 rows"))
 
 
 def _segmentation_alone(x: np.ndarray, repeats: int) -> dict:

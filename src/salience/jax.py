@@ -401,6 +401,13 @@ class JaxModel(FrameworkModel):
                               kernels_h, kernels_w, axes[0] + 1, axes[1] + 1)
         return DeviceRows(rows, used, np.asarray)
 
+    def array_ops(self) -> _JaxArrayOps | None:
+        """Array operations on JAX's device, for a method that keeps its arrays there
+        between calls (Guided IG's ``select_on``); None unless 64-bit arrays are on
+        (``jax.config.update("jax_enable_x64", True)``): the walk's positions are
+        float64, which JAX otherwise turns into float32."""
+        return _JAX_OPS if jax.config.read("jax_enable_x64") else None
+
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
         # rows built by noisy_rows or filtered_rows are on the device already
@@ -423,3 +430,36 @@ class JaxModel(FrameworkModel):
         n = len(x)
         out = self._compiled("predict")(self._params, _pad_rows(x, self._padded_size("predict", x)))
         return np.asarray(out)[:n]
+
+
+class _JaxArrayOps:
+    """:class:`salience.methods.guided_ig.selection.ArrayOps` for arrays on JAX's
+    default device (64-bit arrays on)."""
+
+    def asarray(self, values: np.ndarray) -> jax.Array:
+        return jnp.asarray(values)
+
+    def to_host(self, values: jax.Array) -> np.ndarray:
+        return np.asarray(values)
+
+    def where(self, condition: jax.Array, a: Any, b: Any) -> jax.Array:
+        return jnp.where(condition, a, b)
+
+    def kth_smallest(self, values: jax.Array, k: int) -> jax.Array:
+        return jnp.partition(values, k, axis=1)[:, k : k + 1]
+
+    def concat(self, parts: Sequence[jax.Array]) -> jax.Array:
+        return jnp.concatenate(list(parts))
+
+    def row_sums(self, values: jax.Array) -> jax.Array:
+        return values.sum(axis=1)
+
+    def any(self, values: jax.Array) -> bool:
+        return bool(values.any())
+
+    def rows(self, values: jax.Array, one_row: np.ndarray) -> DeviceRows:
+        rows = values.reshape(len(values), *one_row.shape[1:]).astype(jnp.float32)
+        return DeviceRows(rows, one_row, np.asarray)
+
+
+_JAX_OPS = _JaxArrayOps()

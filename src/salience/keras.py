@@ -438,6 +438,11 @@ class KerasModel(FrameworkModel):
         rows = tf.transpose(total, np.argsort(order))
         return DeviceRows(rows, used, lambda t: t.numpy())
 
+    def array_ops(self) -> _TensorFlowArrayOps:
+        """Array operations on TensorFlow's device, for a method that keeps its
+        arrays there between calls (Guided IG's ``select_on``)."""
+        return _TensorFlowArrayOps(self.dtype)
+
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
         # rows built by noisy_rows or filtered_rows are on the device already
@@ -519,3 +524,43 @@ class ModelWeights:
                 std = float(current.std()) if current.size > 1 and current.std() > 0 else 0.01
                 value = rng.normal(0.0, std, size=shape)
             weight.assign(value.astype(np.asarray(weight).dtype))
+
+
+class _TensorFlowArrayOps:
+    """:class:`salience.methods.guided_ig.selection.ArrayOps` for TensorFlow tensors
+    (placed as TensorFlow places them: on its GPU when it has one).  Float arrays
+    go to the device as float64: TensorFlow multiplies only tensors of one dtype."""
+
+    def __init__(self, dtype: tf.DType) -> None:
+        self.dtype = dtype  # the model's input dtype
+
+    def asarray(self, values: np.ndarray) -> tf.Tensor:
+        if values.dtype.kind == "f":
+            values = values.astype(np.float64, copy=False)
+        return tf.constant(values)
+
+    def to_host(self, values: tf.Tensor) -> np.ndarray:
+        return values.numpy()
+
+    def where(self, condition: tf.Tensor, a: Any, b: Any) -> tf.Tensor:
+        # A Python float takes the other's dtype, straight from the float (tf.cast would
+        # round it through float32 first).
+        dtype = (a if tf.is_tensor(a) else b).dtype
+        return tf.where(condition, *(v if tf.is_tensor(v) else tf.constant(v, dtype)
+                                     for v in (a, b)))
+
+    def kth_smallest(self, values: tf.Tensor, k: int) -> tf.Tensor:
+        return -tf.math.top_k(-values, k + 1, sorted=True).values[:, k : k + 1]
+
+    def concat(self, parts: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.concat(list(parts), axis=0)
+
+    def row_sums(self, values: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(values, axis=1)
+
+    def any(self, values: tf.Tensor) -> bool:
+        return bool(tf.reduce_any(values))
+
+    def rows(self, values: tf.Tensor, one_row: np.ndarray) -> DeviceRows:
+        rows = tf.cast(tf.reshape(values, [len(values), *one_row.shape[1:]]), self.dtype)
+        return DeviceRows(rows, one_row, lambda t: t.numpy())

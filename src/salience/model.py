@@ -119,6 +119,15 @@ class Model(Protocol):
         makes its path points (Gaussian blurs) and their rates of change there
         (its ``blur_on``), by default when ``on_accelerator`` is true.  The
         torch, JAX and Keras adapters have it.
+    ``array_ops()``
+        An :class:`salience.methods.guided_ig.selection.ArrayOps`, the few
+        operations beyond arithmetic that keep a method's arrays on the
+        model's device between calls (its ``rows`` become a
+        :class:`salience._adapter.DeviceRows` for ``x``), or None where the
+        device cannot (they need float64).  Guided IG walks its paths there
+        (its ``select_on``), by default when ``on_accelerator`` is true.  The
+        torch adapter (devices with float64), JAX (64-bit arrays on) and Keras
+        have it.
     """
 
     def __call__(

@@ -192,6 +192,7 @@ class TorchModel(FrameworkModel):
         self.expected_channels = conv.in_channels if conv is not None else None
         # Input shapes (without the batch axis) the module takes only in contiguous memory.
         self._contiguous_shapes: set[tuple[int, ...]] = set()
+        self._float64_ok: bool | None = None  # whether the device has float64 (array_ops)
 
     @property
     def on_accelerator(self) -> bool:
@@ -251,6 +252,18 @@ class TorchModel(FrameworkModel):
                       else torch.contiguous_format)
             rows = rows.contiguous(memory_format=memory)
         return DeviceRows(rows, used, _np)
+
+    def array_ops(self) -> _TorchArrayOps | None:
+        """Array operations on the module's device, for a method that keeps its
+        arrays there between calls (Guided IG's ``select_on``); None on a device
+        without float64 (Apple's MPS), which the walk's positions need."""
+        if self._float64_ok is None:
+            try:
+                torch.zeros(1, dtype=torch.float64, device=self.device)
+                self._float64_ok = True
+            except (TypeError, RuntimeError):
+                self._float64_ok = False
+        return _TorchArrayOps(self) if self._float64_ok else None
 
     def _filter_matrices(self, kernels: np.ndarray) -> torch.Tensor:
         """The ``(rows, size, size)`` filter matrices of ``(rows, 2 * size - 1)``
@@ -658,6 +671,42 @@ def _np(t: torch.Tensor) -> np.ndarray:
     if t.dtype != torch.float64:
         t = t.float()
     return t.cpu().numpy()
+
+
+class _TorchArrayOps:
+    """:class:`salience.methods.guided_ig.selection.ArrayOps` for tensors on a
+    :class:`TorchModel`'s device."""
+
+    def __init__(self, model: TorchModel) -> None:
+        self.model = model
+
+    def asarray(self, values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, device=self.model.device)
+
+    def to_host(self, values: torch.Tensor) -> np.ndarray:
+        return _np(values)
+
+    def where(self, condition: torch.Tensor, a: Any, b: Any) -> torch.Tensor:
+        return torch.where(condition, a, b)
+
+    def kth_smallest(self, values: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.kthvalue(values, k + 1, dim=1, keepdim=True).values
+
+    def concat(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts))
+
+    def row_sums(self, values: torch.Tensor) -> torch.Tensor:
+        return values.sum(dim=1)
+
+    def any(self, values: torch.Tensor) -> bool:
+        return bool(values.any())
+
+    def rows(self, values: torch.Tensor, one_row: np.ndarray) -> DeviceRows:
+        model = self.model
+        rows = values.reshape(len(values), *one_row.shape[1:]).to(model.dtype)
+        if model._channels_last_memory(rows.shape):
+            rows = rows.contiguous(memory_format=torch.channels_last)
+        return DeviceRows(rows, one_row, _np)
 
 
 class ModuleWeights:

@@ -357,12 +357,13 @@ def test_a_run_leaves_the_callers_matplotlib_backend_alone(small_dir, tmp_path, 
         matplotlib.use(before)
 
 
-@pytest.mark.parametrize("method, setting", [("smoothgrad", "noise_on"), ("blur_ig", "blur_on")])
+@pytest.mark.parametrize("method, setting", [("smoothgrad", "noise_on"), ("blur_ig", "blur_on"),
+                                             ("guided_ig", "select_on")])
 def test_where_rows_were_built_is_recorded_and_a_resume_elsewhere_refused(
         small_dir, tmp_path, kit, monkeypatch, method, setting):
-    # A run on an accelerator draws SmoothGrad's noise (blurs Blur IG's path) on the
-    # device ("auto"): other numbers than the host's, so a resume on a CPU must not add
-    # host maps to it.
+    # A run on an accelerator draws SmoothGrad's noise (blurs Blur IG's path, walks
+    # Guided IG's) on the device ("auto"): other numbers than the host's, so a resume on
+    # a CPU must not add host maps to it.
     out = tmp_path / "out"
     monkeypatch.setattr(salience.torch.TorchModel, "on_accelerator", property(lambda s: True))
     kit.explain_here(out, small_dir, ["gradients", method])

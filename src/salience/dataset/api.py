@@ -115,11 +115,12 @@ def explain_dataset(
     resume : bool
         Continue the store in ``out``, skipping images it has (a store written
         with other parameters is refused); False replaces it.  Where SmoothGrad
-        draws its noise and Blur IG blurs (``noise_on`` and ``blur_on``
-        ``"auto"``: on an accelerator or on the host) count as parameters when
-        the model is built here (the local engine, or a model object); Ray
-        workers that build the model themselves decide them each, so give them
-        explicitly for workers of mixed devices.
+        draws its noise, Blur IG blurs and Guided IG walks (``noise_on``,
+        ``blur_on`` and ``select_on`` ``"auto"``: on an accelerator or on the
+        host) count as parameters when the model is built here (the local
+        engine, or a model object); Ray workers that build the model
+        themselves decide them each, so give them explicitly for workers of
+        mixed devices.
     metrics : bool
         Insertion/deletion AUC and SIC/AIC per map.
     preprocessing : Preprocessing, optional

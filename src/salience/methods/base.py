@@ -16,8 +16,9 @@ from ..schedule import checked_outputs, run_rows
 __all__ = ["Method", "ROW_PLACES", "check_row_place", "collect_rows", "rows_on_model"]
 
 #: Where a method can build the rows it sends to the model (SmoothGrad's ``noise_on``,
-#: Blur IG's ``blur_on``); the adapters that build them on the model's device have a
-#: method for it (``noisy_rows``, ``filtered_rows``).
+#: Blur IG's ``blur_on``, Guided IG's ``select_on``); the adapters that build them on
+#: the model's device have a method for it (``noisy_rows``, ``filtered_rows``,
+#: ``array_ops``).
 ROW_PLACES = ("auto", "host", "model")
 
 _ONE_ROW = np.zeros(1, dtype=np.int64)  # the image of a one-row batch's row
@@ -143,18 +144,22 @@ def check_row_place(place: Any, name: str) -> str:
     return place
 
 
-def rows_on_model(model: Model, place: str, builder: str, name: str) -> bool:
+def rows_on_model(model: Model, place: str, builder: str, name: str,
+                  available: bool | None = None) -> bool:
     """Whether a run builds its rows on the model's device, with the adapter's
     method ``builder``: ``place`` is ``"model"`` (an error, raised before the model
-    runs, when the model has no ``builder``) or ``"auto"`` with a model on an
-    accelerator that has it (there the host's own work per row would outweigh
-    the model's; on a CPU the host builds the rows at least as fast)."""
-    can = callable(getattr(model, builder, None))
+    runs, when the model cannot) or ``"auto"`` with a model on an accelerator that
+    can (there the host's own work per row would outweigh the model's; on a CPU
+    the host builds the rows at least as fast).  ``available`` says whether the
+    model can, when having ``builder`` is not enough to know."""
+    can = callable(getattr(model, builder, None)) if available is None else available
     if place == "model" and not can:
         raise ValueError(
             f"{name}='model' needs a model that builds its rows on its device "
             f"(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); "
-            f"{type(model).__name__} has no {builder}. Use {name}='host' (or 'auto')")
+            f"{type(model).__name__} has no {builder}"
+            f"{'' if available is None else ' that works here'}. "
+            f"Use {name}='host' (or 'auto')")
     return place == "model" or (place == "auto" and can
                                 and bool(getattr(model, "on_accelerator", False)))
 

@@ -8,7 +8,9 @@ import numpy as np
 
 from ...checks import check_fraction, check_positive_int, check_seed
 from ...model import Model
+from ..base import check_row_place, rows_on_model
 from ..integrated_gradients import BaselineSpec, PathsFromBaselines, resolve_baselines
+from .selection import ArrayOps
 from .walk import GuidedPaths, WalkSettings, walk_guided_paths
 
 __all__ = ["GuidedIG"]
@@ -71,6 +73,21 @@ class GuidedIG(PathsFromBaselines):
         Largest number of rows per model call.
     seed : None, int or numpy Generator
         Randomness for ``baseline='uniform'`` (None: fresh draws every call).
+    select_on : {'auto', 'host', 'model'}
+        Where the path's positions, the selection and the sums live.
+        ``"host"``: numpy, in place, in groups of rows that take turns with
+        the model.  ``"model"``: the model's device, through its adapter's
+        ``array_ops()`` (``salience.torch.wrap`` on a device with float64,
+        ``salience.jax.wrap`` with JAX's 64-bit arrays on,
+        ``salience.keras.wrap``): each step's points are made there and
+        passed to the model as its input, only the gradients come back and go
+        again, and the maps come to the host once.  On an accelerator this takes the method's largest
+        cost off the host (about 2 ms per 224 px row of numpy work on a CPU,
+        twice what a data-centre GPU takes for a Lite0 row).  The arithmetic
+        is the same (:func:`.selection.advance_rows_with`), its row sums are
+        reductions instead of BLAS products, so the maps agree with the
+        host's up to rounding.  ``"auto"`` (default): the model's device when
+        it is an accelerator and the adapter can, else the host.
 
     Returns
     -------
@@ -93,6 +110,7 @@ class GuidedIG(PathsFromBaselines):
         baseline: BaselineSpec = None,
         batch_size: int = 32,
         seed: Any = None,
+        select_on: str = "auto",
     ) -> None:
         self.steps = check_positive_int(steps, "steps")
         self.seed = check_seed(seed)
@@ -100,10 +118,30 @@ class GuidedIG(PathsFromBaselines):
         self.max_dist = check_fraction(max_dist, "max_dist")
         self.baseline = baseline
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.select_on = check_row_place(select_on, "select_on")
+
+    def _check(self, model: Model, x: np.ndarray) -> None:
+        super()._check(model, x)
+        self._ops_of(model)  # raises if select_on='model' and the model cannot
+
+    def resolved_for(self, model: Model) -> GuidedIG:
+        """A copy with ``select_on="auto"`` made ``"model"`` or ``"host"``, as it
+        runs for ``model`` (the two differ in the last bits)."""
+        return self._place_resolved("select_on", self._ops_of(model) is not None)
+
+    def _ops_of(self, model: Model) -> ArrayOps | None:
+        """The model's array operations when this run walks on its device, else None
+        (raises if ``select_on='model'`` and the model cannot)."""
+        make = getattr(model, "array_ops", None)
+        ops = make() if callable(make) else None
+        on_model = rows_on_model(model, self.select_on, "array_ops", "select_on",
+                                 available=ops is not None)
+        return ops if on_model else None
 
     def _explain_copies(
         self, model: Model, x: np.ndarray, targets: np.ndarray | None, copies: int
     ) -> np.ndarray:
+        ops = self._ops_of(model)
         baselines = resolve_baselines(self.baseline, x, self.seed, copies)
         n, n_base = baselines.shape[:2]
         shape = x.shape[1:]
@@ -120,5 +158,5 @@ class GuidedIG(PathsFromBaselines):
                                 x.dtype)
             settings = WalkSettings(self.steps, self.fraction, self.max_dist, self.batch_size,
                                     self.name)
-            maps[moving] = walk_guided_paths(model, paths, settings)
+            maps[moving] = walk_guided_paths(model, paths, settings, ops)
         return maps.reshape(n, n_base, *shape).mean(axis=1)

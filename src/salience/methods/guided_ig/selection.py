@@ -9,18 +9,23 @@ turns ``t`` into L1 distances.  Features with no way to go (weight 0) sit at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from ...numeric import row_dots
 
 __all__ = [
+    "NUMPY_OPS",
     "SAMPLED_SELECT_MIN",
     "SAMPLE_SIZE",
+    "ArrayOps",
     "SelectionScratch",
     "StepTarget",
     "advance_rows",
+    "advance_rows_with",
     "kth_smallest",
 ]
 
@@ -219,3 +224,143 @@ def kth_smallest(
         else:
             kth[r] = np.partition(row, k)[k]
     return kth
+
+
+class ArrayOps(Protocol):
+    """The operations :func:`advance_rows_with` and Guided IG's walk need beyond
+    what the arrays of numpy, PyTorch, JAX and TensorFlow share (arithmetic and
+    comparison operators with arrays and Python floats, ``abs``, ``&``, ``~``,
+    slicing, ``[:, None]``), for arrays of one framework on one device.  The
+    adapters that keep the walk on the model's device return one from
+    ``array_ops()``; :data:`NUMPY_OPS` is the host's.
+    """
+
+    def asarray(self, values: np.ndarray) -> Any:
+        """``values`` on the device (float32 may become float64, for a framework
+        that does not mix the two in one product)."""
+
+    def to_host(self, values: Any) -> np.ndarray:
+        """A device array as a numpy array."""
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        """``a`` where ``condition``, else ``b`` (either may be a Python float)."""
+
+    def kth_smallest(self, values: Any, k: int) -> Any:
+        """The ``k``-th smallest value (0-based) of each row, as a column ``(rows, 1)``."""
+
+    def concat(self, parts: Sequence[Any]) -> Any:
+        """The arrays ``parts`` one after the other along the first axis."""
+
+    def row_sums(self, values: Any) -> Any:
+        """The sum of each row (over axis 1)."""
+
+    def any(self, values: Any) -> bool:
+        """Whether any value is true."""
+
+    def rows(self, values: Any, one_row: np.ndarray) -> Any:
+        """Flat rows ``values (n, features)`` as the model's input: shaped and typed
+        like ``one_row`` (one host row, batch axis first), to be passed as ``x``."""
+
+
+class _NumpyOps:
+    """:class:`ArrayOps` on numpy arrays (the host)."""
+
+    def asarray(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values)
+
+    def to_host(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def where(self, condition: Any, a: Any, b: Any) -> np.ndarray:
+        return np.where(condition, a, b)
+
+    def kth_smallest(self, values: np.ndarray, k: int) -> np.ndarray:
+        return np.partition(values, k, axis=1)[:, k : k + 1]
+
+    def concat(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
+
+    def row_sums(self, values: np.ndarray) -> np.ndarray:
+        return values.sum(axis=1)
+
+    def any(self, values: np.ndarray) -> bool:
+        return bool(values.any())
+
+    def rows(self, values: np.ndarray, one_row: np.ndarray) -> np.ndarray:
+        return values.reshape(len(values), *one_row.shape[1:]).astype(one_row.dtype)
+
+
+NUMPY_OPS: ArrayOps = _NumpyOps()
+"""The host's :class:`ArrayOps`, for :func:`advance_rows_with` on numpy arrays."""
+
+
+def advance_rows_with(
+    ops: ArrayOps,
+    t: Any,
+    weights: Any,
+    abs_grad: Any,
+    target: StepTarget,
+    k: int,
+    l1_total: Any,
+) -> Any:
+    """The path step of :func:`advance_rows`, written once for any array
+    framework: returns the new positions instead of writing ``t``.
+
+    The same arithmetic as :func:`advance_rows` (which is the host's, tuned
+    for numpy with work arrays and in-place products) in whole-array
+    expressions: every row takes part in every iteration, and a row that has
+    reached its target keeps its positions (``where``) instead of leaving the
+    set of rows.  The row sums are reductions instead of BLAS dot products,
+    so positions can differ from :func:`advance_rows`'s in the last bits.
+
+    Parameters
+    ----------
+    ops : ArrayOps
+        The operations of the arrays' framework.
+    t, weights : float64 arrays (rows, features)
+        Positions and ``|input - baseline|``, as in :func:`advance_rows`.
+    abs_grad : array (rows, features)
+        Absolute gradients at the current points.
+    target : StepTarget
+    k : int
+        Index of the selection threshold among a row's sorted gradients.
+    l1_total : float64 array (rows,)
+        ``weights.sum(axis=1)``.
+
+    Raises
+    ------
+    RuntimeError
+        If a row did not reach its target within ``features + 2`` iterations.
+    """
+    features = t.shape[1]
+    l1_goal = l1_total * target.l1_left
+    a_max = target.upper
+    t = ops.where(t < target.lower, target.lower, t)  # laggards catch up with the line
+    active = None  # every row, until the first iteration
+    for _ in range(features + 2):
+        l1_now = l1_total - ops.row_sums(weights * t)
+        gap = l1_now - l1_goal
+        # |gap| within _CLOSE relative (or absolute, near 0): the target is reached
+        scale = ops.where(abs(l1_goal) > abs(l1_now), abs(l1_goal), abs(l1_now)) * _CLOSE
+        close = abs(gap) <= ops.where(scale > _CLOSE, scale, _CLOSE)
+        free = t < a_max
+        kth = ops.kth_smallest(ops.where(free, abs_grad, np.inf), k)
+        selected = (abs_grad <= kth) & free
+        room = ops.where(selected, a_max - t, 0.0)
+        l1_selected = ops.row_sums(weights * room)
+        has_room = l1_selected > 0
+        gamma = gap / ops.where(has_room, l1_selected, 1.0)  # the share of room the goal takes
+        moves = ~close & has_room & (gamma > 0)
+        if active is not None:
+            moves = moves & active
+        partial = moves & (gamma <= 1.0)
+        full = moves & ~partial
+        t = ops.where(partial[:, None], t + room * gamma[:, None], t)
+        t = ops.where(full[:, None] & selected, a_max, t)  # all the way: to a_max exactly
+        if not ops.any(full):
+            return t
+        active = full
+    raise RuntimeError(
+        f"GuidedIG: a path step did not converge within {features + 2} iterations; this "
+        "indicates non-finite or inconsistent values"
+    )

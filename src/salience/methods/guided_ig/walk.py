@@ -3,13 +3,16 @@
 The arithmetic of a step is :func:`.selection.advance_rows`; this layer only
 schedules it: rows go to the model one path step at a time, advance in groups
 that bound the work arrays, and, when they are long, in two halves that take
-turns with the model (:func:`salience.concurrency.take_turns`).
+turns with the model (:func:`salience.concurrency.take_turns`).  With an
+adapter's :class:`.selection.ArrayOps` the walk stays on the model's device
+instead (:func:`.selection.advance_rows_with`, all rows at once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +20,7 @@ from ...concurrency import take_turns
 from ...model import INPUT_OUTPUT_GRADIENTS, Model
 from ...numeric import one_blas_thread
 from ...schedule import run_rows
-from .selection import SelectionScratch, StepTarget, advance_rows
+from .selection import ArrayOps, SelectionScratch, StepTarget, advance_rows, advance_rows_with
 
 __all__ = ["GuidedPaths", "WalkSettings", "walk_guided_paths"]
 
@@ -26,6 +29,9 @@ __all__ = ["GuidedPaths", "WalkSettings", "walk_guided_paths"]
 # arrays stay in cache instead of evicting the model's weights between steps
 # (8 such rows at once were measured 15% slower on EfficientNet-Lite0).
 _GROUP_ELEMENTS = 1 << 17
+# Values (rows x features) one selection pass takes on the model's device: its ~10
+# temporary float64 arrays then stay under 1.3 GB (2**24 values: 111 rows of 224 px).
+_DEVICE_GROUP_VALUES = 1 << 24
 # Rows of at least this many features in all that fit one group are halved, so
 # the halves take turns with the model.  Below it the halves' numpy calls are
 # too short: their GIL traffic stalls an eager model more than the overlap
@@ -69,9 +75,20 @@ class WalkSettings:
     batch_size: int
     method: str
 
+    def threshold_index(self, features: int) -> int:
+        """Index of the selection threshold among a row's sorted gradients (numpy's
+        'lower' quantile at ``fraction``)."""
+        return int(np.floor((features - 1) * self.fraction))
 
-def walk_guided_paths(model: Model, paths: GuidedPaths, settings: WalkSettings) -> np.ndarray:
+
+def walk_guided_paths(model: Model, paths: GuidedPaths, settings: WalkSettings,
+                      ops: ArrayOps | None = None) -> np.ndarray:
     """Walk every row's guided path; return its map ``sum_steps grad * dx`` per row.
+
+    With ``ops`` (the model's, see ``array_ops`` in :class:`salience.model.Model`)
+    the positions, the selection and the sums live on the model's device: each
+    step sends the rows' points there as the call's ``x`` and their gradients
+    back, and only the final sums come to the host.
 
     A single row, or rows of fewer than 2**16 features in all, advance as one
     group per step, in this thread.  Other rows are split into groups (at most
@@ -81,6 +98,8 @@ def walk_guided_paths(model: Model, paths: GuidedPaths, settings: WalkSettings) 
     half's gradients.  The halves depend on the shapes alone, so the model
     calls (and the maps) never depend on timing.
     """
+    if ops is not None:
+        return _walk_on_device(model, paths, settings, ops)
     walk = _Walk(model, paths, settings)
     groups = walk.groups
     lanes = [groups] if len(groups) == 1 else [groups[: len(groups) // 2],
@@ -94,6 +113,57 @@ def walk_guided_paths(model: Model, paths: GuidedPaths, settings: WalkSettings) 
     return walk.accumulated * paths.diffs
 
 
+def _walk_on_device(model: Model, paths: GuidedPaths, settings: WalkSettings,
+                    ops: ArrayOps) -> np.ndarray:
+    """The walk with every array on the model's device, the rows advancing together
+    (in groups of at most 2**24 values)."""
+    walk = _DeviceWalk(paths, ops)
+    k = settings.threshold_index(walk.features)
+    for step in range(settings.steps):
+        run_rows(model, [INPUT_OUTPUT_GRADIENTS], paths.owners, walk.make_rows, walk.consume,
+                 paths.targets, settings.batch_size, settings.method)
+        walk.advance(StepTarget.of(step, settings.steps, settings.max_dist), k)
+    return ops.to_host(walk.accumulated) * paths.diffs
+
+
+class _DeviceWalk:
+    """Positions and sums of one walk on the model's device (:class:`ArrayOps`)."""
+
+    def __init__(self, paths: GuidedPaths, ops: ArrayOps) -> None:
+        self.ops, self.features = ops, paths.diffs.shape[1]
+        self.starts, self.diffs = ops.asarray(paths.starts), ops.asarray(paths.diffs)
+        self.weights = abs(self.diffs)
+        self.l1_total = ops.row_sums(self.weights)
+        zeros = self.weights * 0.0
+        self.t = ops.where(self.weights == 0, zeros + 1.0, zeros)  # no way to go: there
+        self.accumulated = zeros
+        # One host row of the batch's shape and dtype, for the calls' checks.
+        self.one_row = paths.starts[:1].reshape(1, *paths.shape).astype(paths.dtype)
+        self.grads: list[Any] = []  # this step's, chunk by chunk
+
+    def make_rows(self, start: int, stop: int) -> Any:
+        points = self.starts[start:stop] + self.diffs[start:stop] * self.t[start:stop]
+        return self.ops.rows(points, self.one_row)
+
+    def consume(self, start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
+        g = outputs[INPUT_OUTPUT_GRADIENTS].reshape(stop - start, self.features)
+        self.grads.append(self.ops.asarray(g))
+
+    def advance(self, target: StepTarget, k: int) -> None:
+        """The step after this step's gradients, adding ``grad * dt`` to the sums."""
+        ops = self.ops
+        g = self.grads[0] if len(self.grads) == 1 else ops.concat(self.grads)
+        self.grads = []
+        abs_grad, group = abs(g), max(1, _DEVICE_GROUP_VALUES // self.features)
+        parts = [advance_rows_with(ops, self.t[a : a + group], self.weights[a : a + group],
+                                   abs_grad[a : a + group], target, k,
+                                   self.l1_total[a : a + group])
+                 for a in range(0, len(g), group)]
+        moved = parts[0] if len(parts) == 1 else ops.concat(parts)
+        self.accumulated = self.accumulated + (moved - self.t) * g
+        self.t = moved
+
+
 class _Walk:
     """Positions, gradients and work arrays of one walk."""
 
@@ -104,7 +174,7 @@ class _Walk:
         self.l1_total = self.weights.sum(axis=1)
         self.t = np.where(self.weights == 0, 1.0, 0.0)
         self.accumulated = np.zeros((m, features), dtype=np.float64)
-        self.k = int(np.floor((features - 1) * settings.fraction))  # numpy's 'lower' quantile
+        self.k = settings.threshold_index(features)
         group = max(1, _GROUP_ELEMENTS // features)
         if m * features >= _TWO_LANES_ELEMENTS and m <= group:
             group = (m + 1) // 2
