@@ -70,6 +70,19 @@ def test_owner_runs_and_add_by_owner():
     np.testing.assert_allclose(weighted, want)
 
 
+def test_row_dots_do_not_depend_on_the_blas_threads():
+    # Guided IG's sums come out the same on any machine, and call no BLAS thread.
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(3, 200_001)), rng.normal(size=(3, 200_001))
+    with threadpool_limits(1, user_api="blas"):
+        one = row_dots(a, b)
+    with threadpool_limits(2, user_api="blas"):
+        two = row_dots(a, b)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_row_dots_equals_einsum():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))

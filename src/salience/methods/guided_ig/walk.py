@@ -18,7 +18,6 @@ import numpy as np
 
 from ...concurrency import take_turns
 from ...model import INPUT_OUTPUT_GRADIENTS, Model
-from ...numeric import one_blas_thread
 from ...schedule import run_rows
 from .selection import ArrayOps, SelectionScratch, StepTarget, advance_rows, advance_rows_with
 
@@ -210,21 +209,18 @@ class _Walk:
         arrays = self.arrays
         assert arrays is not None, "a step advances after its gradients"
         g = arrays.grads
-        # The selection's row dot products are long (a whole image) but few: a
-        # multi-threaded BLAS wakes its threads for each, which on a busy CPU
-        # cost up to 100x the sum itself.  One thread also makes the sums
-        # independent of the machine's thread count.
-        with one_blas_thread():
-            for rows in part:
-                n = rows.stop - rows.start
-                before, abs_grad = arrays.before[:n], arrays.abs_grad[:n]
-                np.copyto(before, self.t[rows])
-                np.abs(g[rows], out=abs_grad)
-                advance_rows(self.t[rows], self.weights[rows], abs_grad, target, self.k,
-                             self.l1_total[rows], arrays.scratch)
-                np.subtract(self.t[rows], before, out=before)
-                before *= g[rows]
-                self.accumulated[rows] += before
+        # No BLAS here (salience.numeric.row_dots): BLAS threads woken from this
+        # helper thread spin beside the model.
+        for rows in part:
+            n = rows.stop - rows.start
+            before, abs_grad = arrays.before[:n], arrays.abs_grad[:n]
+            np.copyto(before, self.t[rows])
+            np.abs(g[rows], out=abs_grad)
+            advance_rows(self.t[rows], self.weights[rows], abs_grad, target, self.k,
+                         self.l1_total[rows], arrays.scratch)
+            np.subtract(self.t[rows], before, out=before)
+            before *= g[rows]
+            self.accumulated[rows] += before
 
 
 @dataclass(frozen=True)
