@@ -158,15 +158,67 @@ def _blas_threads() -> list[int]:
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
 
+def _counts_here() -> list[int]:
+    """This thread's count of every BLAS library with a count per thread (read by
+    setting it and putting it back)."""
+    from salience.numeric import _blas_thread_setters
+
+    counts = []
+    for set_here in _blas_thread_setters()[0]:
+        counts.append(set_here(1))
+        set_here(counts[-1])
+    return counts
+
+
 @pytest.mark.threading
-def test_one_blas_thread_limits_while_any_block_runs_and_restores_after():
+def test_one_blas_thread_limits_the_calling_thread_alone():
+    # numpy's and scipy's OpenBLAS keep a count per thread; a process-wide count
+    # did not reach a helper thread that had called BLAS before.
     import threading
 
     from threadpoolctl import threadpool_limits
 
+    from salience.numeric import _blas_thread_setters, one_blas_thread
+
+    if not _blas_thread_setters()[0]:
+        pytest.skip("no BLAS library here keeps a count per thread")
+    with threadpool_limits(2, user_api="blas"):
+        seen: dict[str, list[int]] = {}
+
+        def helper():
+            seen["helper before"] = _counts_here()  # its first call: a count of its own
+            with one_blas_thread():
+                seen["helper inside"] = _counts_here()
+            seen["helper after"] = _counts_here()
+
+        main_counts = _counts_here()
+        assert set(main_counts) == {2}
+        thread = threading.Thread(target=helper)
+        thread.start()
+        thread.join(5)
+        assert set(seen["helper before"]) == {2} and set(seen["helper inside"]) == {1}
+        assert seen["helper after"] == seen["helper before"]
+        with one_blas_thread():
+            assert set(_counts_here()) == {1}
+            with one_blas_thread():  # nested in the same thread
+                assert set(_counts_here()) == {1}
+            assert set(_counts_here()) == {1}
+        assert _counts_here() == main_counts  # restored
+
+
+@pytest.mark.threading
+def test_one_blas_thread_limits_a_shared_count_while_any_block_runs(monkeypatch):
+    # A BLAS with one count for the process (MKL, BLIS, older OpenBLAS): the first
+    # block in sets it, the last one out restores it.
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from salience import numeric
     from salience.numeric import _blas_libraries, one_blas_thread
 
-    _blas_libraries()  # loads scipy's BLAS too, before the limits below
+    libraries = _blas_libraries()  # loads scipy's BLAS too, before the limits below
+    monkeypatch.setattr(numeric, "_blas_thread_setters", lambda: ([], libraries))
     with threadpool_limits(2, user_api="blas"):
         before = _blas_threads()
         assert set(before) == {2}  # something to limit

@@ -9,6 +9,7 @@ many small BLAS calls.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import sys
 import threading
@@ -227,6 +228,27 @@ def _blas_libraries_with(modules: int) -> list[Any]:
     return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
 
+def _blas_thread_setters() -> tuple[list[Any], list[Any]]:
+    return _blas_thread_setters_with(len(sys.modules))
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_thread_setters_with(modules: int) -> tuple[list[Any], list[Any]]:
+    """The BLAS libraries as (setters of the calling thread's count, libraries with
+    one count for the process).  OpenBLAS 0.3.26 and later keep a count per thread
+    (``openblas_set_num_threads_local``, which returns the previous one)."""
+    local, shared = [], []
+    for lib in _blas_libraries_with(modules):
+        setter = (getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+                  if lib.internal_api == "openblas" else None)
+        if setter is None:
+            shared.append(lib)
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        local.append(setter)
+    return local, shared
+
+
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_restore: list[tuple[Any, int]] = []
@@ -234,23 +256,28 @@ _blas_restore: list[tuple[Any, int]] = []
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """Run the block with single-threaded BLAS.
+    """Run the block with single-threaded BLAS in this thread.
 
     For code that makes many small BLAS calls (blur matrices, per-triangle
     LAPACK factorisations): a multi-threaded OpenBLAS wakes and synchronises
     its threads for each of them, which is slower than one thread and contends
     with the model's own threads.  The numbers are the same.
 
-    The thread count is process-wide: the first block to enter sets it, the
-    last to leave restores it, so concurrent blocks never undo each other.
-    Entering costs a few microseconds (threadpoolctl's ``limit`` re-reads
-    every library's state, ~70 us, more than a tiny model's row).
+    An OpenBLAS with a count per thread (numpy's and scipy's wheels) is limited
+    in the calling thread alone, which is also the only way that works there:
+    its process-wide count does not reach a thread that has called it before
+    (a helper thread's products ran on both BLAS threads inside a process-wide
+    limit, whose woken threads then spun on the other core).  Other BLAS
+    libraries get the process-wide count: the first block to enter sets it,
+    the last to leave restores it, so concurrent blocks never undo each other.
+    Entering costs a few microseconds.
     """
     global _blas_users
-    libraries = _blas_libraries()
+    local, shared = _blas_thread_setters()
+    previous = [set_here(1) for set_here in local]
     with _blas_lock:
         if _blas_users == 0:
-            for lib in libraries:
+            for lib in shared:
                 threads = lib.get_num_threads()
                 if threads != 1:
                     _blas_restore.append((lib, threads))
@@ -259,6 +286,8 @@ def one_blas_thread() -> Iterator[None]:
     try:
         yield
     finally:
+        for set_here, threads in zip(local, previous):
+            set_here(threads)
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
