@@ -4,6 +4,8 @@ device is the CPU)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,16 @@ class _Framework:
         """n images of 10 x 12 pixels and 3 channels, in the model's layout."""
         x = np.random.default_rng(1).random((n, 3, 10, 12))
         return x.transpose(0, 2, 3, 1).copy() if self.channels_last else x
+
+    def assert_threads_get_the_serial_maps(self, method, x: np.ndarray, targets,
+                                           runs: int = 8) -> None:
+        """``method`` run by four threads sharing this model gives its serial maps."""
+        serial = method.explain(self.model, x, targets)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: method.explain(self.model, x, targets),
+                                    range(runs)))
+        for maps in results:
+            np.testing.assert_array_equal(maps, serial)
 
 
 class _Torch(_Framework):
@@ -108,3 +120,18 @@ def framework(request):
 def torch_framework():
     """The float64 torch set-up alone."""
     return _Torch()
+
+
+@pytest.fixture
+def callback_model():
+    """A PAIR-style callback model (channels last, gradients of ones) with no device,
+    and the list of the row counts it was called with."""
+    from salience.model import CallbackModel
+
+    calls: list[int] = []
+
+    def call_model(x, call_model_args=None, expected_keys=None):
+        calls.append(len(x))
+        return {"INPUT_OUTPUT_GRADIENTS": np.ones_like(x)}
+
+    return CallbackModel(call_model, channels_last=True), calls

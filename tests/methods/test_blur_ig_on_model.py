@@ -4,14 +4,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 
 import salience
 from salience.methods.blur_ig import gaussian_kernels, toeplitz_stack
-from salience.model import CallbackModel
 
 
 def _spy(monkeypatch, adapter):
@@ -92,14 +89,8 @@ def test_auto_blurs_on_the_model_only_on_an_accelerator(framework, monkeypatch):
     assert len(calls) == 2  # one chunk: its points and its rates
 
 
-def test_blur_on_the_model_needs_an_adapter_that_filters_and_fails_before_any_call():
-    calls = []
-
-    def call_model(x, call_model_args=None, expected_keys=None):
-        calls.append(len(x))
-        return {"INPUT_OUTPUT_GRADIENTS": np.ones_like(x)}
-
-    model = CallbackModel(call_model, channels_last=True)
+def test_blur_on_the_model_needs_an_adapter_that_filters_and_fails_before_any_call(callback_model):
+    model, calls = callback_model
     x = np.random.default_rng(0).random((1, 8, 8, 3))
     with pytest.raises(ValueError, match="blur_on='model' needs a model .* has no filtered_rows"):
         salience.BlurIG(steps=4, blur_on="model").explain(model, x)
@@ -112,13 +103,8 @@ def test_blur_on_the_model_needs_an_adapter_that_filters_and_fails_before_any_ca
 
 
 def test_threads_sharing_one_model_get_the_serial_maps(framework):
-    x = framework.images(2)
-    method = salience.BlurIG(steps=10, batch_size=4, blur_on="model")
-    serial = method.explain(framework.model, x, [0, 1])
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: method.explain(framework.model, x, [0, 1]), range(8)))
-    for maps in results:
-        np.testing.assert_array_equal(maps, serial)
+    framework.assert_threads_get_the_serial_maps(
+        salience.BlurIG(steps=10, batch_size=4, blur_on="model"), framework.images(2), [0, 1])
 
 
 def test_smoothgrad_over_blur_ig_on_the_model(monkeypatch, torch_framework):

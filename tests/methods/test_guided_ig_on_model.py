@@ -4,8 +4,6 @@ host's tuned one, and the maps of every adapter against the host's."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,6 @@ from salience.methods.guided_ig.selection import (
     advance_rows,
     advance_rows_with,
 )
-from salience.model import CallbackModel
 
 
 @pytest.fixture
@@ -139,14 +136,8 @@ def test_auto_walks_on_the_model_only_on_an_accelerator(walking, monkeypatch):
     assert calls and all(on_device for on_device, _ in calls)
 
 
-def test_select_on_the_model_needs_an_adapter_with_array_ops_and_fails_before_any_call():
-    calls = []
-
-    def call_model(x, call_model_args=None, expected_keys=None):
-        calls.append(len(x))
-        return {"INPUT_OUTPUT_GRADIENTS": np.ones_like(x)}
-
-    model = CallbackModel(call_model, channels_last=True)
+def test_select_on_the_model_needs_an_adapter_with_array_ops_and_fails_before_any_call(callback_model):
+    model, calls = callback_model
     x = np.random.default_rng(0).random((1, 6, 6, 3))
     with pytest.raises(ValueError, match="select_on='model' needs a model .* has no array_ops"):
         salience.GuidedIG(steps=4, select_on="model").explain(model, x, [0])
@@ -176,13 +167,9 @@ def test_jax_walks_on_its_device_only_with_64_bit_arrays(monkeypatch):
 
 
 def test_threads_sharing_one_model_get_the_serial_maps(walking):
-    x = walking.images(2)
-    method = salience.GuidedIG(steps=5, batch_size=3, select_on="model")
-    serial = method.explain(walking.model, x, [0, 1])
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: method.explain(walking.model, x, [0, 1]), range(6)))
-    for maps in results:
-        np.testing.assert_array_equal(maps, serial)
+    walking.assert_threads_get_the_serial_maps(
+        salience.GuidedIG(steps=5, batch_size=3, select_on="model"), walking.images(2), [0, 1],
+        runs=6)
 
 
 def test_smoothgrad_resolves_the_walk_of_the_guided_ig_it_wraps(monkeypatch, torch_framework):
