@@ -239,7 +239,7 @@ def _blas_thread_setters_with(modules: int) -> tuple[list[Any], list[Any]]:
     (``openblas_set_num_threads_local``, which returns the previous one)."""
     local, shared = [], []
     for lib in _blas_libraries_with(modules):
-        setter = (getattr(lib.dynlib, "openblas_set_num_threads_local", None)
+        setter = (getattr(getattr(lib, "dynlib", None), "openblas_set_num_threads_local", None)
                   if lib.internal_api == "openblas" else None)
         if setter is None:
             shared.append(lib)
