@@ -152,13 +152,14 @@ def rows_on_model(model: Model, place: str, builder: str, name: str,
     can (there the host's own work per row would outweigh the model's; on a CPU
     the host builds the rows at least as fast).  ``available`` says whether the
     model can, when having ``builder`` is not enough to know."""
-    can = callable(getattr(model, builder, None)) if available is None else available
+    has = callable(getattr(model, builder, None))
+    can = has if available is None else available
     if place == "model" and not can:
+        why = (f"{type(model).__name__}.{builder}() returned None here (its documentation "
+               "says what it needs)" if has else f"{type(model).__name__} has no {builder}")
         raise ValueError(
             f"{name}='model' needs a model that builds its rows on its device "
-            f"(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); "
-            f"{type(model).__name__} has no {builder}"
-            f"{'' if available is None else ' that works here'}. "
+            f"(salience.torch.wrap, salience.jax.wrap or salience.keras.wrap); {why}. "
             f"Use {name}='host' (or 'auto')")
     return place == "model" or (place == "auto" and can
                                 and bool(getattr(model, "on_accelerator", False)))
