@@ -82,6 +82,7 @@ def test_the_framework_neutral_step_is_the_host_step(max_dist):
     assert moved >= 12  # the steps moved features
 
 
+@pytest.mark.filterwarnings("error")  # e.g. torch on a tensor sharing a read-only array
 @pytest.mark.parametrize("batch_size", [1, 2, 32])
 def test_guided_ig_on_the_model_gives_the_host_maps(walking, monkeypatch, batch_size):
     x = walking.images()
