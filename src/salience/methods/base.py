@@ -10,10 +10,11 @@ import numpy as np
 
 from ..checks import as_float_batch, check_positive_int, resolve_targets
 from ..model import Model, as_model, calls_of_one_run
-from ..progress import ProgressEvent, in_group, progress_stage
+from ..progress import ProgressEvent, in_group, progress_stage, watch_rows
 from ..schedule import checked_outputs, run_rows
 
-__all__ = ["Method", "ROW_PLACES", "check_row_place", "collect_rows", "rows_on_model"]
+__all__ = ["Method", "ROW_PLACES", "check_row_place", "collect_rows", "one_call",
+           "rows_on_model"]
 
 #: Where a method can build the rows it sends to the model (SmoothGrad's ``noise_on``,
 #: Blur IG's ``blur_on``, Guided IG's ``select_on``); the adapters that build them on
@@ -124,16 +125,24 @@ class Method:
 
     def _single_row_map(self, model: Model, x: np.ndarray, targets: np.ndarray | None,
                         keys: list[str]) -> np.ndarray:
-        """The map of a one-row batch from one model call, checked as the row
-        scheduler checks outputs: PAIR's ``GetMask`` on a small graph, where the
-        scheduler's own steps cost a tenth of the graph's run."""
-        outputs = checked_outputs(model(x, targets, keys), x.shape, keys, 0, _ONE_ROW,
-                                  self.name)
+        """The map of a one-row batch from one model call (see :func:`one_call`)."""
+        outputs = one_call(model, x, targets, keys, self.name)
         return np.array(self._row_maps(x, outputs), dtype=x.dtype)  # never the model's buffer
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+def one_call(model: Model, x: np.ndarray, targets: np.ndarray | None, keys: Sequence[str],
+             method: str) -> dict[str, np.ndarray]:
+    """The model's checked outputs (see :func:`salience.schedule.checked_outputs`) for
+    a batch it takes in one call, reported to a progress watcher as the row scheduler
+    would: the scheduler's own steps cost a tenth of a small model's call (PAIR's
+    ``GetMask`` on a small graph, one image through a fast model)."""
+    row_image = _ONE_ROW if len(x) == 1 else np.arange(len(x))
+    return checked_outputs(watch_rows(model, row_image)(x, targets, keys), x.shape, keys, 0,
+                           row_image, method)
 
 
 def check_row_place(place: Any, name: str) -> str:
@@ -184,6 +193,9 @@ def collect_rows(
     returns only arrays of its own (a CAM kernel), the copy is wasted work.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
+    if len(x) <= batch_size:  # one call: nothing to schedule or stack
+        outputs = one_call(model, x, targets, keys, method)
+        return {k: np.array(outputs[k], order="K") if copy else outputs[k] for k in keys}
     stacked: dict[str, np.ndarray] = {}
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
