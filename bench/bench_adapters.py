@@ -144,7 +144,7 @@ def keras_floor(model, layer_name: str) -> Callable:
             return [v.numpy() for v in layer_grads(*args)]
         if INPUT_OUTPUT_GRADIENTS in keys:
             return [v.numpy() for v in grads(*args)]
-        return scores(*args).numpy()
+        return scores(*args).numpy()  # a forward pass: also the floor of the layer's values
 
     return floor
 
@@ -212,7 +212,7 @@ def jax_floor(p, cnn, features, head) -> Callable:
             return [np.asarray(v) for v in layer_grads(p, x, t)]
         if INPUT_OUTPUT_GRADIENTS in keys:
             return [np.asarray(v) for v in grads(p, x, t)]
-        return np.asarray(scores(p, x, t))
+        return np.asarray(scores(p, x, t))  # a forward pass: also the floor of the layer's values
 
     return floor
 
@@ -256,7 +256,7 @@ def new_method_cases(quick: bool) -> list[tuple[str, str, list[str], int, int, C
     masks, samples = (24, 200) if quick else (500, 200)
     cases = [("InputXGradient", "", GRAD, 1, 1, lambda b: salience.InputXGradient(batch_size=b))]
     for name in ("GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"):
-        cases.append((name, "resize", LAYER, 1, 1,
+        cases.append((name, "resize", list(getattr(salience, name).keys), 1, 1,
                       lambda b, name=name: getattr(salience, name)(batch_size=b)))
     cases += [
         ("RISE", f"n_masks={masks}", SCORES, 1, masks,
@@ -368,7 +368,7 @@ def run_set(model_set: dict[str, Any], quick: bool) -> list[dict]:
         for fw, (model, raw) in frameworks.items():
             if method == "GuidedBackprop" and not getattr(model, "supports_guided", False):
                 continue
-            kind = (fw, keys[0])
+            kind = (fw, tuple(keys))
             if kind not in best:
                 best[kind] = floor_batch_size(raw, x[:1], keys, target, sizes=sizes)
             total = images * n_rows

@@ -254,8 +254,8 @@ def new_method_cases(quick: bool, tiny: bool, floor_target: dict[str, str]) -> l
                 lambda b: salience.InputXGradient(batch_size=b), None,
                 captum_input_x_gradient, target=floor_target)]
     for name in ("GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"):
-        out.append(Case(
-            name, "resize", LAYER, lambda s: 1,
+        out.append(Case(  # the floor: the layer outputs the method asks for (Eigen-CAM: values)
+            name, "resize", list(getattr(salience, name).keys), lambda s: 1,
             lambda b, name=name: getattr(salience, name)(resize=True, batch_size=b), None,
             target=floor_target, peer=grad_cam_peer(name), peer_name="pytorch-grad-cam"))
     out.append(Case(
