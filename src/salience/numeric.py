@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ONE_THREAD_GEMV",
+    "ONE_THREAD_PRODUCT",
     "add_by_owner",
     "all_finite",
     "as_random_state",
     "normalise01",
     "one_blas_thread",
+    "one_blas_thread_unless",
     "owner_runs",
     "row_dots",
     "row_seeds",
@@ -252,6 +255,19 @@ def _blas_thread_setters_with(modules: int) -> tuple[list[Any], list[Any]]:
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_restore: list[tuple[Any, int]] = []
+
+
+def one_blas_thread_unless(small: bool) -> contextlib.AbstractContextManager[None]:
+    """:func:`one_blas_thread` for a product large enough for OpenBLAS to wake its
+    threads; a ``small`` one (see :data:`ONE_THREAD_GEMV`, :data:`ONE_THREAD_PRODUCT`)
+    runs on one thread by itself and skips the few microseconds the limit costs."""
+    return contextlib.nullcontext() if small else one_blas_thread()
+
+
+ONE_THREAD_GEMV = 2304 * 4
+"""OpenBLAS runs a matrix-vector product of fewer values on one thread by itself."""
+ONE_THREAD_PRODUCT = 1 << 18
+"""OpenBLAS runs a matrix product of fewer multiply-adds on one thread by itself."""
 
 
 @contextlib.contextmanager

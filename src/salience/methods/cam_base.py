@@ -17,7 +17,6 @@ half the bytes).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from ..arrays import channels_last, spatial_axes, working_dtype
 from ..checks import check_positive_int
 from ..model import CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS, Model
-from ..numeric import one_blas_thread
+from ..numeric import ONE_THREAD_GEMV, ONE_THREAD_PRODUCT, one_blas_thread_unless
 from .base import Method, collect_rows
 
 __all__ = [
@@ -146,7 +145,7 @@ def weighted_channel_sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     n, k, h, w = values.shape
     # one small matrix product per row (BLAS): 2x einsum's speed on the tiny CNN's
     # 32 x 16 x 16 x 16 layer and on EfficientNet-Lite0's 1280 x 7 x 7
-    with _one_blas_thread_unless(values[0].size < _ONE_THREAD_GEMV):
+    with one_blas_thread_unless(values[0].size < ONE_THREAD_GEMV):
         return (weights[:, None, :] @ values.reshape(n, k, h * w)).reshape(n, h, w)
 
 
@@ -154,22 +153,8 @@ def position_sums(a: np.ndarray) -> np.ndarray:
     """``sum_ij a[n, k, i, j]``: each channel summed over the positions, ``(n, k)``."""
     n, k, h, w = a.shape
     # a product with ones (BLAS): 4x numpy's sum over 16 x 16 positions
-    with _one_blas_thread_unless(a[0].size < _ONE_THREAD_GEMV):
+    with one_blas_thread_unless(a[0].size < ONE_THREAD_GEMV):
         return a.reshape(n, k, h * w) @ np.ones(h * w, dtype=a.dtype)
-
-
-def _one_blas_thread_unless(small: bool) -> contextlib.AbstractContextManager[None]:
-    """One BLAS thread for a product large enough for OpenBLAS to wake its threads
-    (which then contend with the model's); a ``small`` one runs on one thread by
-    itself and skips the few microseconds the thread limit costs."""
-    return contextlib.nullcontext() if small else one_blas_thread()
-
-
-# OpenBLAS runs a product on one thread by itself below these sizes: a
-# matrix-vector product of fewer values than 2304 x 4, a matrix product of fewer
-# multiply-adds than 65536 x 4 (its thresholds).
-_ONE_THREAD_GEMV = 2304 * 4
-_ONE_THREAD_PRODUCT = 1 << 18
 
 
 def finish_maps(
@@ -205,7 +190,7 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # Upsampling is separable and linear: two small matrices reproduce
     # scikit-image's bilinear zoom exactly, at a fraction of its cost.
     dtype = _upsampling_dtype(maps)
-    with _one_blas_thread_unless(height * w * max(h, width) < _ONE_THREAD_PRODUCT):
+    with one_blas_thread_unless(height * w * max(h, width) < ONE_THREAD_PRODUCT):
         return (_skimage_upsampling(h, height, dtype) @ maps
                 @ _skimage_upsampling(w, width, dtype).T)
 
@@ -225,7 +210,7 @@ def resized_crops(maps: np.ndarray, size: tuple[int, int], corners: np.ndarray,
     dtype = _upsampling_dtype(maps)
     rows = _skimage_upsampling(h, height, dtype)[corners[:, :1] + np.arange(crop[0])]
     cols = _skimage_upsampling(w, width, dtype)[corners[:, 1:] + np.arange(crop[1])]
-    with _one_blas_thread_unless(crop[0] * w * max(h, crop[1]) < _ONE_THREAD_PRODUCT):
+    with one_blas_thread_unless(crop[0] * w * max(h, crop[1]) < ONE_THREAD_PRODUCT):
         return rows @ maps @ cols.transpose(0, 2, 1)
 
 

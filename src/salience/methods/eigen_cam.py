@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import CONVOLUTION_LAYER_VALUES
-from ..numeric import one_blas_thread, top_eigenpairs
+from ..numeric import ONE_THREAD_PRODUCT, one_blas_thread_unless, top_eigenpairs
 from .cam_base import CAMMethod, position_sums
 
 __all__ = ["EigenCAM", "principal_projection"]
@@ -55,7 +55,10 @@ def principal_projection(values: np.ndarray) -> np.ndarray:
     # Means and totals as matrix-vector products, which run at the same speed in
     # either memory order of the layer (numpy's sums along a short axis do not).
     centred = positions - (position_sums(values) / (h * w))[:, None, :]
-    with one_blas_thread():  # small LAPACK calls and products: threads only contend
+    smaller, larger = sorted((h * w, k))
+    # The Gram product is the largest; the top eigenpair of a small symmetric matrix
+    # never wakes BLAS threads, which would only contend with the model's.
+    with one_blas_thread_unless(smaller * smaller * larger < ONE_THREAD_PRODUCT):
         if h * w <= k:
             # centred @ v1 = s1 * u1, and u1 is the top eigenvector of centred @ centred.T
             eigenvalue, u1 = top_eigenpairs(centred @ centred.transpose(0, 2, 1))
