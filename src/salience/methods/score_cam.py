@@ -8,7 +8,7 @@ import numpy as np
 
 from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
-from ..numeric import one_blas_thread, softmax_rows
+from ..numeric import ONE_THREAD_PRODUCT, one_blas_thread_unless, softmax_rows
 from ..schedule import run_rows
 from .base import collect_rows
 from .cam_base import CAMMethod, bilinear_matrix, finish_maps, layer_arrays, weighted_channel_sum
@@ -93,7 +93,8 @@ def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bo
     [0, 1] by its own minimum and range (plus ``_SPAN_EPS``; a constant channel
     gives an all-zero mask)."""
     (h, w), (height, width) = channels.shape[1:], size
-    with one_blas_thread():  # small products: threads only contend
+    # small products (threads only contend), often below OpenBLAS's one-thread size
+    with one_blas_thread_unless(height * max(h * w, w * width) < ONE_THREAD_PRODUCT):
         up = (bilinear_matrix(h, height, align_corners) @ channels
               @ bilinear_matrix(w, width, align_corners).T)
     flat = up.reshape(len(up), -1)
