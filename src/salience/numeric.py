@@ -96,7 +96,7 @@ def add_by_owner(totals: np.ndarray, owners: np.ndarray, values: np.ndarray,
     run, instead of a weighing pass and a sum)."""
     for a, b in owner_runs(owners):
         if weights is None:
-            totals[owners[a]] += values[a:b].sum(axis=0)
+            totals[owners[a]] += values[a] if b - a == 1 else values[a:b].sum(axis=0)
         else:
             totals[owners[a]] += (weights[a:b] @ values[a:b].reshape(b - a, -1)).reshape(
                 values.shape[1:])

@@ -166,7 +166,7 @@ def integrate_straight_paths(
     input, baseline, step.
     """
     n, n_base = baselines.shape[:2]
-    alphas = np.linspace(0, 1, steps)
+    path_alphas = np.linspace(0, 1, steps).astype(x.dtype)
     diffs = x[:, None] - baselines  # (n, n_base, *shape)
     flat_base = baselines.reshape(n * n_base, *x.shape[1:])
     flat_diff = diffs.reshape(n * n_base, *x.shape[1:])
@@ -176,10 +176,16 @@ def integrate_straight_paths(
     expand = (slice(None),) + (None,) * (x.ndim - 1)
 
     def make_rows(start: int, stop: int) -> np.ndarray:
-        rows = path[start:stop]
-        a = alphas[np.arange(start, stop) % steps].astype(x.dtype)[expand]
-        # Rows are in path order: a chunk on one path broadcasts it instead of gathering.
-        on = rows[0] if rows[0] == rows[-1] else rows
+        # Rows are in path order: a chunk on one path takes consecutive steps of it and
+        # broadcasts the path instead of gathering it (at batch_size=1, every chunk).
+        first_path = int(path[start])
+        on: int | np.ndarray = first_path
+        if path[stop - 1] == first_path:
+            first_step = start - first_path * steps
+            a = path_alphas[first_step:first_step + stop - start][expand]
+        else:
+            on = path[start:stop]
+            a = path_alphas[np.arange(start, stop) % steps][expand]
         points = a * flat_diff[on]
         points += flat_base[on]  # base + a * diff, as one fresh array
         return points
