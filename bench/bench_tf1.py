@@ -35,8 +35,10 @@ SIZE = 64
 MODEL = "TF1 CNN 64px"
 # Rows of at most 25 graph runs take a few ms: the best of two samples of them
 # moved by 10-20% between quick runs (GetMask 0.74x-1.07x the reference), more
-# than the libraries differ, so they take more samples (~2 s per row).
-CHEAP_ROW_REPEATS = 12
+# than the libraries differ, so they take more samples.  At 12 GetSmoothedMask
+# still read 0.91-0.94x the reference in quick runs where 60 interleaved rounds
+# gave 0.99x (best) and 1.00x (median): 40 (~4 s for its row).
+CHEAP_ROW_REPEATS = 40
 
 
 def _graph():
