@@ -636,6 +636,47 @@ def test_a_module_needing_contiguous_memory_gets_it(net, x):
                                atol=1e-7)
 
 
+class ViewsAnActivation(nn.Module):
+    """An MNIST-style network: views its input to its image shape, then flattens an
+    activation with ``.view()``, which needs contiguous memory.  ``fails_on_batches``
+    makes it raise an error of its own for batches of several rows."""
+
+    def __init__(self, fails_on_batches=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4 * 6 * 6, 3)
+        self.fails_on_batches = fails_on_batches
+
+    def forward(self, t):
+        if self.fails_on_batches and len(t) > 1:
+            raise RuntimeError("this module takes one row at a time")
+        t = t.view(len(t), 3, 8, 8)
+        return self.head(self.conv(t).view(len(t), -1))
+
+
+def test_a_module_viewing_an_activation_gets_contiguous_memory_for_batches(x):
+    # The one-row probe passes in channels-last memory (a one-row view keeps no batch
+    # stride), a batch of four failed there with PyTorch's "view size is not compatible"
+    module = ViewsAnActivation().eval()
+    model = st.wrap(module)
+    targets = [0, 1, 2, 1]
+    maps = salience.Gradients(batch_size=4).explain(model, x, targets)
+    np.testing.assert_allclose(maps, _reference_gradients(module, x, targets), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(st.wrap(module).predict(x), _outputs(module, x), rtol=1e-5,
+                               atol=1e-7)
+    callback = st.wrap(module).call_model_function(channels_last_input=True)
+    got = callback(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), targets,
+                   [INPUT_OUTPUT_GRADIENTS])[INPUT_OUTPUT_GRADIENTS]
+    np.testing.assert_allclose(got, maps.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-7)
+
+
+def test_a_modules_own_error_on_a_batch_is_raised_as_it_is(x):
+    model = st.wrap(ViewsAnActivation(fails_on_batches=True).eval())
+    with pytest.raises(RuntimeError, match="takes one row at a time"):
+        model(x, np.array([0, 1, 2, 1]), [INPUT_OUTPUT_GRADIENTS])
+
+
 def test_a_channels_last_module_gets_contiguous_memory(x):
     class TakesHWC(nn.Module):  # (n, H, W, C) in, as Keras-style ports take it
         def __init__(self):

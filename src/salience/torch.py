@@ -356,13 +356,41 @@ class TorchModel(FrameworkModel):
         return self._layer_rows.get(x.shape[1:])
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
-        with self._explaining(), torch.no_grad():
-            return _np(self.module(self._tensor(x)))
+        def predict(xt: torch.Tensor) -> np.ndarray:
+            with self._explaining(), torch.no_grad():
+                return _np(self.module(xt))
 
-    def _run(self, x: np.ndarray, targets: np.ndarray | None,
+        return self._in_memory_it_takes(self._tensor(x), predict)
+
+    def _in_memory_it_takes(self, xt: torch.Tensor, run: Callable[[torch.Tensor], Any]) -> Any:
+        """``run(xt)``; if it fails on a batch in channels-last memory and runs in
+        contiguous memory, that result, and batches of this shape stay contiguous.
+
+        The one-row probe cannot always tell: a module that takes ``.view()`` of an
+        activation fails on channels-last batches of several rows, while one row
+        (whose batch stride is free) may pass.
+        """
+        try:
+            return run(xt)
+        except RuntimeError as error:
+            if not (xt.dim() == 4 and not xt.is_contiguous()
+                    and xt.is_contiguous(memory_format=torch.channels_last)):
+                raise
+            try:
+                result = run(xt.detach().contiguous())
+            except Exception:
+                raise error from None  # not the memory layout: the module's own error
+            self._contiguous_shapes.add(tuple(xt.shape[1:]))
+            return result
+
+    def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        xt = self._tensor(x)
         target_t = None if targets is None else torch.as_tensor(targets, device=self.device)
+        return self._in_memory_it_takes(self._tensor(x),
+                                        lambda xt: self._run_on(xt, target_t, kind))
+
+    def _run_on(self, xt: torch.Tensor, target_t: torch.Tensor | None,
+                kind: CallKind) -> dict[str, np.ndarray]:
         with self._explaining():
             if not (kind.input or kind.layer):
                 with torch.no_grad():
