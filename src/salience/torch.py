@@ -305,9 +305,10 @@ class TorchModel(FrameworkModel):
 
         oneDNN's CPU convolutions run faster on it (EfficientNet-Lite0 forward and
         backward at 8 rows: 28% less time; the tiny CNN of bench/ at 25 rows: 24%);
-        a module that cannot take it (a ``.view()`` of its input) keeps
-        contiguous memory, as found by the shape probe, which tries the memory
-        any batch of its shape may get (``probing``).
+        a module that cannot take it (a ``.view()`` of its input or of an
+        activation) keeps contiguous memory, as found by the shape probe, which
+        tries the memory any batch of its shape may get (``probing``), or by the
+        first batch that fails in it (see :meth:`_in_memory_it_takes`).
 
         A single small image stays contiguous: PyTorch then runs its own
         convolution kernel instead of oneDNN's, faster there (the tiny CNN, one
