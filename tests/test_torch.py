@@ -646,8 +646,10 @@ class ViewsAnActivation(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3)
         self.head = nn.Linear(4 * 6 * 6, 3)
         self.fails_on_batches = fails_on_batches
+        self.passes = 0
 
     def forward(self, t):
+        self.passes += 1
         if self.fails_on_batches and len(t) > 1:
             raise RuntimeError("this module takes one row at a time")
         t = t.view(len(t), 3, 8, 8)
@@ -663,6 +665,9 @@ def test_a_module_viewing_an_activation_gets_contiguous_memory_for_batches(x):
     maps = salience.Gradients(batch_size=4).explain(model, x, targets)
     np.testing.assert_allclose(maps, _reference_gradients(module, x, targets), rtol=1e-5,
                                atol=1e-7)
+    passes = module.passes
+    salience.Gradients(batch_size=4).explain(model, x, targets)
+    assert module.passes == passes + 1  # the shape now goes in contiguous memory at once
     np.testing.assert_allclose(st.wrap(module).predict(x), _outputs(module, x), rtol=1e-5,
                                atol=1e-7)
     callback = st.wrap(module).call_model_function(channels_last_input=True)

@@ -285,7 +285,8 @@ class TorchModel(FrameworkModel):
                 return torch.tensor(x, device=self.device, dtype=self.dtype)
             # torch.tensor keeps a strided array's layout: the callback's (n, C, H, W) view
             # of an (n, H, W, C) batch would run in channels-last memory, whose kernels
-            # are slower on one small image and break max-pooling ties otherwise.
+            # are slower on one small image and round otherwise (max pooling then
+            # settles near-ties the other way than explain's contiguous image).
             return self._copied(x, torch.contiguous_format)
         # (n, C, H, W) values laid out (n, H, W, C) in memory (torch.channels_last), by
         # torch's copy: 2.2-2.5x faster than numpy's transposing one (32 x 3 x 32 x 32:
@@ -326,30 +327,16 @@ class TorchModel(FrameworkModel):
             _check_guided_possible(self.module)
 
     def _probe(self, x: np.ndarray) -> tuple[int, ...] | None:
-        try:
-            return self._probe_once(x)
-        except Exception as error:
-            if not self._channels_last_memory(x.shape, probing=True):
-                raise
-            refused = error
-        try:
-            shape = self._probe_once(x, contiguous=True)
-        except Exception:
-            raise refused from None  # the memory layout was not the module's problem
-        self._contiguous_shapes.add(x.shape[1:])
-        return shape
+        def probe(xt: torch.Tensor) -> tuple[int, ...] | None:
+            # The same pass notes the layer's output shape (for the token grid check).
+            with self._explaining(), torch.no_grad(), self._tapped(self.has_layer,
+                                                                   shape_only=True) as seen:
+                out = self.module(xt)
+            if self.has_layer:
+                self._layer_rows[x.shape[1:]] = seen.get("shape")
+            return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
-    def _probe_once(self, x: np.ndarray, contiguous: bool = False) -> tuple[int, ...] | None:
-        xt = self._tensor(x, probing=True)
-        if contiguous:
-            xt = xt.contiguous()
-        # The same pass notes the layer's output shape (for the token grid check).
-        with self._explaining(), torch.no_grad(), self._tapped(self.has_layer,
-                                                               shape_only=True) as seen:
-            out = self.module(xt)
-        if self.has_layer:
-            self._layer_rows[x.shape[1:]] = seen.get("shape")
-        return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return self._in_memory_it_takes(self._tensor(x, probing=True), probe)
 
     def _probe_layer(self, x: np.ndarray) -> tuple[int, ...] | None:
         if x.shape[1:] not in self._layer_rows:  # _probe normally ran first, for the output
@@ -365,7 +352,8 @@ class TorchModel(FrameworkModel):
 
     def _in_memory_it_takes(self, xt: torch.Tensor, run: Callable[[torch.Tensor], Any]) -> Any:
         """``run(xt)``; if it fails on a batch in channels-last memory and runs in
-        contiguous memory, that result, and batches of this shape stay contiguous.
+        contiguous memory, that result, and batches of this shape stay contiguous
+        (the shape probe and every call go through here).
 
         The one-row probe cannot always tell: a module that takes ``.view()`` of an
         activation fails on channels-last batches of several rows, while one row
@@ -373,7 +361,7 @@ class TorchModel(FrameworkModel):
         """
         try:
             return run(xt)
-        except RuntimeError as error:
+        except Exception as error:  # a .view() raises RuntimeError; a module's own check, any
             if not (xt.dim() == 4 and not xt.is_contiguous()
                     and xt.is_contiguous(memory_format=torch.channels_last)):
                 raise
