@@ -206,6 +206,21 @@ def test_one_blas_thread_limits_the_calling_thread_alone():
         assert _counts_here() == main_counts  # restored
 
 
+def test_one_blas_thread_unless_small_leaves_the_count_for_a_small_product():
+    from threadpoolctl import threadpool_limits
+
+    from salience.numeric import _blas_thread_setters, one_blas_thread_unless
+
+    if not _blas_thread_setters()[0]:
+        pytest.skip("no BLAS library here keeps a count per thread")
+    with threadpool_limits(2, user_api="blas"):
+        with one_blas_thread_unless(True):  # OpenBLAS runs it on one thread anyway
+            assert set(_counts_here()) == {2}
+        with one_blas_thread_unless(False):
+            assert set(_counts_here()) == {1}
+        assert set(_counts_here()) == {2}
+
+
 @pytest.mark.threading
 def test_one_blas_thread_limits_a_shared_count_while_any_block_runs(monkeypatch):
     # A BLAS with one count for the process (MKL, BLIS, older OpenBLAS): the first
