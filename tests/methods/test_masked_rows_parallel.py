@@ -54,3 +54,20 @@ def test_helper_thread_gives_the_serial_maps(name, model_classes, monkeypatch):
     chunked = make(name, batch_size=2 if name == "ScoreCAM" else 16).explain(overlapped, x, 1)
     assert not serial.helper_seen and overlapped.helper_seen
     np.testing.assert_allclose(chunked, one_call, rtol=1e-10, atol=1e-12 * np.abs(one_call).max())
+
+
+@pytest.mark.parametrize("is_last", [False, True])
+@pytest.mark.parametrize("baseline", [0.0, 0.5])
+def test_apply_masks_gives_each_row_its_own_images_masked_copy(is_last, baseline):
+    from salience.methods.masking import apply_masks
+
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 5, 4, 2) if is_last else (3, 2, 5, 4)).astype(np.float32)
+    owners = np.array([0, 0, 1, 2, 2, 2])  # runs of rows of one image, as chunks hold them
+    masks = rng.random((len(owners), 5, 4))
+    rows = apply_masks(images, owners, masks, is_last, baseline)
+    assert rows.dtype == np.float32 and rows.shape == (len(owners), *images.shape[1:])
+    for r, owner in enumerate(owners):
+        mask = masks[r][..., None] if is_last else masks[r][None]
+        expected = baseline + (images[owner].astype(np.float64) - baseline) * mask
+        np.testing.assert_allclose(rows[r], expected, rtol=1e-6, atol=1e-7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arrays import spatial_axes
+from ..numeric import owner_runs
 
 __all__ = ["apply_masks", "image_size"]
 
@@ -18,21 +19,29 @@ def image_size(x: np.ndarray, is_channels_last: bool) -> tuple[int, int]:
 
 
 def apply_masks(
-    images: np.ndarray, masks: np.ndarray, is_channels_last: bool, baseline: float = 0.0
+    images: np.ndarray, owners: np.ndarray, masks: np.ndarray, is_channels_last: bool,
+    baseline: float = 0.0,
 ) -> np.ndarray:
-    """``baseline + (images - baseline) * masks`` in the images' dtype.
+    """Row ``r``: ``baseline + (images[owners[r]] - baseline) * masks[r]``, in the
+    images' dtype.
 
-    ``images`` (m, *input_shape), one per mask; ``masks`` (m, H, W), broadcast
-    over the channel axis wherever the layout puts it.
+    ``images`` (n, *input_shape); ``owners`` the rows' images, sorted (runs of
+    rows of one image); ``masks`` (m, H, W), broadcast over the channel axis
+    wherever the layout puts it.  Each image is read in place, once per run of
+    its rows, not gathered into a copy per row first.
     """
     h_axis, w_axis = spatial_axes(images.ndim - 1, is_channels_last)
     shape = [len(masks)] + [1] * (images.ndim - 1)
     shape[1 + h_axis], shape[1 + w_axis] = masks.shape[1:]
     # In the images' precision throughout: no float64 copies of float32 rows.
     masks = masks.astype(images.dtype, copy=False).reshape(shape)
-    if baseline == 0:
-        return images * masks
-    rows = images - images.dtype.type(baseline)
-    rows *= masks
-    rows += images.dtype.type(baseline)
+    rows = np.empty((len(masks), *images.shape[1:]), images.dtype)
+    base = images.dtype.type(baseline)
+    for a, b in owner_runs(owners):
+        image = images[owners[a]]
+        if baseline == 0:
+            np.multiply(image, masks[a:b], out=rows[a:b])
+        else:
+            np.multiply(image - base, masks[a:b], out=rows[a:b])
+            rows[a:b] += base
     return rows

@@ -94,7 +94,7 @@ class RISE(Method):
             which = np.arange(start, stop) % per_image
             masks = rise_masks(grids[which], shifts[which], size)
             masks_of_chunk[start] = masks
-            return apply_masks(x[owners[start:stop]], masks, is_last, self.baseline)
+            return apply_masks(x, owners[start:stop], masks, is_last, self.baseline)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             masks = masks_of_chunk.pop(start).reshape(stop - start, -1)

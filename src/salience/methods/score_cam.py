@@ -70,7 +70,7 @@ class ScoreCAM(CAMMethod):
         def make_rows(start: int, stop: int) -> np.ndarray:
             rows = np.arange(start, stop)
             masks = channel_masks(values[owners[rows], rows % k], size, self.align_corners)
-            return apply_masks(x[owners[rows]], masks, is_last)
+            return apply_masks(x, owners[start:stop], masks, is_last)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
