@@ -109,32 +109,28 @@ class SurrogateMethod(Method):
         features = _Features(self, to_channels_last(x, is_last))
         owners = np.repeat(np.arange(n), per_image)
         scores = np.empty(n * per_image)
-        weights = np.ones(n * per_image)
         heat = np.empty((n, *size))
 
         # An image's features are found when its first row is built, and its linear
         # model is fitted when its last score arrives: with the row scheduler's helper
         # thread, both run beside the model's calls for the other images.
         def make_rows(start: int, stop: int) -> np.ndarray:
-            index = np.arange(start, stop)
-            samples = index % per_image
-            row_owners = owners[index]
+            row_owners = owners[start:stop]
             masks = np.empty((stop - start, *size), dtype=x.dtype)  # the rows' precision
             for a, b in owner_runs(row_owners):  # one gather per image, not per row
                 image = features.of(row_owners[a])
-                coalition_rows = image.design[samples[a:b]]
-                masks[a:b] = coalition_rows[:, image.labels]
-                row_weights = self._row_weights(image.stats, coalition_rows)
-                if row_weights is not None:
-                    weights[start + a:start + b] = row_weights
-            return apply_masks(x[row_owners], masks, is_last, self.baseline)
+                first = start + a - row_owners[a] * per_image  # row a's coalition
+                masks[a:b] = image.design[first:first + b - a][:, image.labels]
+            return apply_masks(x, row_owners, masks, is_last, self.baseline)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
             for i in range(start // per_image, stop // per_image):  # images now complete
                 image, rows = features.of(i), slice(i * per_image, (i + 1) * per_image)
+                # all of an image's row weights in one pass, once its rows are scored
+                weights = self._row_weights(image.stats, image.design)
                 coefficients = self._fit(image.design.astype(np.float64), scores[rows],
-                                         weights[rows])
+                                         np.ones(per_image) if weights is None else weights)
                 heat[i] = coefficients[image.labels]
 
         # The work at image boundaries (features, fit) is not in the first chunk, by
