@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import salience
-from salience.methods.kernel_shap import draw_shapley_coalitions
+from salience.methods.kernel_shap import draw_shapley_coalitions, kernel_shap_values
 from salience.methods.lime import cosine_kernel, weighted_lasso
 from salience.model import OUTPUT_LAYER_VALUES
 
@@ -44,6 +44,20 @@ def test_kernel_shap_values_add_up_to_the_score_difference(analytic, images):
     gap = analytic.score(images, targets) - analytic.score(np.zeros_like(images), targets)
     per_feature = np.array([[m[SQUARES == k, 0][0] for k in range(16)] for m in maps])
     np.testing.assert_allclose(per_feature.sum(axis=1), gap, rtol=1e-10)
+
+
+def test_kernel_shap_values_with_fewer_coalitions_than_features_take_the_least_norm():
+    # 12 coalitions of 30 features: many exact fits; the values are the one of least
+    # norm among them (the constraint substituted), as an SVD-based solver finds it.
+    rng = np.random.default_rng(0)
+    z = (rng.uniform(size=(12, 30)) < 0.5).astype(float)
+    scores, full, empty = rng.normal(size=12), 1.5, -0.25
+    phi = kernel_shap_values(z, scores, full, empty)
+    assert phi.sum() == pytest.approx(full - empty, rel=1e-12)
+    np.testing.assert_allclose(empty + z @ phi, scores, atol=1e-10)  # an exact fit
+    design, rhs = z[:, :-1] - z[:, -1:], scores - empty - z[:, -1] * (full - empty)
+    least_norm = np.linalg.pinv(design) @ rhs
+    np.testing.assert_allclose(phi[:-1], least_norm, atol=1e-10)
 
 
 def test_shapley_coalitions_start_full_and_empty_and_follow_the_kernel():
