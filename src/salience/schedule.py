@@ -31,7 +31,8 @@ __all__ = ["run_rows", "checked_outputs", "check_row_budget", "MAX_ROW_VALUES", 
 # anywhere) takes it back after every op, and a helper running numpy code beside
 # it stalls it.  On the tiny CNN (a 0.3-3 ms call), chunks of 0.2-1 ms own work
 # ran 10-60% slower overlapped than in the caller's thread (best of 8; Blur IG's
-# median 3.6x slower); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
+# median 3.6x slower while its products on the helper still woke every BLAS thread,
+# since mended: see blur_ig._HELPER_PAYS_FROM); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
 # thread hides the work (Blur IG 2.71 s against 2.96 s in the caller's thread).
 _WORTH_A_THREAD_S = 2e-3
 
