@@ -23,7 +23,15 @@ from .model import Model, check_outputs
 from .numeric import all_finite
 from .progress import watch_rows
 
-__all__ = ["run_rows", "checked_outputs", "check_row_budget", "MAX_ROW_VALUES", "NonFiniteOutputError"]
+__all__ = [
+    "ARRAY_WORK_OVERLAP_VALUES",
+    "MAX_ROW_VALUES",
+    "NonFiniteOutputError",
+    "check_row_budget",
+    "checked_outputs",
+    "overlap_for_array_work",
+    "run_rows",
+]
 
 # Own work per chunk (building + preparing + consuming rows) above which a helper
 # thread pays.  Handing a chunk over costs ~0.1 ms, but the cost that decides is
@@ -32,9 +40,26 @@ __all__ = ["run_rows", "checked_outputs", "check_row_budget", "MAX_ROW_VALUES", 
 # it stalls it.  On the tiny CNN (a 0.3-3 ms call), chunks of 0.2-1 ms own work
 # ran 10-60% slower overlapped than in the caller's thread (best of 8; Blur IG's
 # median 3.6x slower while its products on the helper still woke every BLAS thread,
-# since mended: see blur_ig._HELPER_PAYS_FROM); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
+# since mended: see ARRAY_WORK_OVERLAP_VALUES); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
 # thread hides the work (Blur IG 2.71 s against 2.96 s in the caller's thread).
 _WORTH_A_THREAD_S = 2e-3
+
+ARRAY_WORK_OVERLAP_VALUES = 1 << 16
+"""Values in a chunk's rows (rows x values per row) from which a method whose own
+work per chunk is a few whole-array kernels (SmoothGrad's noise, Blur IG's blur
+products, Score-CAM's and RISE's masks) overlaps it with the model from the first
+chunk (:func:`overlap_for_array_work`).
+
+Those kernels run without the GIL (and their BLAS products on one thread: see
+:func:`salience.numeric.one_blas_thread`), so beside even a fast eager model they
+cost it little, unlike the Python-heavy work the 2 ms rule is set for.  Tiny CNN
+(32 px: 3072 values a row), salience / floor in the caller's thread -> overlapped,
+best of 5-60 interleaved: at 32 images SmoothGrad 1.19 -> 1.04x (64 rows a chunk)
+and 1.35 -> 1.17x (32 rows), RISE 1.14 -> 1.06x and Score-CAM 1.23 -> 1.13x (64
+rows), Blur IG 1.22 -> 1.06x (32 rows, 8 images); at one image RISE 1.09 -> 0.97x,
+Blur IG 1.23 -> 1.13x.  Smaller chunks lose: Score-CAM 1.62 -> 1.74x at 16 rows,
+SmoothGrad 1.94 -> 2.10x at 8.
+"""
 
 MAX_ROW_VALUES = 2**40
 """Most values (rows x values per row) one explanation may send to the model.
@@ -71,6 +96,13 @@ def check_row_budget(method: str, n_rows: int, row_values: int) -> None:
             f"salience.schedule.MAX_ROW_VALUES = {MAX_ROW_VALUES:.3g}; use fewer steps, "
             "samples or inputs per call, or raise that limit to run it anyway"
         )
+
+
+def overlap_for_array_work(chunk_rows: int, row_values: int) -> bool | None:
+    """:func:`run_rows`' ``overlap`` for own work made of whole-array kernels: True
+    from :data:`ARRAY_WORK_OVERLAP_VALUES` values a chunk, else None (the scheduler
+    measures the first chunk)."""
+    return True if chunk_rows * row_values >= ARRAY_WORK_OVERLAP_VALUES else None
 
 
 def run_rows(

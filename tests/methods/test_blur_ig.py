@@ -145,32 +145,6 @@ def test_equals_the_sum_written_out(sqrt, batch_size, analytic, images):
 
 
 
-@pytest.mark.parametrize("batch_size, overlap", [(16, True), (4, None)])
-def test_large_chunks_of_blur_go_beside_the_model_and_sum_alike(batch_size, overlap,
-                                                                model_classes, monkeypatch):
-    # 32 x 32 x 3 rows: 16 a chunk carry 3.1 million multiply-adds of blur, built on
-    # the scheduler's helper beside the model; 4 carry 0.8 million, left to the
-    # scheduler's own measure.
-    import salience.methods.blur_ig as blur_ig
-
-    asked = []
-
-    def run_rows(*args, **kwargs):
-        asked.append(kwargs["overlap"])
-        return blur_ig_run_rows(*args, **kwargs)
-
-    blur_ig_run_rows = blur_ig.run_rows
-    monkeypatch.setattr(blur_ig, "run_rows", run_rows)
-    model = model_classes[0](shape=(32, 32, 3))
-    x = np.random.default_rng(2).random((2, 32, 32, 3))
-    maps = salience.BlurIG(max_sigma=8, steps=24, batch_size=batch_size).explain(
-        model, x, np.array([0, 2]))
-    assert asked == [overlap]
-    for i, target in enumerate((0, 2)):
-        np.testing.assert_allclose(maps[i], _by_hand(model, x[i], target, 8, 24), rtol=1e-9,
-                                   atol=1e-12)
-
-
 class _ChannelsFirst:
     """A channels-last model seen through (n, C, H, W) inputs and gradients."""
 

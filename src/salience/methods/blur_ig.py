@@ -14,7 +14,7 @@ from ..arrays import channels_last, from_channels_last, spatial_axes, to_channel
 from ..checks import check_nonnegative, check_positive_int
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
 from ..numeric import add_by_owner, one_blas_thread, owner_runs
-from ..schedule import check_row_budget, run_rows
+from ..schedule import check_row_budget, overlap_for_array_work, run_rows
 from .base import Method, check_row_place, rows_on_model
 
 __all__ = [
@@ -182,18 +182,6 @@ def _path_kernels(size: int, sigmas: bytes, grad_step: float) -> _PathKernels:
     return kernels
 
 
-# Multiply-adds of one blur pass over a chunk on the host (every row times a matrix
-# along each axis; a chunk takes five such passes) from which the chunk's blur runs
-# on the row scheduler's helper beside the model.  The products run without the
-# GIL, on one BLAS thread each, so even a fast eager model loses little to them,
-# unlike the Python-heavy work the scheduler's own 2 ms rule is set for.  Tiny CNN
-# (32 px, ~200k a row), 100 steps, salience / floor in the caller's thread -> on
-# the helper: 16 rows a chunk 1.32 -> 1.24x (1 image) and 1.46 -> 1.34x (8 images),
-# 32 rows 1.23 -> 1.13x and 1.22 -> 1.06x; at 8 rows alike, at 4 rows 5% slower
-# (best of 7-60, interleaved).
-_HELPER_PAYS_FROM = 2_500_000
-
-
 class BlurIG(Method):
     """Integrated gradients from a fully blurred image back to the input.
 
@@ -284,11 +272,11 @@ class BlurIG(Method):
         path = _BlurPath(x, channels_last(model),
                          blur_sigmas(self.max_sigma, self.steps, self.sqrt), self.grad_step,
                          model if self._blur_on_model(model) else None)
-        chunk_rows = min(self.batch_size, len(path.owners))
-        blur_work = chunk_rows * x[0].size * (path.height + path.width)
+        on_host = path.on_model is None  # else the blur runs on the model's device
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], path.owners, path.make_rows, path.consume,
                  targets, self.batch_size, self.name, prepare=path.prepare,
-                 overlap=True if path.on_model is None and blur_work >= _HELPER_PAYS_FROM else None)
+                 overlap=overlap_for_array_work(min(self.batch_size, len(path.owners)),
+                                                x[0].size) if on_host else None)
         # The map: minus the sum over the path of (sigma step) x rate x gradient.
         return path.to_model_layout(-path.totals).astype(x.dtype)
 

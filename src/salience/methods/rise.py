@@ -11,7 +11,7 @@ from ..arrays import channels_last, from_channels_last, to_channels_last
 from ..checks import check_fraction, check_positive_int, check_seed
 from ..model import OUTPUT_LAYER_VALUES, Model
 from ..numeric import as_random_state, one_blas_thread, owner_runs
-from ..schedule import run_rows
+from ..schedule import overlap_for_array_work, run_rows
 from .base import Method
 from .cam_base import resized_crops
 from .masking import apply_masks, image_size
@@ -105,7 +105,8 @@ class RISE(Method):
                     totals[chunk_owners[a]] += scores[a:b] @ masks[a:b]
 
         run_rows(model, [OUTPUT_LAYER_VALUES], owners, make_rows, consume, targets,
-                 self.batch_size, self.name)
+                 self.batch_size, self.name,
+                 overlap=overlap_for_array_work(min(self.batch_size, len(owners)), x[0].size))
         heat = (totals / (self.n_masks * self.p)).reshape(n, *size)
         maps = np.broadcast_to(heat[..., None], (*heat.shape, 1))
         maps = to_channels_last(np.zeros_like(x), is_last) + maps

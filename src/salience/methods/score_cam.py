@@ -9,7 +9,7 @@ import numpy as np
 from ..arrays import channels_last
 from ..model import CONVOLUTION_LAYER_VALUES, OUTPUT_LAYER_VALUES, Model
 from ..numeric import ONE_THREAD_PRODUCT, one_blas_thread_unless, softmax_rows
-from ..schedule import run_rows
+from ..schedule import overlap_for_array_work, run_rows
 from .base import collect_rows
 from .cam_base import CAMMethod, bilinear_matrix, finish_maps, layer_arrays, weighted_channel_sum
 from .masking import apply_masks, image_size
@@ -76,7 +76,8 @@ class ScoreCAM(CAMMethod):
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
 
         run_rows(model, [OUTPUT_LAYER_VALUES], owners, make_rows, consume, targets,
-                 self.batch_size, self.name)
+                 self.batch_size, self.name,
+                 overlap=overlap_for_array_work(min(self.batch_size, len(owners)), x[0].size))
         weights = score_cam_weights(scores.reshape(n, k))
         cams = np.maximum(weighted_channel_sum(weights, values), 0)
         return finish_maps(cams, x, is_last, self.resize, self.broadcast)

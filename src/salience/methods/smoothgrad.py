@@ -21,7 +21,7 @@ import numpy as np
 from ..checks import check_nonnegative, check_positive_int, check_seed
 from ..model import Model
 from ..numeric import as_random_state, owner_runs, row_seeds, standard_normal_rows
-from ..schedule import check_row_budget, run_rows
+from ..schedule import check_row_budget, overlap_for_array_work, run_rows
 from .base import Method, check_row_place, rows_on_model
 
 __all__ = ["AGGREGATIONS", "NOISE_PLACES", "NoiseRows", "SmoothGrad", "aggregate_samples",
@@ -217,7 +217,8 @@ class SmoothGrad(Method):
         totals = np.zeros(x.shape, dtype=np.float64)
         spreads = np.zeros(x.shape, dtype=np.float64) if self.aggregation == "vargrad" else None
         built: dict[int, Any] = {}  # a chunk's noisy rows, by its first row
-        if self._noise_on_model(model):
+        on_model = self._noise_on_model(model)  # else the noise is drawn here
+        if on_model:
             scales, seeds = noise_scales(x, self.stdev_spread), row_seeds(rng, len(owners))
 
             build = model.noisy_rows  # type: ignore[attr-defined]  # checked: _noise_on_model
@@ -251,7 +252,9 @@ class SmoothGrad(Method):
 
         # A one-row method has a batch_size (the rows per model call), as Gradients.
         batch_size = int(getattr(self.method, "batch_size"))  # noqa: B009
-        run_rows(model, keys, owners, make_rows, consume, targets, batch_size, self.name)
+        run_rows(model, keys, owners, make_rows, consume, targets, batch_size, self.name,
+                 overlap=None if on_model else overlap_for_array_work(
+                     min(batch_size, len(owners)), x[0].size))
         if spreads is not None:
             return (spreads / (self.nsamples - 1)).astype(x.dtype)
         return (totals / self.nsamples).astype(x.dtype)
