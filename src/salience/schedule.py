@@ -39,9 +39,10 @@ __all__ = [
 # anywhere) takes it back after every op, and a helper running numpy code beside
 # it stalls it.  On the tiny CNN (a 0.3-3 ms call), chunks of 0.2-1 ms own work
 # ran 10-60% slower overlapped than in the caller's thread (best of 8; Blur IG's
-# median 3.6x slower while its products on the helper still woke every BLAS thread,
-# since mended: see ARRAY_WORK_OVERLAP_VALUES); on EfficientNet-Lite0, whose chunks carry 2-40 ms, the
-# thread hides the work (Blur IG 2.71 s against 2.96 s in the caller's thread).
+# median 3.6x slower while its products on the helper still woke every BLAS
+# thread, since mended: see ARRAY_WORK_OVERLAP_VALUES); on EfficientNet-Lite0,
+# whose chunks carry 2-40 ms, the thread hides the work (Blur IG 2.71 s against
+# 2.96 s in the caller's thread).
 _WORTH_A_THREAD_S = 2e-3
 
 ARRAY_WORK_OVERLAP_VALUES = 1 << 16

@@ -94,6 +94,8 @@ def kernel_shap_values(coalitions: np.ndarray, scores: np.ndarray, full: float,
                        empty: float) -> np.ndarray:
     """Least-squares values ``phi`` of ``scores ~ empty + coalitions . phi`` subject to
     ``sum(phi) = full - empty`` (every coalition weighs the same)."""
+    from scipy.linalg import lstsq  # on use: scipy's import is slow
+
     k = coalitions.shape[1]
     total = full - empty
     if k == 1:
@@ -101,8 +103,6 @@ def kernel_shap_values(coalitions: np.ndarray, scores: np.ndarray, full: float,
     # phi_last = total - sum(phi_rest): substitute, then an unconstrained fit.
     design = coalitions[:, :-1] - coalitions[:, -1:]
     rhs = scores - empty - coalitions[:, -1] * total
-    from scipy.linalg import lstsq  # on use: scipy's import is slow
-
     # Minimum-norm least squares by QR with column pivoting (LAPACK's gelsy), as
     # numpy's SVD-based lstsq finds it but in 40% of its time (200 x 49: 138 us
     # against 341); the inputs are finite (the model's scores are checked).
