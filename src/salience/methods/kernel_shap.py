@@ -105,7 +105,7 @@ def kernel_shap_values(coalitions: np.ndarray, scores: np.ndarray, full: float,
     rhs = scores - empty - coalitions[:, -1] * total
     # Minimum-norm least squares by QR with column pivoting (LAPACK's gelsy), as
     # numpy's SVD-based lstsq finds it but in 40% of its time (200 x 49: 138 us
-    # against 341); the inputs are finite (the model's scores are checked).
+    # against 341).
     with one_blas_thread():  # a small least-squares problem: threads only contend
-        rest = lstsq(design, rhs, lapack_driver="gelsy", check_finite=False)[0]
+        rest = lstsq(design, rhs, lapack_driver="gelsy")[0]
     return np.append(rest, total - rest.sum())
