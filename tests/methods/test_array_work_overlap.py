@@ -46,10 +46,9 @@ def test_chunk_size_decides_the_overlap_and_the_maps_are_the_serial_ones(
 
     model = model_classes[0](shape=(SIZE, SIZE, 3))
     model.W *= 0.05  # keep tanh away from saturation on this many pixels
-    x = np.random.default_rng(0).random((2, SIZE, SIZE, 3))
-    # Score-CAM: one row per image and layer channel (3 here); 16 images make 48 rows
-    if module == "score_cam":
-        x = np.random.default_rng(0).random((16, SIZE, SIZE, 3))
+    # Score-CAM has one row per image and layer channel (3 here): 16 images make 48 rows
+    images = 16 if module == "score_cam" else 2
+    x = np.random.default_rng(0).random((images, SIZE, SIZE, 3))
     method = METHODS[module](batch_size)
     monkeypatch.setattr(method_module, "run_rows", noting)
     maps = method.explain(model, x, 1)
