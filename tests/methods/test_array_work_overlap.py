@@ -55,3 +55,28 @@ def test_chunk_size_decides_the_overlap_and_the_maps_are_the_serial_ones(
     assert asked == [overlap]
     monkeypatch.setattr(method_module, "run_rows", forced_serial)
     np.testing.assert_array_equal(maps, method.explain(model, x, 1))
+
+
+@pytest.mark.threading
+@pytest.mark.parametrize("module", list(METHODS))
+def test_threads_sharing_a_torch_model_get_the_serial_maps_when_chunks_overlap(module):
+    # 32 rows of 32 x 32 x 3 a chunk: every run overlaps its own work with the model,
+    # each on its own helper thread, four runs at a time on one wrapped module.
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch = pytest.importorskip("torch")
+    import salience.torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 5)).double()
+    model = salience.torch.wrap(net, layer=net[1])
+    images = 12 if module == "score_cam" else 2  # Score-CAM: 4 rows an image here
+    x = np.random.default_rng(1).random((images, 3, SIZE, SIZE))
+    method = METHODS[module](32)
+    serial = method.explain(model, x, 3)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: method.explain(model, x, 3), range(8)))
+    for maps in results:
+        np.testing.assert_array_equal(maps, serial)
