@@ -68,9 +68,10 @@ class ScoreCAM(CAMMethod):
         scores = np.empty(n * k)
 
         def make_rows(start: int, stop: int) -> np.ndarray:
-            rows = np.arange(start, stop)
-            masks = channel_masks(values[owners[rows], rows % k], size, self.align_corners)
-            return apply_masks(x, owners[start:stop], masks, is_last)
+            chunk_owners = owners[start:stop]  # the rows' images: one slice for both
+            masks = channel_masks(values[chunk_owners, np.arange(start, stop) % k], size,
+                                  self.align_corners)
+            return apply_masks(x, chunk_owners, masks, is_last)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
             scores[start:stop] = outputs[OUTPUT_LAYER_VALUES]
