@@ -10,7 +10,7 @@ import numpy as np
 from ..arrays import to_numpy
 from ..checks import check_finite, check_positive_int, check_seed
 from ..model import INPUT_OUTPUT_GRADIENTS, Model
-from ..numeric import add_by_owner, as_random_state
+from ..numeric import add_by_owner, as_random_state, owner_runs
 from ..schedule import check_row_budget, run_rows
 from .base import Method
 
@@ -176,18 +176,24 @@ def integrate_straight_paths(
     expand = (slice(None),) + (None,) * (x.ndim - 1)
 
     def make_rows(start: int, stop: int) -> np.ndarray:
-        # Rows are in path order: a chunk on one path takes consecutive steps of it and
-        # broadcasts the path instead of gathering it (at batch_size=1, every chunk).
-        first_path = int(path[start])
-        on: int | np.ndarray = first_path
-        if path[stop - 1] == first_path:
-            first_step = start - first_path * steps
-            a = path_alphas[first_step:first_step + stop - start][expand]
-        else:
-            on = path[start:stop]
-            a = path_alphas[np.arange(start, stop) % steps][expand]
-        points = a * flat_diff[on]
-        points += flat_base[on]  # base + a * diff, as one fresh array
+        # Rows are in path order.  A chunk on one path (at batch_size=1, every chunk)
+        # broadcasts the path; a chunk over several does so run by run into one array,
+        # rather than gathering a copy of each row's path (three times the memory
+        # traffic at 224 px).
+        first = int(path[start])
+        if path[stop - 1] == first:
+            first_step = start - first * steps
+            points = path_alphas[first_step:first_step + stop - start][expand] * flat_diff[first]
+            points += flat_base[first]  # base + a * diff, as one fresh array
+            return points
+        points = np.empty((stop - start, *x.shape[1:]), dtype=x.dtype)
+        for a, b in owner_runs(path[start:stop]):
+            on = int(path[start + a])
+            first_step = start + a - on * steps
+            run = points[a:b]
+            np.multiply(path_alphas[first_step:first_step + b - a][expand], flat_diff[on],
+                        out=run)
+            run += flat_base[on]
         return points
 
     def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
