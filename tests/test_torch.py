@@ -101,6 +101,20 @@ def test_targets_in_every_form(net, x):
                                atol=1e-7)
 
 
+def test_target_fn_gets_the_targets_as_a_tensor_even_when_they_are_all_equal(net, x):
+    # (the adapter takes one column of the output for a batch with one class index; a
+    # target_fn must still get the tensor of targets)
+    seen = []
+
+    def score(out, targets):
+        seen.append(targets)
+        return out.gather(1, targets[:, None])[:, 0]
+
+    maps = salience.Gradients().explain(st.wrap(net, target_fn=score), x, 2)
+    assert seen and all(isinstance(t, torch.Tensor) and t.tolist() == [2] * 4 for t in seen)
+    np.testing.assert_allclose(maps, _reference_gradients(net, x, [2] * 4), rtol=1e-5, atol=1e-7)
+
+
 def test_predict_and_scores(net, x):
     # float32 rounding: the adapter's convolutions run on channels-last memory
     model = st.wrap(net, batch_size=3)

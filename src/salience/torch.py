@@ -374,11 +374,22 @@ class TorchModel(FrameworkModel):
 
     def _run(self, x: np.ndarray | DeviceRows, targets: np.ndarray | None,
              kind: CallKind) -> dict[str, np.ndarray]:
-        target_t = None if targets is None else torch.as_tensor(targets, device=self.device)
+        target_t = self._targets_for_scores(targets)
         return self._in_memory_it_takes(self._tensor(x),
                                         lambda xt: self._run_on(xt, target_t, kind))
 
-    def _run_on(self, xt: torch.Tensor, target_t: torch.Tensor | None,
+    def _targets_for_scores(self, targets: np.ndarray | None) -> torch.Tensor | int | None:
+        """``targets`` as :meth:`_scores` takes them: one class index for every row as
+        an int (a column of the output: its backward costs ~15 us less per call than a
+        gather's on a small model), else a tensor (a ``target_fn`` always gets one)."""
+        if targets is None:
+            return None
+        if self.target_fn is None and targets.ndim == 1 and (
+                len(targets) == 1 or bool((targets == targets[0]).all())):
+            return int(targets[0])
+        return torch.as_tensor(targets, device=self.device)
+
+    def _run_on(self, xt: torch.Tensor, target_t: torch.Tensor | int | None,
                 kind: CallKind) -> dict[str, np.ndarray]:
         with self._explaining():
             if not (kind.input or kind.layer):
@@ -401,7 +412,10 @@ class TorchModel(FrameworkModel):
                     "0), so its map equals the plain gradient; other activations (GELU, SiLU) "
                     "have no guided rule")
             wrt = ([xt] if kind.input else []) + ([captured["values"]] if kind.layer else [])
-            grads = list(torch.autograd.grad(scores.sum(), wrt, allow_unused=True))
+            # Each row's score seeded with 1 (the gradient of their sum, without the sum's
+            # node: ~8 us a call on a small model).
+            grads = list(torch.autograd.grad(scores, wrt, grad_outputs=torch.ones_like(scores),
+                                             allow_unused=True))
         out: dict[str, np.ndarray] = {"scores": _np(scores)}
         if kind.input:
             g = grads.pop(0)
@@ -426,7 +440,7 @@ class TorchModel(FrameworkModel):
             return t.movedim(1, -1)
         return t
 
-    def _scores(self, outputs: Any, targets: torch.Tensor | None) -> torch.Tensor:
+    def _scores(self, outputs: Any, targets: torch.Tensor | int | None) -> torch.Tensor:
         if self.target_fn is not None:
             scores = self.target_fn(outputs, targets)
             rows = len(outputs) if hasattr(outputs, "__len__") else None
@@ -440,6 +454,8 @@ class TorchModel(FrameworkModel):
             raise score_rule_error(tuple(outputs.shape))
         if targets is None:
             return outputs.max(dim=1).values
+        if isinstance(targets, int):
+            return outputs[:, targets]
         if targets.ndim == 1:
             return outputs.gather(1, targets[:, None])[:, 0]
         return (outputs * targets.to(outputs.dtype)).sum(dim=1)
