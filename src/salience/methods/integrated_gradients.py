@@ -176,10 +176,10 @@ def integrate_straight_paths(
     expand = (slice(None),) + (None,) * (x.ndim - 1)
 
     def make_rows(start: int, stop: int) -> np.ndarray:
-        # Rows are in path order.  A chunk on one path (at batch_size=1, every chunk)
-        # broadcasts the path; a chunk over several does so run by run into one array,
-        # rather than gathering a copy of each row's path (three times the memory
-        # traffic at 224 px).
+        # Rows are in path order.  A chunk over several paths broadcasts each run's path
+        # into one array, rather than gathering a copy of each row's path (three times
+        # the memory traffic at 224 px); a chunk on one path (at batch_size=1, every
+        # chunk) skips the loop, whose few microseconds a chunk show there.
         first = int(path[start])
         if path[stop - 1] == first:
             first_step = start - first * steps
