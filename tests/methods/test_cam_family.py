@@ -224,6 +224,18 @@ def test_score_cam_masks_scale_channels_to_the_unit_interval_and_damp_noise():
     assert masks[2].max() < 1e-3  # rounding-noise channel: not stretched to [0, 1]
 
 
+def test_score_cam_masks_in_float32_are_the_float64_masks_rounded_once():
+    from salience.methods.score_cam import channel_masks
+
+    channels = np.random.default_rng(4).random((6, 7, 7)).astype(np.float32)
+    channels[2] = 0.3  # constant: a zero mask in either precision
+    wide = channel_masks(channels, (30, 30), align_corners=False)
+    narrow = channel_masks(channels, (30, 30), align_corners=False, dtype=np.float32)
+    assert wide.dtype == np.float64 and narrow.dtype == np.float32
+    np.testing.assert_array_equal(narrow, wide.astype(np.float32))
+    np.testing.assert_array_equal(narrow[2], 0)
+
+
 def test_score_cam_weights_are_a_softmax_that_cannot_overflow():
     from salience.methods.score_cam import score_cam_weights
 

@@ -70,7 +70,7 @@ class ScoreCAM(CAMMethod):
         def make_rows(start: int, stop: int) -> np.ndarray:
             chunk_owners = owners[start:stop]  # the rows' images: one slice for both
             masks = channel_masks(values[chunk_owners, np.arange(start, stop) % k], size,
-                                  self.align_corners)
+                                  self.align_corners, dtype=x.dtype)
             return apply_masks(x, chunk_owners, masks, is_last)
 
         def consume(start: int, stop: int, outputs: Mapping[str, np.ndarray]) -> None:
@@ -90,10 +90,16 @@ class ScoreCAM(CAMMethod):
 _SPAN_EPS = 1e-8
 
 
-def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bool,
+                  dtype: np.dtype | type = np.float64) -> np.ndarray:
     """Layer channels ``(m, h, w)`` upsampled (bilinear) to ``size``, each scaled to
     [0, 1] by its own minimum and range (plus ``_SPAN_EPS``; a constant channel
-    gives an all-zero mask)."""
+    gives an all-zero mask), in ``dtype``.
+
+    The upsampling and scaling run in float64 whatever ``dtype`` (float32 weights
+    would leave a constant channel a range of rounding noise, stretched to [0, 1]);
+    the last division writes ``dtype`` directly, the same values as a cast after it.
+    """
     (h, w), (height, width) = channels.shape[1:], size
     # small products (threads only contend), often below OpenBLAS's one-thread size
     with one_blas_thread_unless(height * max(h * w, w * width) < ONE_THREAD_PRODUCT):
@@ -102,7 +108,8 @@ def channel_masks(channels: np.ndarray, size: tuple[int, int], align_corners: bo
     flat = up.reshape(len(up), -1)
     low = flat.min(axis=1)[:, None, None]
     span = flat.max(axis=1)[:, None, None] - low
-    return (up - low) / (span + _SPAN_EPS)
+    up -= low
+    return np.divide(up, span + _SPAN_EPS, out=np.empty(up.shape, dtype=dtype))
 
 
 def score_cam_weights(scores: np.ndarray) -> np.ndarray:
