@@ -99,10 +99,12 @@ def check_row_budget(method: str, n_rows: int, row_values: int) -> None:
         )
 
 
-def overlap_for_array_work(chunk_rows: int, row_values: int) -> bool | None:
-    """:func:`run_rows`' ``overlap`` for own work made of whole-array kernels: True
-    from :data:`ARRAY_WORK_OVERLAP_VALUES` values a chunk, else None (the scheduler
-    measures the first chunk)."""
+def overlap_for_array_work(batch_size: int, n_rows: int, row_values: int) -> bool | None:
+    """:func:`run_rows`' ``overlap`` for own work made of whole-array kernels, for
+    ``n_rows`` rows of ``row_values`` values sent ``batch_size`` at a time: True from
+    :data:`ARRAY_WORK_OVERLAP_VALUES` values in the largest chunk, else None (the
+    scheduler measures the first chunk)."""
+    chunk_rows = min(batch_size, n_rows)
     return True if chunk_rows * row_values >= ARRAY_WORK_OVERLAP_VALUES else None
 
 

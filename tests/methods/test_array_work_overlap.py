@@ -25,9 +25,12 @@ METHODS = {
 
 
 def test_overlap_for_array_work_starts_at_its_value_count():
-    assert overlap_for_array_work(1, ARRAY_WORK_OVERLAP_VALUES) is True
-    assert overlap_for_array_work(2, ARRAY_WORK_OVERLAP_VALUES // 2) is True
-    assert overlap_for_array_work(2, ARRAY_WORK_OVERLAP_VALUES // 2 - 1) is None
+    assert overlap_for_array_work(1, 5, ARRAY_WORK_OVERLAP_VALUES) is True
+    assert overlap_for_array_work(2, 5, ARRAY_WORK_OVERLAP_VALUES // 2) is True
+    assert overlap_for_array_work(2, 5, ARRAY_WORK_OVERLAP_VALUES // 2 - 1) is None
+    # the largest chunk counts: a batch_size above the rows there are makes no larger one
+    assert overlap_for_array_work(64, 1, ARRAY_WORK_OVERLAP_VALUES // 2) is None
+    assert overlap_for_array_work(64, 2, ARRAY_WORK_OVERLAP_VALUES // 2) is True
 
 
 @pytest.mark.parametrize("module", list(METHODS))

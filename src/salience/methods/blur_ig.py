@@ -275,7 +275,7 @@ class BlurIG(Method):
         on_host = path.on_model is None  # else the blur runs on the model's device
         run_rows(model, [INPUT_OUTPUT_GRADIENTS], path.owners, path.make_rows, path.consume,
                  targets, self.batch_size, self.name, prepare=path.prepare,
-                 overlap=overlap_for_array_work(min(self.batch_size, len(path.owners)),
+                 overlap=overlap_for_array_work(self.batch_size, len(path.owners),
                                                 x[0].size) if on_host else None)
         # The map: minus the sum over the path of (sigma step) x rate x gradient.
         return path.to_model_layout(-path.totals).astype(x.dtype)

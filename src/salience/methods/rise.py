@@ -106,7 +106,7 @@ class RISE(Method):
 
         run_rows(model, [OUTPUT_LAYER_VALUES], owners, make_rows, consume, targets,
                  self.batch_size, self.name,
-                 overlap=overlap_for_array_work(min(self.batch_size, len(owners)), x[0].size))
+                 overlap=overlap_for_array_work(self.batch_size, len(owners), x[0].size))
         heat = (totals / (self.n_masks * self.p)).reshape(n, *size)
         maps = np.broadcast_to(heat[..., None], (*heat.shape, 1))
         maps = to_channels_last(np.zeros_like(x), is_last) + maps

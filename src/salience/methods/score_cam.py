@@ -78,7 +78,7 @@ class ScoreCAM(CAMMethod):
 
         run_rows(model, [OUTPUT_LAYER_VALUES], owners, make_rows, consume, targets,
                  self.batch_size, self.name,
-                 overlap=overlap_for_array_work(min(self.batch_size, len(owners)), x[0].size))
+                 overlap=overlap_for_array_work(self.batch_size, len(owners), x[0].size))
         weights = score_cam_weights(scores.reshape(n, k))
         cams = np.maximum(weighted_channel_sum(weights, values), 0)
         return finish_maps(cams, x, is_last, self.resize, self.broadcast)

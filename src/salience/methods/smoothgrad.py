@@ -254,7 +254,7 @@ class SmoothGrad(Method):
         batch_size = int(getattr(self.method, "batch_size"))  # noqa: B009
         run_rows(model, keys, owners, make_rows, consume, targets, batch_size, self.name,
                  overlap=None if on_model else overlap_for_array_work(
-                     min(batch_size, len(owners)), x[0].size))
+                     batch_size, len(owners), x[0].size))
         if spreads is not None:
             return (spreads / (self.nsamples - 1)).astype(x.dtype)
         return (totals / self.nsamples).astype(x.dtype)
