@@ -338,6 +338,48 @@ def test_batch_equals_one_by_one(cls, x):
         np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-10, atol=1e-12)
 
 
+class RunSetUpModel(LayerModel):
+    """Counts how often a method run holds the model's set-up for all its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    def calls_of_one_run(self):
+        import contextlib
+
+        self.runs += 1
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("cls", ALL_CAMS, ids=lambda c: c.__name__)
+def test_a_run_of_one_call_leaves_the_set_up_to_the_call(cls, x):
+    # One layer call for the whole batch: the call sets itself up, so the run does
+    # not (an adapter's eval mode set and undone twice); more calls share one set-up.
+    one, two = RunSetUpModel(), RunSetUpModel()
+    together = cls(batch_size=4).explain(one, x, TARGETS)
+    chunked = cls(batch_size=2).explain(two, x, TARGETS)
+    score_cam = cls is salience.ScoreCAM  # a layer call, then the masked inputs' calls
+    assert (one.calls, one.runs) == ((one.calls, 1) if score_cam else (1, 0))
+    assert two.calls > 1 and two.runs == 1
+    np.testing.assert_allclose(together, chunked, rtol=1e-10, atol=1e-12)
+
+
+def test_a_half_precision_layer_is_weighed_in_float32(x):
+    class HalfLayerModel(LayerModel):
+        def __call__(self, x, targets, keys):
+            return {k: v.astype(np.float16) for k, v in super().__call__(x, targets, keys).items()}
+
+    half = salience.GradCAM(resize=False).explain(HalfLayerModel(), x.astype(np.float32), TARGETS)
+    out = HalfLayerModel()(x, TARGETS, [CONVOLUTION_LAYER_VALUES, CONVOLUTION_OUTPUT_GRADIENTS])
+    a, g = (out[k].astype(np.float32) for k in (CONVOLUTION_LAYER_VALUES,
+                                                 CONVOLUTION_OUTPUT_GRADIENTS))
+    weights = g.mean(axis=(1, 2), dtype=np.float32)
+    expected = np.maximum(np.einsum("nk,nhwk->nhw", weights, a), 0)
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, expected, rtol=1e-6, atol=1e-6)
+
+
 class GuidedLayerModel(LayerModel):
     """Adds made-up guided gradients (x * 0.5 + target) so the product can be checked."""
 

@@ -57,6 +57,9 @@ class ScoreCAM(CAMMethod):
         super().__init__(resize, broadcast, batch_size)
         self.align_corners = bool(align_corners)
 
+    def _runs_one_call(self, n: int) -> bool:
+        return False  # a layer call, then the masked inputs' calls
+
     def _explain(self, model: Model, x: np.ndarray, targets: np.ndarray | None) -> np.ndarray:
         is_last = channels_last(model)
         size = image_size(x, is_last)
