@@ -11,6 +11,7 @@ import pytest
 from skimage.transform import resize
 
 import salience
+from salience.methods import score_cam
 from salience.methods.grad_cam_plus_plus import grad_cam_plus_plus_weights
 from salience.model import (
     CONVOLUTION_LAYER_VALUES,
@@ -283,9 +284,14 @@ def test_bilinear_matrices_equal_torch_upsampling():
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("batch_size", [1, 2, 7, 64])
+@pytest.mark.parametrize("all_at_once", [True, False], ids=["all-masks", "chunk-masks"])
 def test_score_cam_follows_the_algorithm_and_batches_its_masked_rows(align_corners, batch_size,
-                                                                      x):
+                                                                      all_at_once, x,
+                                                                      monkeypatch):
+    # A run's masks are made in one call when they are few (these 20), else per chunk.
+    if not all_at_once:
+        monkeypatch.setattr(score_cam, "_ALL_MASKS_VALUES", 19 * 12 * 10)
     model = LayerModel(k=5)
     cams = salience.ScoreCAM(align_corners=align_corners, resize=False,
                              batch_size=batch_size).explain(model, x, TARGETS)
