@@ -39,6 +39,7 @@ from common import FULL_REPEATS, QUICK_REPEATS, floor_callable, make_row, photos
 
 LOCAL_CLAIM = 1 / 0.9  # time vs floor
 RAY_CLAIM = 0.85  # Ray 2 workers' images/s vs the local engine's
+RATE_RUNS = 2  # runs of each engine on the Ray case, the best steady rate kept
 BATCH = 32
 
 
@@ -148,16 +149,21 @@ def run(quick: bool) -> list[dict]:
             row["measured"] = f"{ratio:.2f}x floor ({best_floor / best:.2f}x its images/s)"
             row["met"] = ratio <= LOCAL_CLAIM
             rows_out.append(row)
-        local, local_rate = _run(folder, loaded, [ray_method], root / "local-ray-case")
-        rows_out += _ray_rows(folder, root, ray_n, ray_method,
-                              local_rate.steady or ray_n / local.seconds, prep, quick)
+        # Each engine's best steady rate of two runs: one run's steady rate comes from a
+        # few batches per worker, and single runs of either engine moved the ratio by
+        # 0.80-0.95 between quick runs.
+        local_rates = []
+        for k in range(RATE_RUNS):
+            local, local_rate = _run(folder, loaded, [ray_method], root / f"local-ray-case-{k}")
+            local_rates.append(local_rate.steady or ray_n / local.seconds)
+        rows_out += _ray_rows(folder, root, ray_n, ray_method, max(local_rates), prep)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows_out
 
 
-def _ray_rows(folder: Path, root: Path, n: int, method: str, local_rate: float, prep,
-              quick: bool) -> list[dict]:
+def _ray_rows(folder: Path, root: Path, n: int, method: str, local_rate: float,
+              prep) -> list[dict]:
     import ray
 
     from salience.loading import load_model
@@ -173,7 +179,7 @@ def _ray_rows(folder: Path, root: Path, n: int, method: str, local_rate: float, 
         results = {}
         for workers in (1, 2):
             best = None
-            for k in range(1 if quick else 2):
+            for k in range(RATE_RUNS):
                 summary, rate = _run(folder, factory, [method], root / f"ray-{workers}-{k}",
                                      engine="ray", workers=workers, preprocessing=prep)
                 steady = rate.steady or (n / summary.seconds)
