@@ -365,8 +365,8 @@ def test_a_run_of_one_call_leaves_the_set_up_to_the_call(cls, x):
     one, two = RunSetUpModel(), RunSetUpModel()
     together = cls(batch_size=4).explain(one, x, TARGETS)
     chunked = cls(batch_size=2).explain(two, x, TARGETS)
-    score_cam = cls is salience.ScoreCAM  # a layer call, then the masked inputs' calls
-    assert (one.calls, one.runs) == ((one.calls, 1) if score_cam else (1, 0))
+    masks_after_layer = cls is salience.ScoreCAM  # a layer call, then the masked inputs'
+    assert (one.calls, one.runs) == ((one.calls, 1) if masks_after_layer else (1, 0))
     assert two.calls > 1 and two.runs == 1
     np.testing.assert_allclose(together, chunked, rtol=1e-10, atol=1e-12)
 
